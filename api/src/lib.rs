@@ -1,0 +1,3 @@
+//! Bitscale's Kubernetes API: the `InferenceService` a user applies and the `HardwareClass`es an
+//! administrator offers. Types only: no client, no runtime, so the engine, the operator and the e2e
+//! suite can all share them.

@@ -1,0 +1,1 @@
+//! A local Kubernetes control plane assembled from upstream parts, for tests and the demo.

@@ -1,0 +1,11 @@
+//! Bitscale's inference engine.
+//!
+//! - [`model`]: loading Llama-family weights (GGUF or safetensors), quantizing them, the tokenizer and
+//!   chat template, and a batched forward pass with one KV cache per sequence.
+//! - [`scheduler`]: in-flight batching: each step decodes one token for every running sequence and
+//!   fills the rest of a token budget with prompt chunks; bounded admission.
+//! - [`server`]: the OpenAI-compatible HTTP API, health and readiness, Prometheus metrics.
+
+pub mod model;
+pub mod scheduler;
+pub mod server;

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("bitscale-engine: not built yet");
+    std::process::exit(1);
+}

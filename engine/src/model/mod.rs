@@ -1,0 +1,123 @@
+//! Models: loading, quantization, tokenizer, and the batched forward pass.
+//!
+//! The contract with the scheduler is [`Forward`]: one call runs one engine step over a ragged batch
+//! of sequences, each at its own position with its own [`KvCache`].
+
+use std::path::Path;
+
+/// A quantization level the engine can serve a model at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantLevel {
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+    Q6K,
+    Q5K,
+    Q5_0,
+    Q5_1,
+    Q4K,
+    Q4_0,
+    Q4_1,
+    Q3K,
+    Q2K,
+}
+
+/// Where tensors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+/// What a loaded model is, for `/v1/models`, metrics and sizing.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The served model name (defaults to the file or folder stem).
+    pub name: String,
+    pub quantization: QuantLevel,
+    pub device: DeviceKind,
+    /// Maximum positions a sequence may reach (prompt + generated).
+    pub context_length: usize,
+    pub vocab_size: usize,
+    /// Bytes of the loaded weights.
+    pub weight_bytes: u64,
+    /// KV cache bytes per token of one sequence (all layers, K and V).
+    pub kv_bytes_per_token: u64,
+}
+
+/// One sequence's part of a forward step.
+pub struct SeqChunk<'a> {
+    /// Tokens to append: one for a decode step, up to the chunk size for prefill.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; `tokens` take positions `cache.len()..cache.len() + tokens.len()`.
+    pub cache: &'a mut KvCache,
+    /// Whether logits of the chunk's last token are wanted (false for non-final prefill chunks).
+    pub want_logits: bool,
+}
+
+/// A per-sequence KV cache. Opaque to the scheduler except for its length.
+pub struct KvCache {
+    // Filled in by the model implementation.
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The batched forward pass the scheduler drives.
+pub trait Forward: Send + Sync {
+    /// Runs one step over all chunks together (their rows share every matmul) and returns, per chunk,
+    /// the last token's logits (`vocab_size` f32) when `want_logits`, else `None`.
+    fn forward(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Option<Vec<f32>>>>;
+    /// A new, empty cache for one sequence.
+    fn new_cache(&self) -> KvCache;
+    fn info(&self) -> &ModelInfo;
+}
+
+/// Tokenizer and chat template of a model.
+pub struct Tokenizer {}
+
+/// One chat message, as in the OpenAI API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl Tokenizer {
+    /// Encodes text; `add_special` adds BOS where the model expects it.
+    pub fn encode(&self, _text: &str, _add_special: bool) -> anyhow::Result<Vec<u32>> {
+        unimplemented!()
+    }
+    /// Decodes ids to text (special tokens skipped).
+    pub fn decode(&self, _ids: &[u32]) -> anyhow::Result<String> {
+        unimplemented!()
+    }
+    /// Token ids that end generation (EOS, end-of-turn).
+    pub fn stop_token_ids(&self) -> &[u32] {
+        unimplemented!()
+    }
+    /// Renders the model's chat template with a generation prompt; an error when it has none.
+    pub fn apply_chat_template(&self, _messages: &[ChatMessage]) -> anyhow::Result<String> {
+        unimplemented!()
+    }
+}
+
+/// A model ready to serve.
+pub struct LoadedModel {
+    pub forward: std::sync::Arc<dyn Forward>,
+    pub tokenizer: std::sync::Arc<Tokenizer>,
+}
+
+/// Loads a GGUF file or a Hugging Face folder and quantizes it to `level`.
+pub fn load(_path: &Path, _level: QuantLevel, _device: DeviceKind) -> anyhow::Result<LoadedModel> {
+    unimplemented!()
+}

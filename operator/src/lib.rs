@@ -1,0 +1,1 @@
+//! The Bitscale operator: reconciles `InferenceService`s into engine Deployments.

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("bitscale-operator: not built yet");
+    std::process::exit(1);
+}

@@ -56,19 +56,31 @@ pub struct SeqChunk<'a> {
     pub want_logits: bool,
 }
 
-/// A per-sequence KV cache. Opaque to the scheduler except for its length.
+/// A per-sequence KV cache. The scheduler sees only its length; the model keeps its tensors in
+/// `state` (a fake model in tests keeps nothing).
 pub struct KvCache {
-    // Filled in by the model implementation.
     len: usize,
+    state: Box<dyn std::any::Any + Send>,
 }
 
 impl KvCache {
+    pub fn new(state: Box<dyn std::any::Any + Send>) -> Self {
+        Self { len: 0, state }
+    }
     /// Positions already cached.
     pub fn len(&self) -> usize {
         self.len
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    /// Records that `n` more positions were written (called by the model after a step).
+    pub fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+    /// The model's own state, if it is of type `T`.
+    pub fn state_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.state.downcast_mut::<T>()
     }
 }
 
@@ -93,6 +105,16 @@ pub struct ChatMessage {
 }
 
 impl Tokenizer {
+    /// A tokenizer from a Hugging Face `tokenizer.json` (bytes), an optional Jinja chat template and
+    /// the special tokens that end generation (by their text, e.g. `</s>`, `<|im_end|>`).
+    pub fn from_json_bytes(
+        _json: &[u8],
+        _chat_template: Option<String>,
+        _stop_tokens: &[&str],
+        _bos_token: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        unimplemented!()
+    }
     /// Encodes text; `add_special` adds BOS where the model expects it.
     pub fn encode(&self, _text: &str, _add_special: bool) -> anyhow::Result<Vec<u32>> {
         unimplemented!()

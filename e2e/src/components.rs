@@ -184,6 +184,8 @@ pub fn apiserver_args(state_dir: &Path, ports: Ports, pki: &Pki) -> Vec<OsString
         flag("etcd-servers", format!("http://127.0.0.1:{}", ports.etcd_client)),
         flag("bind-address", "127.0.0.1"),
         flag("advertise-address", "127.0.0.1"),
+        // The `kubernetes` Service's endpoints may not be loopback, and nothing in-cluster needs them.
+        flag("endpoint-reconciler-type", "none"),
         flag("secure-port", ports.apiserver.to_string()),
         flag("cert-dir", state_dir.join("kube-apiserver")),
         flag("tls-cert-file", &pki.apiserver.cert),

@@ -43,11 +43,17 @@ impl PodSecurity {
 }
 
 /// A namespace created for one test.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TestNamespace {
     /// The namespace's name: the prefix, a dash, and a random suffix.
     pub name: String,
     client: Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 impl TestNamespace {

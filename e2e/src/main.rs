@@ -67,14 +67,18 @@ async fn run(command: Cmd) -> Result<ExitCode, bitscale_e2e::Error> {
             }
         }
         Cmd::Status => {
+            use std::{fmt::Write as _, io::Write as _};
             let cluster = Cluster::at(layout);
             let running = cluster.is_running().await;
-            println!("cluster: {}", if running { "running" } else { "not running" });
-            println!("state:   {}", cluster.state_dir().display());
-            println!("kubeconfig: {}", cluster.kubeconfig().display());
+            let mut out = String::new();
+            let _ = writeln!(out, "cluster: {}", if running { "running" } else { "not running" });
+            let _ = writeln!(out, "state:   {}", cluster.state_dir().display());
+            let _ = writeln!(out, "kubeconfig: {}", cluster.kubeconfig().display());
             for daemon in cluster.running_components() {
-                println!("  {:<24} pid {:<8} log {}", daemon.name, daemon.pid, daemon.log.display());
+                let _ = writeln!(out, "  {:<24} pid {:<8} log {}", daemon.name, daemon.pid, daemon.log.display());
             }
+            // A closed pipe (`status | head -1`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(out.as_bytes());
             if !running {
                 return Ok(ExitCode::from(3));
             }

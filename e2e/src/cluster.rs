@@ -61,7 +61,10 @@ impl Cluster {
     ///
     /// The first call on a machine builds the binaries (see [`crate::parts`]), which takes a while.
     pub async fn shared() -> Result<Cluster, Error> {
-        SHARED.get_or_try_init(|| async { Self::up(Layout::from_env()?).await }).await.cloned()
+        SHARED
+            .get_or_try_init(|| async { Self::up(Layout::from_env()?).await })
+            .await
+            .cloned()
     }
 
     /// Builds what is missing, then reuses the running cluster or starts a new one.
@@ -93,7 +96,11 @@ impl Cluster {
     pub fn at(layout: Layout) -> Self {
         let binaries = Binaries::new(&layout);
         let kubeconfig = Kubeconfigs::at(&layout.cluster_dir()).admin;
-        Self { layout, binaries, kubeconfig }
+        Self {
+            layout,
+            binaries,
+            kubeconfig,
+        }
     }
 
     /// The admin kubeconfig.
@@ -104,11 +111,16 @@ impl Cluster {
     /// A client for the admin (member of `system:masters`).
     pub async fn client(&self) -> Result<Client, Error> {
         let path = &self.kubeconfig;
-        let kubeconfig =
-            Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig { path: path.clone(), source })?;
+        let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+            path: path.clone(),
+            source,
+        })?;
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
-            .map_err(|source| Error::Kubeconfig { path: path.clone(), source })?;
+            .map_err(|source| Error::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Client::try_from(config)?)
     }
 
@@ -166,7 +178,10 @@ impl Cluster {
         let Ok(client) = self.client().await else {
             return false;
         };
-        matches!(tokio::time::timeout(REUSE_PROBE_TIMEOUT, readyz(&client)).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(REUSE_PROBE_TIMEOUT, readyz(&client)).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn start(&self) -> Result<(), Error> {
@@ -184,16 +199,28 @@ impl Cluster {
         let bins = &self.binaries;
 
         eprintln!("bitscale-e2e: starting etcd on 127.0.0.1:{}", ports.etcd_client);
-        let etcd = process::spawn(&state_dir, "etcd", &bins.etcd, &components::etcd_args(&state_dir, ports), &[])?;
+        let etcd = process::spawn(
+            &state_dir,
+            "etcd",
+            &bins.etcd,
+            &components::etcd_args(&state_dir, ports),
+            &[],
+        )?;
         let http = reqwest::Client::builder()
             // Only for health probes of loopback components serving self-signed certificates.
             .danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(2))
             .build()?;
         let etcd_health = format!("http://127.0.0.1:{}/health", ports.etcd_client);
-        wait_ready(&etcd, ETCD_TIMEOUT, || probe_http(&http, &etcd_health, "\"true\"")).await?;
+        wait_ready(&etcd, ETCD_TIMEOUT, || {
+            probe_http(&http, &etcd_health, "\"true\"")
+        })
+        .await?;
 
-        eprintln!("bitscale-e2e: starting kube-apiserver on https://127.0.0.1:{}", ports.apiserver);
+        eprintln!(
+            "bitscale-e2e: starting kube-apiserver on https://127.0.0.1:{}",
+            ports.apiserver
+        );
         let apiserver = process::spawn(
             &state_dir,
             "kube-apiserver",
@@ -230,23 +257,39 @@ impl Cluster {
             &[("HOME", &kwok_home)],
         )?;
         let cm_health = format!("https://127.0.0.1:{}/healthz", ports.controller_manager);
-        wait_ready(&controller_manager, COMPONENT_TIMEOUT, || probe_http(&http, &cm_health, "ok")).await?;
+        wait_ready(&controller_manager, COMPONENT_TIMEOUT, || {
+            probe_http(&http, &cm_health, "ok")
+        })
+        .await?;
         let scheduler_health = format!("https://127.0.0.1:{}/healthz", ports.scheduler);
-        wait_ready(&scheduler, COMPONENT_TIMEOUT, || probe_http(&http, &scheduler_health, "ok")).await?;
+        wait_ready(&scheduler, COMPONENT_TIMEOUT, || {
+            probe_http(&http, &scheduler_health, "ok")
+        })
+        .await?;
 
         nodes::register(&client).await?;
         // KWOK has no health endpoint here; its proof of life is nodes turning Ready.
         let node_api: Api<Node> = Api::all(client.clone());
         wait_ready(&kwok, NODES_TIMEOUT, || async {
-            let list = node_api.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let list = node_api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
             let ready = list.items.iter().filter(|n| nodes::is_ready(n)).count();
-            if ready >= NODES.len() { Ok(()) } else { Err(format!("{ready} of {} nodes Ready", NODES.len())) }
+            if ready >= NODES.len() {
+                Ok(())
+            } else {
+                Err(format!("{ready} of {} nodes Ready", NODES.len()))
+            }
         })
         .await?;
         // The ServiceAccount controller runs; pods in `default` can be created.
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         await_condition(accounts, "default", conditions::is_created(), COMPONENT_TIMEOUT).await?;
-        eprintln!("bitscale-e2e: cluster up in {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "bitscale-e2e: cluster up in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 
@@ -311,7 +354,11 @@ where
             return Err(Error::Timeout {
                 what: format!("{} to become ready", daemon.name),
                 timeout,
-                last: format!("{last}\nlast lines of {}:\n{}", daemon.log.display(), tail(&daemon.log, 20)),
+                last: format!(
+                    "{last}\nlast lines of {}:\n{}",
+                    daemon.log.display(),
+                    tail(&daemon.log, 20)
+                ),
             });
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
@@ -322,7 +369,11 @@ async fn probe_http(http: &reqwest::Client, url: &str, expect: &str) -> Result<(
     let response = http.get(url).send().await.map_err(|e| e.to_string())?;
     let status = response.status();
     let body = response.text().await.map_err(|e| e.to_string())?;
-    if status.is_success() && body.contains(expect) { Ok(()) } else { Err(format!("{status}: {body}")) }
+    if status.is_success() && body.contains(expect) {
+        Ok(())
+    } else {
+        Err(format!("{status}: {body}"))
+    }
 }
 
 async fn readyz(client: &Client) -> Result<(), Error> {

@@ -10,8 +10,7 @@ use std::{
 };
 
 use crate::{
-    Error,
-    kubeconfig,
+    Error, kubeconfig,
     nodes::KWOK_ANNOTATION,
     parts::{ETCD, HELM, KUBERNETES, KWOK},
     paths::Layout,
@@ -25,7 +24,13 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const POD_CIDR: &str = "10.244.0.1/16";
 
 /// The component names, in start order; they name PID and log files. Stop in reverse.
-pub const START_ORDER: [&str; 5] = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"];
+pub const START_ORDER: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+];
 
 /// The cached binaries the cluster runs.
 #[derive(Clone, Debug)]
@@ -194,7 +199,10 @@ pub fn apiserver_args(state_dir: &Path, ports: Ports, pki: &Pki) -> Vec<OsString
         flag("authorization-mode", "Node,RBAC"),
         // PodSecurity is on by default; naming it makes sure a changed default cannot drop it.
         flag("enable-admission-plugins", "NodeRestriction,PodSecurity"),
-        flag("service-account-issuer", "https://kubernetes.default.svc.cluster.local"),
+        flag(
+            "service-account-issuer",
+            "https://kubernetes.default.svc.cluster.local",
+        ),
         flag("service-account-key-file", &pki.service_account.cert),
         flag("service-account-signing-key-file", &pki.service_account.key),
         flag("service-cluster-ip-range", SERVICE_CIDR),
@@ -205,7 +213,12 @@ pub fn apiserver_args(state_dir: &Path, ports: Ports, pki: &Pki) -> Vec<OsString
 }
 
 /// kube-controller-manager's flags: its own identity per controller, no leader election.
-pub fn controller_manager_args(state_dir: &Path, ports: Ports, pki: &Pki, kubeconfigs: &Kubeconfigs) -> Vec<OsString> {
+pub fn controller_manager_args(
+    state_dir: &Path,
+    ports: Ports,
+    pki: &Pki,
+    kubeconfigs: &Kubeconfigs,
+) -> Vec<OsString> {
     let kubeconfig = &kubeconfigs.controller_manager;
     vec![
         flag("kubeconfig", kubeconfig),
@@ -255,7 +268,10 @@ pub fn kwok_args(state_dir: &Path, kubeconfigs: &Kubeconfigs) -> Vec<OsString> {
         flag("kubeconfig", &kubeconfigs.kwok),
         flag("config", kwok_home(state_dir).join("stages.yaml")),
         flag("manage-all-nodes", "false"),
-        flag("manage-nodes-with-annotation-selector", format!("{}={}", KWOK_ANNOTATION.0, KWOK_ANNOTATION.1)),
+        flag(
+            "manage-nodes-with-annotation-selector",
+            format!("{}={}", KWOK_ANNOTATION.0, KWOK_ANNOTATION.1),
+        ),
         flag("cidr", POD_CIDR),
         flag("node-lease-duration-seconds", "40"),
     ]

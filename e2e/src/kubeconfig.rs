@@ -27,7 +27,10 @@ pub fn write(path: &Path, server: &str, ca: &Path, client: &CertFiles) -> Result
         }],
         "current-context": CONTEXT,
     });
-    let text = serde_json::to_string_pretty(&config).map_err(|source| Error::Encode { what: "kubeconfig", source })?;
+    let text = serde_json::to_string_pretty(&config).map_err(|source| Error::Encode {
+        what: "kubeconfig",
+        source,
+    })?;
     std::fs::write(path, text).map_err(Error::io("writing", path))?;
     Ok(path.to_owned())
 }

@@ -34,7 +34,10 @@ async fn main() -> ExitCode {
     // Client errors while probing a starting API server are expected; show them only on request.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(Cli::parse().command).await {
         Ok(code) => code,
         Err(e) => {
@@ -49,7 +52,10 @@ async fn run(command: Cmd) -> Result<ExitCode, bitscale_e2e::Error> {
     match command {
         Cmd::Up => {
             let cluster = Cluster::up(layout).await?;
-            println!("export KUBECONFIG={}", shell_quote(&cluster.kubeconfig().to_string_lossy()));
+            println!(
+                "export KUBECONFIG={}",
+                shell_quote(&cluster.kubeconfig().to_string_lossy())
+            );
         }
         Cmd::Down => {
             let stopped = Cluster::down(layout).await?;
@@ -63,7 +69,12 @@ async fn run(command: Cmd) -> Result<ExitCode, bitscale_e2e::Error> {
             let build_layout = layout.clone();
             tokio::task::spawn_blocking(move || parts::ensure_all_built(&build_layout)).await??;
             for part in parts::ALL {
-                eprintln!("{} {}: {}", part.name, part.version, part.bin_dir(&layout).display());
+                eprintln!(
+                    "{} {}: {}",
+                    part.name,
+                    part.version,
+                    part.bin_dir(&layout).display()
+                );
             }
         }
         Cmd::Status => {
@@ -71,11 +82,21 @@ async fn run(command: Cmd) -> Result<ExitCode, bitscale_e2e::Error> {
             let cluster = Cluster::at(layout);
             let running = cluster.is_running().await;
             let mut out = String::new();
-            let _ = writeln!(out, "cluster: {}", if running { "running" } else { "not running" });
+            let _ = writeln!(
+                out,
+                "cluster: {}",
+                if running { "running" } else { "not running" }
+            );
             let _ = writeln!(out, "state:   {}", cluster.state_dir().display());
             let _ = writeln!(out, "kubeconfig: {}", cluster.kubeconfig().display());
             for daemon in cluster.running_components() {
-                let _ = writeln!(out, "  {:<24} pid {:<8} log {}", daemon.name, daemon.pid, daemon.log.display());
+                let _ = writeln!(
+                    out,
+                    "  {:<24} pid {:<8} log {}",
+                    daemon.name,
+                    daemon.pid,
+                    daemon.log.display()
+                );
             }
             // A closed pipe (`status | head -1`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(out.as_bytes());
@@ -89,7 +110,10 @@ async fn run(command: Cmd) -> Result<ExitCode, bitscale_e2e::Error> {
                 return Err(bitscale_e2e::Error::NotRunning);
             }
             let helm_dir = parts::HELM.bin_dir(&layout);
-            println!("export KUBECONFIG={}", shell_quote(&cluster.kubeconfig().to_string_lossy()));
+            println!(
+                "export KUBECONFIG={}",
+                shell_quote(&cluster.kubeconfig().to_string_lossy())
+            );
             println!(
                 "export PATH={}:{}:\"$PATH\"",
                 shell_quote(&cluster.bin_dir().to_string_lossy()),

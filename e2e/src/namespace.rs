@@ -52,7 +52,9 @@ pub struct TestNamespace {
 
 impl std::fmt::Debug for TestNamespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestNamespace").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +80,11 @@ impl TestNamespace {
             .take(63 - suffix.len() - 1)
             .collect();
         let prefix = prefix.trim_matches('-');
-        let name = if prefix.is_empty() { format!("test-{suffix}") } else { format!("{prefix}-{suffix}") };
+        let name = if prefix.is_empty() {
+            format!("test-{suffix}")
+        } else {
+            format!("{prefix}-{suffix}")
+        };
 
         let level = level.as_str();
         let namespace: Namespace = serde_json::from_value(serde_json::json!({
@@ -93,18 +99,35 @@ impl TestNamespace {
                 },
             },
         }))
-        .map_err(|source| Error::Encode { what: "namespace", source })?;
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await?;
+        .map_err(|source| Error::Encode {
+            what: "namespace",
+            source,
+        })?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await?;
 
         // Pods are rejected until the ServiceAccount controller has made `default`.
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        await_condition(accounts, "default", conditions::is_created(), SERVICE_ACCOUNT_TIMEOUT).await?;
-        Ok(Self { name, client: client.clone() })
+        await_condition(
+            accounts,
+            "default",
+            conditions::is_created(),
+            SERVICE_ACCOUNT_TIMEOUT,
+        )
+        .await?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
     }
 
     /// Requests deletion of the namespace and everything in it; does not wait for it to be gone.
     pub async fn delete(self) -> Result<(), Error> {
-        match Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::background()).await {
+        match Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(e) => Err(e.into()),

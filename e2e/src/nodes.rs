@@ -31,11 +31,41 @@ pub struct NodeSpec {
 
 /// The cluster's nodes: three 16-CPU/64Gi CPU nodes and two 8-CPU/32Gi nodes with one GPU each.
 pub const NODES: [NodeSpec; 5] = [
-    NodeSpec { name: "cpu-0", pool: "cpu", cpu: "16", memory: "64Gi", gpus: 0 },
-    NodeSpec { name: "cpu-1", pool: "cpu", cpu: "16", memory: "64Gi", gpus: 0 },
-    NodeSpec { name: "cpu-2", pool: "cpu", cpu: "16", memory: "64Gi", gpus: 0 },
-    NodeSpec { name: "gpu-0", pool: "gpu", cpu: "8", memory: "32Gi", gpus: 1 },
-    NodeSpec { name: "gpu-1", pool: "gpu", cpu: "8", memory: "32Gi", gpus: 1 },
+    NodeSpec {
+        name: "cpu-0",
+        pool: "cpu",
+        cpu: "16",
+        memory: "64Gi",
+        gpus: 0,
+    },
+    NodeSpec {
+        name: "cpu-1",
+        pool: "cpu",
+        cpu: "16",
+        memory: "64Gi",
+        gpus: 0,
+    },
+    NodeSpec {
+        name: "cpu-2",
+        pool: "cpu",
+        cpu: "16",
+        memory: "64Gi",
+        gpus: 0,
+    },
+    NodeSpec {
+        name: "gpu-0",
+        pool: "gpu",
+        cpu: "8",
+        memory: "32Gi",
+        gpus: 1,
+    },
+    NodeSpec {
+        name: "gpu-1",
+        pool: "gpu",
+        cpu: "8",
+        memory: "32Gi",
+        gpus: 1,
+    },
 ];
 
 impl NodeSpec {
@@ -45,7 +75,8 @@ impl NodeSpec {
         let mut taints = Vec::new();
         if self.gpus > 0 {
             resources[GPU_RESOURCE] = self.gpus.to_string().into();
-            taints.push(serde_json::json!({ "key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule" }));
+            taints
+                .push(serde_json::json!({ "key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule" }));
         }
         let node = serde_json::json!({
             "apiVersion": "v1",
@@ -64,7 +95,10 @@ impl NodeSpec {
             "spec": { "taints": taints },
             "status": { "allocatable": resources, "capacity": resources },
         });
-        serde_json::from_value(node).map_err(|source| Error::Encode { what: "node manifest", source })
+        serde_json::from_value(node).map_err(|source| Error::Encode {
+            what: "node manifest",
+            source,
+        })
     }
 }
 

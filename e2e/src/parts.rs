@@ -17,6 +17,9 @@ use crate::{
     paths::{self, Layout},
 };
 
+/// The build runs for minutes; a progress line this often tells the user it is alive.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
+
 /// One upstream part, built from its wrapper module.
 #[derive(Debug)]
 pub struct Part {
@@ -44,7 +47,12 @@ pub const KUBERNETES: Part = Part {
         "k8s.io/kubernetes/cmd/kube-scheduler",
         "k8s.io/kubernetes/cmd/kubectl",
     ],
-    binaries: &["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"],
+    binaries: &[
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+    ],
     // Without these the binaries report v0.0.0, which kubectl, Helm and version checks reject.
     ldflags: "-s -w \
         -X k8s.io/component-base/version.gitVersion=v1.37.2 \
@@ -96,7 +104,10 @@ pub const ALL: [&Part; 4] = [&ETCD, &KUBERNETES, &KWOK, &HELM];
 impl Part {
     /// The directory this part's binaries are cached in.
     pub fn bin_dir(&self, layout: &Layout) -> PathBuf {
-        layout.root().join(format!("{}-{}", self.name, self.version)).join("bin")
+        layout
+            .root()
+            .join(format!("{}-{}", self.name, self.version))
+            .join("bin")
     }
 
     /// The path of one of this part's binaries.
@@ -168,17 +179,26 @@ impl Part {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| Error::Spawn { program: "go".into(), source })?;
+            .map_err(|source| Error::Spawn {
+                program: "go".into(),
+                source,
+            })?;
 
+        let mut next_report = started + REPORT_EVERY;
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(Error::io("waiting for go build of", self.module_dir()))? {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(Error::io("waiting for go build of", self.module_dir()))?
+            {
                 break status;
             }
-            // The build runs for minutes; a line every 30 s tells the user it is alive.
-            std::thread::sleep(Duration::from_secs(1));
-            let elapsed = started.elapsed().as_secs();
-            if elapsed > 0 && elapsed % 30 == 0 {
-                let packages = std::fs::read_to_string(&log_path).map(|t| t.lines().count()).unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(500));
+            if Instant::now() >= next_report {
+                next_report += REPORT_EVERY;
+                let elapsed = started.elapsed().as_secs();
+                let packages = std::fs::read_to_string(&log_path)
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0);
                 eprintln!(
                     "bitscale-e2e:   {} {}: {}m{:02}s, {packages} packages compiled",
                     self.name,
@@ -236,6 +256,9 @@ fn check_go(part: &'static str) -> Result<(), Error> {
             source: std::io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
         });
     }
-    eprintln!("bitscale-e2e: using {}", String::from_utf8_lossy(&output.stdout).trim());
+    eprintln!(
+        "bitscale-e2e: using {}",
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
     Ok(())
 }

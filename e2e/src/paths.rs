@@ -69,7 +69,10 @@ pub fn lock(path: &Path) -> Result<FileLock, Error> {
         .open(path)
         .map_err(Error::io("opening lock", path))?;
     if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
-        eprintln!("bitscale-e2e: waiting for {} (another run holds it)", path.display());
+        eprintln!(
+            "bitscale-e2e: waiting for {} (another run holds it)",
+            path.display()
+        );
     }
     file.lock().map_err(Error::io("locking", path))?;
     Ok(FileLock { _file: file })

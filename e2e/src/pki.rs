@@ -40,11 +40,27 @@ pub struct Identity {
 
 /// The identities the harness issues client certificates for.
 pub const IDENTITIES: [Identity; 4] = [
-    Identity { name: "admin", user: "bitscale-e2e-admin", groups: &["system:masters"] },
-    Identity { name: "controller-manager", user: "system:kube-controller-manager", groups: &[] },
-    Identity { name: "scheduler", user: "system:kube-scheduler", groups: &[] },
+    Identity {
+        name: "admin",
+        user: "bitscale-e2e-admin",
+        groups: &["system:masters"],
+    },
+    Identity {
+        name: "controller-manager",
+        user: "system:kube-controller-manager",
+        groups: &[],
+    },
+    Identity {
+        name: "scheduler",
+        user: "system:kube-scheduler",
+        groups: &[],
+    },
     // KWOK writes node and pod status and deletes pods; it plays every kubelet at once.
-    Identity { name: "kwok", user: "bitscale-e2e-kwok", groups: &["system:masters"] },
+    Identity {
+        name: "kwok",
+        user: "bitscale-e2e-kwok",
+        groups: &["system:masters"],
+    },
 ];
 
 /// Where [`generate`] wrote everything.
@@ -90,7 +106,9 @@ pub fn generate(dir: &Path) -> Result<Pki, Error> {
 
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "bitscale-e2e-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "bitscale-e2e-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -112,7 +130,9 @@ pub fn generate(dir: &Path) -> Result<Pki, Error> {
         IpAddr::V4(KUBERNETES_SERVICE_IP).to_string(),
     ];
     let mut serving = CertificateParams::new(serving_names.to_vec())?;
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     issue(&serving, &issuer, &pki.apiserver)?;
@@ -155,5 +175,6 @@ fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
         .mode(0o600)
         .open(path)
         .map_err(Error::io("creating", path))?;
-    file.write_all(contents.as_bytes()).map_err(Error::io("writing", path))
+    file.write_all(contents.as_bytes())
+        .map_err(Error::io("writing", path))
 }

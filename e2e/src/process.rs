@@ -46,7 +46,11 @@ pub fn spawn(
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
     let log = logs.join(format!("{name}.log"));
-    let out = File::options().create(true).append(true).open(&log).map_err(Error::io("opening", &log))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(Error::io("opening", &log))?;
     let err = out.try_clone().map_err(Error::io("opening", &log))?;
     let mut command = Command::new(program);
     command
@@ -59,13 +63,21 @@ pub fn spawn(
     for (key, value) in envs {
         command.env(key, value);
     }
-    let child = command.spawn().map_err(|source| Error::Spawn { program: program.to_owned(), source })?;
+    let child = command.spawn().map_err(|source| Error::Spawn {
+        program: program.to_owned(),
+        source,
+    })?;
     let pid = child.id();
     // The child is deliberately not waited for: it outlives this process and is stopped by PID.
     drop(child);
     let pid_file = pid_file(state_dir, name);
     std::fs::write(&pid_file, format!("{pid}\n")).map_err(Error::io("writing", &pid_file))?;
-    Ok(Daemon { name, program: program.to_owned(), pid, log })
+    Ok(Daemon {
+        name,
+        program: program.to_owned(),
+        pid,
+        log,
+    })
 }
 
 fn pid_file(state_dir: &Path, name: &str) -> PathBuf {
@@ -98,11 +110,16 @@ pub fn find_all(state_dir: &Path) -> Vec<(String, u32)> {
         let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
             continue;
         };
-        let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok()) else {
+        let Some(pid) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(argv) = cmdline(pid)
-            && argv.iter().any(|arg| arg.contains(state_dir.to_string_lossy().as_ref()))
+            && argv
+                .iter()
+                .any(|arg| arg.contains(state_dir.to_string_lossy().as_ref()))
             && is_running(pid)
         {
             found.push((name, pid));
@@ -138,7 +155,9 @@ pub fn is_running(pid: u32) -> bool {
         return false;
     };
     // The state is the first field after the parenthesised command name, which may hold spaces.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     !matches!(state, Some("Z" | "X") | None)
 }
 

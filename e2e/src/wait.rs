@@ -30,7 +30,10 @@ where
 {
     match tokio::time::timeout(timeout, wait::await_condition(api.clone(), name, cond)).await {
         Ok(Ok(Some(object))) => Ok(object),
-        Ok(Ok(None)) => Err(Error::Missing { kind: short_type_name::<K>(), name: name.to_owned() }),
+        Ok(Ok(None)) => Err(Error::Missing {
+            kind: short_type_name::<K>(),
+            name: name.to_owned(),
+        }),
         Ok(Err(wait::Error::ProbeFailed(e))) => Err(Error::Timeout {
             what: format!("{} {name}", short_type_name::<K>()),
             timeout,
@@ -42,7 +45,11 @@ where
                 Ok(None) => "(object does not exist)".to_owned(),
                 Err(e) => format!("(cannot read it: {e})"),
             };
-            Err(Error::Timeout { what: format!("{} {name}", short_type_name::<K>()), timeout, last })
+            Err(Error::Timeout {
+                what: format!("{} {name}", short_type_name::<K>()),
+                timeout,
+                last,
+            })
         }
     }
 }
@@ -66,7 +73,11 @@ where
                 Ok(None) => "(gone just now)".to_owned(),
                 Err(e) => format!("(cannot read it: {e})"),
             };
-            Err(Error::Timeout { what: format!("deletion of {} {name}", short_type_name::<K>()), timeout, last })
+            Err(Error::Timeout {
+                what: format!("deletion of {} {name}", short_type_name::<K>()),
+                timeout,
+                last,
+            })
         }
     }
 }
@@ -92,7 +103,11 @@ where
             Err(e) => format!("(list failed: {e})"),
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Timeout { what: format!("a list of {}", short_type_name::<K>()), timeout, last });
+            return Err(Error::Timeout {
+                what: format!("a list of {}", short_type_name::<K>()),
+                timeout,
+                last,
+            });
         }
         tokio::time::sleep(LIST_INTERVAL).await;
     }

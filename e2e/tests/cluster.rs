@@ -51,8 +51,16 @@ fn gpu_pod(name: &str) -> Pod {
 }
 
 async fn pool_of(client: &Client, node: &str) -> String {
-    let node = Api::<Node>::all(client.clone()).get(node).await.expect("node exists");
-    node.metadata.labels.unwrap_or_default().get(POOL_LABEL).cloned().unwrap_or_default()
+    let node = Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .expect("node exists");
+    node.metadata
+        .labels
+        .unwrap_or_default()
+        .get(POOL_LABEL)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn node_name(pod: &Pod) -> Option<&str> {
@@ -60,7 +68,9 @@ fn node_name(pod: &Pod) -> Option<&str> {
 }
 
 fn is_running_with_ip(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+    pod.status
+        .as_ref()
+        .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
 }
 
 #[tokio::test]
@@ -82,7 +92,10 @@ async fn deployment_becomes_available_on_cpu_nodes() {
     }))
     .expect("valid deployment");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    deployments.create(&PostParams::default(), &deployment).await.expect("create deployment");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
     await_condition(deployments, "web", conditions::is_deployment_completed(), TIMEOUT)
         .await
         .expect("deployment available");
@@ -112,7 +125,9 @@ async fn gpu_pods_fill_gpu_nodes_then_stay_pending() {
 
     // The cluster is shared, but no other test asks for GPUs, so both GPU nodes are free here.
     for name in ["gpu-a", "gpu-b"] {
-        pods.create(&PostParams::default(), &gpu_pod(name)).await.expect("create gpu pod");
+        pods.create(&PostParams::default(), &gpu_pod(name))
+            .await
+            .expect("create gpu pod");
     }
     let placed = await_list(
         &pods,
@@ -132,14 +147,18 @@ async fn gpu_pods_fill_gpu_nodes_then_stay_pending() {
     nodes.dedup();
     assert_eq!(nodes.len(), 2, "one GPU pod per GPU node");
 
-    pods.create(&PostParams::default(), &gpu_pod("gpu-c")).await.expect("create third gpu pod");
+    pods.create(&PostParams::default(), &gpu_pod("gpu-c"))
+        .await
+        .expect("create third gpu pod");
     let unschedulable = |pod: Option<&Pod>| {
         pod.and_then(|p| p.status.as_ref())
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
             .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
     };
-    let pending = await_condition(pods.clone(), "gpu-c", unschedulable, TIMEOUT).await.expect("unschedulable");
+    let pending = await_condition(pods.clone(), "gpu-c", unschedulable, TIMEOUT)
+        .await
+        .expect("unschedulable");
     let status = pending.status.expect("status");
     assert_eq!(status.phase.as_deref(), Some("Pending"));
     let message = status
@@ -149,7 +168,10 @@ async fn gpu_pods_fill_gpu_nodes_then_stay_pending() {
         .find(|c| c.type_ == "PodScheduled")
         .and_then(|c| c.message)
         .unwrap_or_default();
-    assert!(message.contains("Insufficient nvidia.com/gpu"), "scheduler said: {message}");
+    assert!(
+        message.contains("Insufficient nvidia.com/gpu"),
+        "scheduler said: {message}"
+    );
     ns.delete().await.expect("delete namespace");
 }
 
@@ -157,19 +179,53 @@ async fn gpu_pods_fill_gpu_nodes_then_stay_pending() {
 async fn kubectl_and_helm_talk_to_a_v1_37_server() {
     let cluster = Cluster::shared().await.expect("cluster");
 
-    let output = cluster.kubectl().args(["version", "-o", "json"]).output().expect("run kubectl");
-    assert!(output.status.success(), "kubectl version: {}", String::from_utf8_lossy(&output.stderr));
+    let output = cluster
+        .kubectl()
+        .args(["version", "-o", "json"])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        output.status.success(),
+        "kubectl version: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let version: serde_json::Value = serde_json::from_slice(&output.stdout).expect("kubectl json");
-    let server = version["serverVersion"]["gitVersion"].as_str().unwrap_or_default();
+    let server = version["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or_default();
     assert!(server.starts_with("v1.37."), "server version {server}");
-    let client_version = version["clientVersion"]["gitVersion"].as_str().unwrap_or_default();
-    assert!(client_version.starts_with("v1.37."), "kubectl version {client_version}");
+    let client_version = version["clientVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        client_version.starts_with("v1.37."),
+        "kubectl version {client_version}"
+    );
 
-    let output = cluster.helm().args(["version", "--short"]).output().expect("run helm");
-    assert!(output.status.success(), "helm version: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("v3."), "helm version");
+    let output = cluster
+        .helm()
+        .args(["version", "--short"])
+        .output()
+        .expect("run helm");
+    assert!(
+        output.status.success(),
+        "helm version: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with("v3."),
+        "helm version"
+    );
 
     // Helm reaching the API server, not just printing its own version.
-    let output = cluster.helm().args(["list", "--all-namespaces"]).output().expect("run helm list");
-    assert!(output.status.success(), "helm list: {}", String::from_utf8_lossy(&output.stderr));
+    let output = cluster
+        .helm()
+        .args(["list", "--all-namespaces"])
+        .output()
+        .expect("run helm list");
+    assert!(
+        output.status.success(),
+        "helm list: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

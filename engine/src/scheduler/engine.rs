@@ -151,7 +151,7 @@ impl Engine {
             .map(|s| {
                 if s.is_decoding() {
                     let g = s.generated.len();
-                    return Some((g - 1, g));
+                    return (g > 0).then(|| (g - 1, g));
                 }
                 let n = (s.prompt.len() - s.prefilled).min(left);
                 if n == 0 {
@@ -197,10 +197,9 @@ impl Engine {
             if !decoding {
                 s.prefilled += n;
                 if !s.is_decoding() {
-                    self.metrics.prompt_tokens.inc_by(s.prompt.len() as u64);
-                } else {
                     continue;
                 }
+                self.metrics.prompt_tokens.inc_by(s.prompt.len() as u64);
             }
             let Some(logits) = logits else {
                 s.done = true;

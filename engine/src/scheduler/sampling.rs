@@ -41,7 +41,8 @@ impl Sampler {
         if logits.is_empty() {
             return 0;
         }
-        let greedy = !(self.params.temperature > 0.0) || !self.params.temperature.is_finite();
+        let greedy = self.params.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || !self.params.temperature.is_finite();
         if greedy {
             return argmax(logits);
         }

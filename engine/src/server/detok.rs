@@ -18,13 +18,14 @@ impl Detokenizer {
         self.ids.push(id);
         let prefix = codec.decode(&self.ids[self.prefix_offset..self.read_offset]).unwrap_or_default();
         let full = codec.decode(&self.ids[self.prefix_offset..]).unwrap_or_default();
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
-            if let Some(new) = full.get(prefix.len()..) {
-                let new = new.to_string();
-                self.prefix_offset = self.read_offset;
-                self.read_offset = self.ids.len();
-                return new;
-            }
+        if full.len() > prefix.len()
+            && !full.ends_with('\u{FFFD}')
+            && let Some(new) = full.get(prefix.len()..)
+        {
+            let new = new.to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            return new;
         }
         String::new()
     }

@@ -91,14 +91,14 @@ async fn generate(app: Arc<AppState>, body: Bytes, endpoint: Endpoint) -> Result
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     let req = parse(&body, endpoint)?;
-    if let Some(m) = &req.model {
-        if *m != app.model_name {
-            return Err(ApiError::invalid(
-                "model",
-                format!("the model `{m}` does not exist; this server serves `{}`", app.model_name),
-            )
-            .with_code("model_not_found"));
-        }
+    if let Some(m) = &req.model
+        && *m != app.model_name
+    {
+        return Err(ApiError::invalid(
+            "model",
+            format!("the model `{m}` does not exist; this server serves `{}`", app.model_name),
+        )
+        .with_code("model_not_found"));
     }
     let prompt = tokenize(&app, &req, endpoint).await?;
     let max_tokens = max_tokens(&app, &req, endpoint, prompt.len())?;
@@ -292,7 +292,6 @@ struct Streaming {
     g: Generation,
     shape: Shape,
     include_usage: bool,
-    first: bool,
     /// Frames ready to send, in order.
     out: std::collections::VecDeque<String>,
     done: bool,
@@ -303,7 +302,7 @@ fn stream(g: Generation, shape: Shape, include_usage: bool) -> Response {
     if shape.endpoint == Endpoint::Chat {
         out.push_back(shape.chunk(Some(""), None, true, include_usage).to_string());
     }
-    let st = Streaming { g, shape, include_usage, first: false, out, done: false };
+    let st = Streaming { g, shape, include_usage, out, done: false };
     let s = futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(frame) = st.out.pop_front() {
@@ -312,7 +311,6 @@ fn stream(g: Generation, shape: Shape, include_usage: bool) -> Response {
             if st.done {
                 return None;
             }
-            st.first = true;
             let u = st.include_usage;
             match st.g.next().await {
                 Some(Delta::Text(t)) => st.out.push_back(st.shape.chunk(Some(&t), None, false, u).to_string()),

@@ -75,10 +75,10 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError>
         Some(_) => return Err(ApiError::invalid("top_k", "top_k must be -1, 0 or positive")),
     };
     let seed = opt_int(&obj, "seed")?.map(|s| s as u64);
-    if let Some(n) = opt_int(&obj, "n")? {
-        if n != 1 {
-            return Err(ApiError::invalid("n", "only n = 1 is supported"));
-        }
+    if let Some(n) = opt_int(&obj, "n")?
+        && n != 1
+    {
+        return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
     let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
     let include_usage = match field(&obj, "stream_options") {
@@ -302,7 +302,7 @@ mod tests {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|i| Value::from(i)),
+            any::<i64>().prop_map(Value::from),
             any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
             ".{0,8}".prop_map(Value::String),
         ];

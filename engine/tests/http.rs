@@ -215,3 +215,70 @@ async fn official_openai_python_client() {
     );
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
+
+fn test_tokenizer() -> bitscale_engine::model::Tokenizer {
+    use bitscale_engine::model::testmodel;
+    let json = serde_json::to_vec(&testmodel::tokenizer_json()).expect("json");
+    bitscale_engine::model::Tokenizer::from_json_bytes(
+        &json,
+        Some(testmodel::CHAT_TEMPLATE.to_string()),
+        &["<|im_end|>", "</s>"],
+        Some("<s>"),
+    )
+    .expect("test tokenizer")
+}
+
+/// The fake model behind the test model's real BPE tokenizer and ChatML template.
+#[tokio::test]
+async fn real_tokenizer_streams_and_chats() {
+    let tok = test_tokenizer();
+    let vocab = tok.vocab_size();
+    let config = ServerConfig {
+        host: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        served_model_name: "tiny".into(),
+        quantization: "q8_0".into(),
+        device: "cpu".into(),
+        scheduler: SchedulerConfig::default(),
+    };
+    let s = start(Arc::new(FakeModel::new(vocab, 512)), Arc::new(tok), config).await.expect("start");
+    let base = format!("http://{}", s.local_addr());
+    for (path, body) in [
+        ("/v1/completions", r#"{"prompt":"the cat is on the mat","max_tokens":20,"stream":true,"seed":3}"#),
+        ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"héllo 👋"}],"max_tokens":20,"stream":true}"#),
+    ] {
+        let frames = sse_frames(post(&base, path, body).await).await;
+        assert_eq!(frames.last().map(String::as_str), Some("[DONE]"), "{path}");
+        for f in &frames[..frames.len() - 1] {
+            let v: Value = serde_json::from_str(f).expect("chunk json");
+            assert!(v.get("error").is_none(), "{f}");
+        }
+    }
+    let r = post(&base, "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert!(v["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 3), "{v}");
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+mod tokenization {
+    use bitscale_engine::server::{Detokenizer, TextCodec};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any text encodes, and streaming its tokens back through the detokenizer gives the text.
+        #[test]
+        fn encode_then_stream_decode_round_trips(text in "\\PC{0,40}") {
+            let tok = super::test_tokenizer();
+            let ids = TextCodec::encode(&tok, &text, false).expect("encode");
+            let mut d = Detokenizer::default();
+            let mut out = String::new();
+            for id in ids {
+                out.push_str(&d.push(&tok, id));
+            }
+            out.push_str(&d.flush(&tok));
+            prop_assert_eq!(out, text);
+        }
+    }
+}

@@ -282,3 +282,26 @@ mod tokenization {
         }
     }
 }
+
+#[tokio::test]
+async fn bench_measures_a_running_server() {
+    let (s, base) = server(fake().with_step_delay(Duration::from_millis(1)), SchedulerConfig::default()).await;
+    let args = bitscale_engine::bench::BenchArgs {
+        url: base,
+        concurrency: vec![1, 2],
+        prompt_tokens: 4,
+        max_tokens: 8,
+        duration: Duration::from_millis(500),
+        max_requests: 50,
+        model: None,
+    };
+    let report = bitscale_engine::bench::bench(&args).await.expect("bench");
+    assert_eq!(report.model, "fake");
+    assert_eq!(report.levels.len(), 2);
+    for l in &report.levels {
+        assert!(l.requests > 0 && l.errors == 0, "{l:?}");
+        assert!(l.ttft_s.is_some() && l.itl_s.is_some(), "{l:?}");
+        assert!(l.generated_tokens_per_s > 0.0);
+    }
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}

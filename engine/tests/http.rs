@@ -305,3 +305,26 @@ async fn bench_measures_a_running_server() {
     }
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
+
+#[tokio::test]
+async fn loading_placeholder_is_alive_but_not_ready() {
+    let p = bitscale_engine::server::serve_loading(Ipv4Addr::LOCALHOST.into(), 0).await.expect("bind");
+    let base = format!("http://{}", p.local_addr());
+    assert_eq!(reqwest::get(format!("{base}/health")).await.expect("health").status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 503);
+    assert_eq!(post(&base, "/v1/completions", r#"{"prompt":"a"}"#).await.status(), 503);
+    let port = p.local_addr().port();
+    p.stop().await;
+    // The port is free again for the real server.
+    let config = ServerConfig {
+        host: Ipv4Addr::LOCALHOST.into(),
+        port,
+        served_model_name: "fake".into(),
+        quantization: "f32".into(),
+        device: "cpu".into(),
+        scheduler: SchedulerConfig::default(),
+    };
+    let s = start(Arc::new(fake()), Arc::new(ByteCodec::default()), config).await.expect("rebind");
+    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 200);
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}

@@ -124,9 +124,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (path, level, device) = (args.model.clone(), args.quantization, args.device);
-    let loaded = tokio::task::spawn_blocking(move || crate::model::load(&path, level, device))
-        .await?
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let placeholder = crate::server::serve_loading(args.host, args.port).await?;
+    tracing::info!(addr = %placeholder.local_addr(), model = %args.model.display(), "loading");
+    let loaded = tokio::task::spawn_blocking(move || crate::model::load(&path, level, device)).await;
+    placeholder.stop().await;
+    let loaded = loaded?.with_context(|| format!("loading {}", args.model.display()))?;
     let info = loaded.forward.info().clone();
     let kv_pool_bytes = match args.kv_pool_bytes {
         Some(b) => b,

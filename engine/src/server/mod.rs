@@ -8,6 +8,7 @@ mod detok;
 mod error;
 mod generation;
 mod handlers;
+mod loading;
 mod request;
 
 use std::{
@@ -25,6 +26,7 @@ use axum::{
 };
 pub use detok::{Detokenizer, StopMatcher};
 pub use error::ApiError;
+pub use loading::{LoadingServer, serve_loading};
 pub use request::{Endpoint, Input, ParsedRequest, parse};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

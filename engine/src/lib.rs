@@ -5,7 +5,13 @@
 //! - [`scheduler`]: in-flight batching: each step decodes one token for every running sequence and
 //!   fills the rest of a token budget with prompt chunks; bounded admission.
 //! - [`server`]: the OpenAI-compatible HTTP API, health and readiness, Prometheus metrics.
+//! - [`metrics`]: the Prometheus metrics (names documented in `engine/README.md`).
+//! - [`cli`]: the `bitscale-engine` command line (`serve`, `bench`).
 
+pub mod bench;
+pub mod cli;
+pub mod metrics;
 pub mod model;
 pub mod scheduler;
 pub mod server;
+pub mod testing;

@@ -1,4 +1,33 @@
-fn main() {
-    eprintln!("bitscale-engine: not built yet");
-    std::process::exit(1);
+//! `bitscale-engine`: see `bitscale-engine --help`.
+
+use clap::Parser;
+
+use bitscale_engine::cli::{self, Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        set_thread_env(cli::serve::threads(args));
+    }
+    match cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bitscale-engine: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// candle and rayon read their thread counts from the environment when their pools start, so
+/// this must run before any candle op and before any other thread exists.
+#[expect(unsafe_code)]
+fn set_thread_env(threads: usize) {
+    let n = threads.to_string();
+    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: called first thing in `main`, while the process has a single thread, so no
+            // other thread can be reading the environment.
+            unsafe { std::env::set_var(var, &n) };
+        }
+    }
 }

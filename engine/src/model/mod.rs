@@ -5,6 +5,17 @@
 
 use std::path::Path;
 
+mod chat_template;
+mod error;
+mod quant;
+pub mod testmodel;
+mod tokenizer;
+#[cfg(test)]
+mod tokenizer_tests;
+
+pub use error::ModelError;
+pub use tokenizer::Tokenizer;
+
 /// A quantization level the engine can serve a model at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantLevel {
@@ -94,43 +105,11 @@ pub trait Forward: Send + Sync {
     fn info(&self) -> &ModelInfo;
 }
 
-/// Tokenizer and chat template of a model.
-pub struct Tokenizer {}
-
 /// One chat message, as in the OpenAI API.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
-}
-
-impl Tokenizer {
-    /// A tokenizer from a Hugging Face `tokenizer.json` (bytes), an optional Jinja chat template and
-    /// the special tokens that end generation (by their text, e.g. `</s>`, `<|im_end|>`).
-    pub fn from_json_bytes(
-        _json: &[u8],
-        _chat_template: Option<String>,
-        _stop_tokens: &[&str],
-        _bos_token: Option<&str>,
-    ) -> anyhow::Result<Self> {
-        unimplemented!()
-    }
-    /// Encodes text; `add_special` adds BOS where the model expects it.
-    pub fn encode(&self, _text: &str, _add_special: bool) -> anyhow::Result<Vec<u32>> {
-        unimplemented!()
-    }
-    /// Decodes ids to text (special tokens skipped).
-    pub fn decode(&self, _ids: &[u32]) -> anyhow::Result<String> {
-        unimplemented!()
-    }
-    /// Token ids that end generation (EOS, end-of-turn).
-    pub fn stop_token_ids(&self) -> &[u32] {
-        unimplemented!()
-    }
-    /// Renders the model's chat template with a generation prompt; an error when it has none.
-    pub fn apply_chat_template(&self, _messages: &[ChatMessage]) -> anyhow::Result<String> {
-        unimplemented!()
-    }
 }
 
 /// A model ready to serve.
@@ -141,5 +120,5 @@ pub struct LoadedModel {
 
 /// Loads a GGUF file or a Hugging Face folder and quantizes it to `level`.
 pub fn load(_path: &Path, _level: QuantLevel, _device: DeviceKind) -> anyhow::Result<LoadedModel> {
-    unimplemented!()
+    anyhow::bail!("model loading is not implemented yet")
 }

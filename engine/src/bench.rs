@@ -1,0 +1,311 @@
+//! `bitscale-engine bench`: a closed-loop load generator against a running server.
+//!
+//! For each concurrency level, that many clients send streaming `/v1/completions` requests back to
+//! back for `--duration`, and the tool prints one JSON document: requests/s, generated tokens/s,
+//! and time-to-first-token and inter-token latency percentiles per level. It only talks to
+//! loopback addresses and stops after `--max-requests` per level.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::cli::resources::parse_duration;
+
+/// Flags of `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Base URL of the server (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
+    pub concurrency: Vec<usize>,
+    /// Approximate prompt length in tokens (a repeated word).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated per request (`ignore_eos` is set, so exactly this many).
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// How long each level runs.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Requests per level at most.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_requests: usize,
+    /// The `model` field (default: the first of `/v1/models`).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+/// Latency percentiles in seconds.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+/// The result of one concurrency level.
+#[derive(Debug, Serialize)]
+pub struct LevelReport {
+    pub concurrency: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub rejected_429: usize,
+    pub elapsed_s: f64,
+    pub requests_per_s: f64,
+    pub generated_tokens_per_s: f64,
+    pub mean_prompt_tokens: f64,
+    pub ttft_s: Option<Percentiles>,
+    pub itl_s: Option<Percentiles>,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub url: String,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub duration_s: f64,
+    pub levels: Vec<LevelReport>,
+}
+
+/// Nearest-rank percentiles of `v` (sorted in place); `None` when empty.
+pub fn percentiles(v: &mut [f64]) -> Option<Percentiles> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    };
+    Some(Percentiles { p50: at(0.50), p95: at(0.95), p99: at(0.99) })
+}
+
+/// Refuses anything but a loopback URL.
+pub fn check_loopback(url: &str) -> anyhow::Result<reqwest::Url> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("bad --url {url}"))?;
+    let host = u.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let ok = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !ok {
+        bail!("bench only targets loopback addresses (127.0.0.1, ::1, localhost), not {url}");
+    }
+    Ok(u)
+}
+
+/// Runs `bench` and prints the JSON report.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(bench(&args))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Runs every level and returns the report.
+pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let base = check_loopback(&args.url)?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            let v: serde_json::Value =
+                client.get(base.join("/v1/models")?).send().await?.error_for_status()?.json().await?;
+            v["data"][0]["id"].as_str().context("/v1/models lists no model")?.to_string()
+        }
+    };
+    let mut levels = Vec::new();
+    for &c in &args.concurrency {
+        levels.push(level(&client, &base, &model, args, c.max(1)).await?);
+    }
+    Ok(BenchReport {
+        url: args.url.clone(),
+        model,
+        prompt_tokens: args.prompt_tokens,
+        max_tokens: args.max_tokens,
+        duration_s: args.duration.as_secs_f64(),
+        levels,
+    })
+}
+
+#[derive(Default)]
+struct Samples {
+    ttft: Vec<f64>,
+    itl: Vec<f64>,
+    requests: usize,
+    errors: usize,
+    rejected: usize,
+    generated: usize,
+    prompt: usize,
+}
+
+async fn level(
+    client: &reqwest::Client,
+    base: &reqwest::Url,
+    model: &str,
+    args: &BenchArgs,
+    concurrency: usize,
+) -> anyhow::Result<LevelReport> {
+    let url = base.join("/v1/completions")?;
+    let body = serde_json::json!({
+        "model": model,
+        "prompt": "the ".repeat(args.prompt_tokens.max(1)),
+        "max_tokens": args.max_tokens.max(1),
+        "temperature": 0,
+        "ignore_eos": true,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let started = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let deadline = t0 + args.duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, body, samples, started) =
+                (client.clone(), url.clone(), body.clone(), samples.clone(), started.clone());
+            let max_requests = args.max_requests;
+            tokio::spawn(async move {
+                while Instant::now() < deadline && started.fetch_add(1, Ordering::SeqCst) < max_requests {
+                    let r = one_request(&client, &url, &body).await;
+                    let rejected = {
+                        let Ok(mut s) = samples.lock() else { return };
+                        match r {
+                            Ok(o) => {
+                                s.requests += 1;
+                                s.generated += o.completion_tokens;
+                                s.prompt += o.prompt_tokens;
+                                s.ttft.extend(o.ttft);
+                                s.itl.extend(o.itl);
+                                false
+                            }
+                            Err(Failure::Rejected) => {
+                                s.rejected += 1;
+                                true
+                            }
+                            Err(Failure::Error) => {
+                                s.errors += 1;
+                                false
+                            }
+                        }
+                    };
+                    if rejected {
+                        // Back off a little so a saturated server is not hammered.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    let mut s = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok(LevelReport {
+        concurrency,
+        requests: s.requests,
+        errors: s.errors,
+        rejected_429: s.rejected,
+        elapsed_s: elapsed,
+        requests_per_s: s.requests as f64 / elapsed,
+        generated_tokens_per_s: s.generated as f64 / elapsed,
+        mean_prompt_tokens: if s.requests > 0 { s.prompt as f64 / s.requests as f64 } else { 0.0 },
+        ttft_s: percentiles(&mut s.ttft),
+        itl_s: percentiles(&mut s.itl),
+    })
+}
+
+struct RequestOutcome {
+    ttft: Option<f64>,
+    itl: Vec<f64>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+/// Why a request did not complete.
+enum Failure {
+    /// 429: the server shed load.
+    Rejected,
+    /// Anything else: transport error, other status, cut stream.
+    Error,
+}
+
+async fn one_request(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    body: &serde_json::Value,
+) -> Result<RequestOutcome, Failure> {
+    let t0 = Instant::now();
+    let resp = client.post(url.clone()).json(body).send().await.map_err(|_| Failure::Error)?;
+    if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(Failure::Rejected);
+    }
+    if !resp.status().is_success() {
+        return Err(Failure::Error);
+    }
+    let mut out = RequestOutcome { ttft: None, itl: Vec::new(), prompt_tokens: 0, completion_tokens: 0 };
+    let mut last: Option<Instant> = None;
+    let mut buf = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| Failure::Error)?;
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..pos + 2).collect();
+            let text = String::from_utf8_lossy(&frame);
+            let Some(data) = text.trim().strip_prefix("data:") else { continue };
+            let data = data.trim();
+            if data == "[DONE]" {
+                return Ok(out);
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { continue };
+            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+                out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
+            }
+            let has_text = v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty());
+            if has_text {
+                let now = Instant::now();
+                match last {
+                    None => out.ttft = Some((now - t0).as_secs_f64()),
+                    Some(l) => out.itl.push((now - l).as_secs_f64()),
+                }
+                last = Some(now);
+            }
+        }
+    }
+    // The stream ended without [DONE].
+    Err(Failure::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentiles(&mut v), Some(Percentiles { p50: 50.0, p95: 95.0, p99: 99.0 }));
+        assert_eq!(percentiles(&mut []), None);
+    }
+
+    #[test]
+    fn loopback_only() {
+        assert!(check_loopback("http://127.0.0.1:8000").is_ok());
+        assert!(check_loopback("http://localhost:1").is_ok());
+        assert!(check_loopback("http://[::1]:1").is_ok());
+        assert!(check_loopback("http://example.com").is_err());
+        assert!(check_loopback("http://10.0.0.1").is_err());
+    }
+}

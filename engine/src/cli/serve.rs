@@ -1,0 +1,189 @@
+//! `bitscale-engine serve`: load a model, serve it, drain on SIGTERM.
+
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+
+use super::resources::{default_kv_pool, default_threads, memory_limit, parse_duration, parse_size};
+use crate::{
+    model::{DeviceKind, QuantLevel},
+    scheduler::SchedulerConfig,
+    server::{ServerConfig, TextCodec},
+};
+
+/// Flags of `serve`. Each also reads a `BITSCALE_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A GGUF file or a Hugging Face model folder.
+    #[arg(long, env = "BITSCALE_MODEL")]
+    pub model: PathBuf,
+    /// Quantization level: f32, f16, bf16, q8_0, q6_k, q5_k, q5_0, q5_1, q4_k, q4_0, q4_1, q3_k, q2_k.
+    #[arg(long, env = "BITSCALE_QUANTIZATION", value_parser = parse_quant, default_value = "q8_0")]
+    pub quantization: QuantLevel,
+    /// `cpu` or `cuda`.
+    #[arg(long, env = "BITSCALE_DEVICE", value_parser = parse_device, default_value = "cpu")]
+    pub device: DeviceKind,
+    #[arg(long, env = "BITSCALE_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, env = "BITSCALE_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// The name clients pass as `model` (default: the model file or folder stem).
+    #[arg(long, env = "BITSCALE_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Sequences in the running batch at most.
+    #[arg(long, env = "BITSCALE_MAX_RUNNING", default_value_t = 16)]
+    pub max_running: usize,
+    /// Requests waiting for the batch at most; more get 429.
+    #[arg(long, env = "BITSCALE_MAX_WAITING", default_value_t = 64)]
+    pub max_waiting: usize,
+    /// Prompt tokens of all waiting requests at most; more get 429.
+    #[arg(long, env = "BITSCALE_MAX_WAITING_TOKENS", default_value_t = 65_536)]
+    pub max_waiting_tokens: usize,
+    /// Tokens per engine step (decode tokens plus prompt chunks).
+    #[arg(long, env = "BITSCALE_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// KV cache pool size (e.g. 2GiB). Default: the memory limit minus weights and headroom.
+    #[arg(long, alias = "kv-memory", env = "BITSCALE_KV_POOL_BYTES", value_parser = parse_size)]
+    pub kv_pool_bytes: Option<u64>,
+    /// Compute threads. Default: the container's CPU quota, else all CPUs.
+    #[arg(long, env = "BITSCALE_THREADS")]
+    pub threads: Option<usize>,
+    /// How long requests in flight may take to finish after SIGTERM.
+    #[arg(long, env = "BITSCALE_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
+    pub grace_period: Duration,
+}
+
+/// Parses a quantization level name (GGUF spelling, case-insensitive).
+pub fn parse_quant(s: &str) -> Result<QuantLevel, String> {
+    Ok(match s.to_ascii_lowercase().replace('-', "_").as_str() {
+        "f32" => QuantLevel::F32,
+        "f16" => QuantLevel::F16,
+        "bf16" => QuantLevel::Bf16,
+        "q8_0" => QuantLevel::Q8_0,
+        "q6_k" | "q6k" => QuantLevel::Q6K,
+        "q5_k" | "q5k" | "q5_k_m" => QuantLevel::Q5K,
+        "q5_0" => QuantLevel::Q5_0,
+        "q5_1" => QuantLevel::Q5_1,
+        "q4_k" | "q4k" | "q4_k_m" => QuantLevel::Q4K,
+        "q4_0" => QuantLevel::Q4_0,
+        "q4_1" => QuantLevel::Q4_1,
+        "q3_k" | "q3k" => QuantLevel::Q3K,
+        "q2_k" | "q2k" => QuantLevel::Q2K,
+        _ => return Err(format!("unknown quantization level `{s}`")),
+    })
+}
+
+/// The label a level is reported under (`bitscale_engine_info{quantization}`).
+pub fn quant_name(q: QuantLevel) -> &'static str {
+    match q {
+        QuantLevel::F32 => "f32",
+        QuantLevel::F16 => "f16",
+        QuantLevel::Bf16 => "bf16",
+        QuantLevel::Q8_0 => "q8_0",
+        QuantLevel::Q6K => "q6_k",
+        QuantLevel::Q5K => "q5_k",
+        QuantLevel::Q5_0 => "q5_0",
+        QuantLevel::Q5_1 => "q5_1",
+        QuantLevel::Q4K => "q4_k",
+        QuantLevel::Q4_0 => "q4_0",
+        QuantLevel::Q4_1 => "q4_1",
+        QuantLevel::Q3K => "q3_k",
+        QuantLevel::Q2K => "q2_k",
+    }
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    match s {
+        "cpu" => Ok(DeviceKind::Cpu),
+        "cuda" => Ok(DeviceKind::Cuda),
+        _ => Err(format!("unknown device `{s}` (cpu or cuda)")),
+    }
+}
+
+fn device_name(d: DeviceKind) -> &'static str {
+    match d {
+        DeviceKind::Cpu => "cpu",
+        DeviceKind::Cuda => "cuda",
+    }
+}
+
+/// Compute threads for `args`: the flag, else the CPU quota.
+pub fn threads(args: &ServeArgs) -> usize {
+    args.threads.unwrap_or_else(default_threads).max(1)
+}
+
+/// Runs `serve` to completion: exits after a drain on SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let threads = threads(&args);
+    tracing::info!(threads, "compute threads");
+    // Two async workers are plenty for HTTP; the CPU belongs to the model's threads.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (path, level, device) = (args.model.clone(), args.quantization, args.device);
+    let placeholder = crate::server::serve_loading(args.host, args.port).await?;
+    tracing::info!(addr = %placeholder.local_addr(), model = %args.model.display(), "loading");
+    let loaded = tokio::task::spawn_blocking(move || crate::model::load(&path, level, device)).await;
+    placeholder.stop().await;
+    let loaded = loaded?.with_context(|| format!("loading {}", args.model.display()))?;
+    let info = loaded.forward.info().clone();
+    let kv_pool_bytes = match args.kv_pool_bytes {
+        Some(b) => b,
+        None => {
+            let limit = memory_limit().context("cannot read the memory limit; pass --kv-pool-bytes")?;
+            default_kv_pool(limit, info.weight_bytes)
+        }
+    };
+    let one_context = info.kv_bytes_per_token.saturating_mul(info.context_length as u64);
+    if kv_pool_bytes < one_context {
+        tracing::warn!(kv_pool_bytes, one_context, "the KV pool cannot hold one full-context sequence");
+    }
+    let name = args.served_model_name.clone().unwrap_or_else(|| info.name.clone());
+    let config = ServerConfig {
+        host: args.host,
+        port: args.port,
+        served_model_name: name,
+        quantization: quant_name(args.quantization).into(),
+        device: device_name(args.device).into(),
+        scheduler: SchedulerConfig {
+            max_running: args.max_running.max(1),
+            max_waiting: args.max_waiting,
+            max_waiting_tokens: args.max_waiting_tokens,
+            max_batch_tokens: args.max_batch_tokens.max(1),
+            kv_pool_bytes,
+        },
+    };
+    tracing::info!(?config, weight_bytes = info.weight_bytes, "starting");
+    let codec: Arc<dyn TextCodec> = loaded.tokenizer;
+    let server = crate::server::start(loaded.forward, codec, config).await?;
+    shutdown_signal().await;
+    tracing::info!(grace = ?args.grace_period, inflight = server.inflight(), "draining");
+    let clean = server.drain(args.grace_period).await?;
+    tracing::info!(clean, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

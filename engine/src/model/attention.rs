@@ -1,0 +1,146 @@
+//! Per-sequence KV storage, RoPE and causal attention over host buffers.
+
+use super::linear::{axpy, dot};
+
+/// One sequence's keys and values for every layer, rows appended as positions are written.
+///
+/// Each layer holds `[position][kv_head][head_dim]` in one `Vec`, so appending a token is an
+/// amortized O(1) `extend` (no per-token tensor concatenation).
+pub(crate) struct SeqKv {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl SeqKv {
+    pub(crate) fn new(layers: usize, kv_dim: usize, reserve_positions: usize) -> Self {
+        let cap = kv_dim * reserve_positions;
+        Self { layers: (0..layers).map(|_| (Vec::with_capacity(cap), Vec::with_capacity(cap))).collect() }
+    }
+
+    /// Drops positions at and after `len` (a failed step may have written some layers only).
+    pub(crate) fn truncate(&mut self, len: usize, kv_dim: usize) {
+        for (k, v) in &mut self.layers {
+            k.truncate(len * kv_dim);
+            v.truncate(len * kv_dim);
+        }
+    }
+}
+
+/// Rotary embedding angles for a set of rows: `cos`/`sin` are `[row][head_dim / 2]`.
+pub(crate) struct RopeRows {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    half: usize,
+}
+
+impl RopeRows {
+    /// Angles for `positions`, with per-pair inverse frequencies `inv_freq` (`head_dim / 2`).
+    pub(crate) fn new(positions: &[usize], inv_freq: &[f32]) -> Self {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in inv_freq {
+                // f64 keeps the angle exact at long positions before the f32 rounding.
+                let (s, c) = (p as f64 * f as f64).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        Self { cos, sin, half }
+    }
+
+    /// Rotates adjacent pairs `(2i, 2i+1)` of every head in `x` (GGUF/llama.cpp layout; HF weights
+    /// are permuted to it at load).
+    fn apply(&self, row: usize, x: &mut [f32], head_dim: usize) {
+        let (c, s) = (&self.cos[row * self.half..][..self.half], &self.sin[row * self.half..][..self.half]);
+        for head in x.chunks_exact_mut(head_dim) {
+            for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                let (x0, x1) = (pair[0], pair[1]);
+                pair[0] = x0 * c[i] - x1 * s[i];
+                pair[1] = x0 * s[i] + x1 * c[i];
+            }
+        }
+    }
+}
+
+/// Attention shapes.
+#[derive(Clone, Copy)]
+pub(crate) struct AttnDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnDims {
+    fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// One sequence's slice of the step: rows `row0..row0 + rows` of the batch, whose first position
+/// is `past` (the positions already cached).
+pub(crate) struct SeqRows<'a> {
+    pub row0: usize,
+    pub rows: usize,
+    pub past: usize,
+    pub kv: &'a mut SeqKv,
+}
+
+/// Applies RoPE to the QKV rows, appends K and V to each sequence's cache for `layer`, and returns
+/// the attention output rows (`q_dim` wide). `qkv` rows are `[q | k | v]`.
+pub(crate) fn attend(
+    qkv: &mut [f32],
+    seqs: &mut [SeqRows<'_>],
+    layer: usize,
+    dims: AttnDims,
+    rope: &RopeRows,
+) -> Vec<f32> {
+    let (qd, kvd, hd) = (dims.q_dim(), dims.kv_dim(), dims.head_dim);
+    let width = qd + 2 * kvd;
+    let total_rows = qkv.len() / width;
+    let mut out = vec![0f32; total_rows * qd];
+    let group = dims.heads / dims.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = Vec::new();
+    for seq in seqs.iter_mut() {
+        let (kc, vc) = &mut seq.kv.layers[layer];
+        for r in seq.row0..seq.row0 + seq.rows {
+            let row = &mut qkv[r * width..(r + 1) * width];
+            let (q, kv) = row.split_at_mut(qd);
+            rope.apply(r, q, hd);
+            rope.apply(r, &mut kv[..kvd], hd);
+            kc.extend_from_slice(&kv[..kvd]);
+            vc.extend_from_slice(&kv[kvd..]);
+        }
+        for i in 0..seq.rows {
+            let r = seq.row0 + i;
+            // Causal: row i sees the cache plus this chunk's rows up to itself.
+            let visible = seq.past + i + 1;
+            scores.resize(visible, 0.0);
+            let q_row = &qkv[r * width..r * width + qd];
+            let o_row = &mut out[r * qd..(r + 1) * qd];
+            for h in 0..dims.heads {
+                let kvh = h / group;
+                let q = &q_row[h * hd..(h + 1) * hd];
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in scores.iter_mut().enumerate() {
+                    *s = dot(q, &kc[j * kvd + kvh * hd..][..hd]) * scale;
+                    max = max.max(*s);
+                }
+                let mut sum = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let o = &mut o_row[h * hd..(h + 1) * hd];
+                for (j, &p) in scores.iter().enumerate() {
+                    axpy(o, p / sum, &vc[j * kvd + kvh * hd..][..hd]);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,167 @@
+//! Weight matrices and the host-side math between them.
+//!
+//! Activations live in plain `Vec<f32>` rows on the host; only the matmuls go through candle, as one
+//! `QMatMul` call per weight with every batch row stacked (m = total rows), so the CPU kernels
+//! reuse each weight tile across rows. Everything else (norms, RoPE, attention, SwiGLU) is a
+//! tight loop here: one candle op per matmul instead of a dozen small ops per layer per sequence.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use super::ModelError;
+
+/// A linear layer `y = x Wᵀ` whose output may be several weights side by side (fused QKV or
+/// gate+up). Same-dtype parts are fused into one matrix at load; parts of different dtypes (as in
+/// Q4_K_M files) stay separate matmuls whose outputs are interleaved per row.
+pub(crate) struct Linear {
+    parts: Vec<(QMatMul, usize)>,
+    in_dim: usize,
+    out_dim: usize,
+    bytes: u64,
+}
+
+impl Linear {
+    /// Builds the layer from weights of shape `[n_i, in_dim]`, in output order.
+    pub(crate) fn new(weights: Vec<QTensor>, device: &Device) -> Result<Self, ModelError> {
+        let mut groups: Vec<Vec<QTensor>> = Vec::new();
+        for w in weights {
+            match groups.last_mut() {
+                Some(g) if g[0].dtype() == w.dtype() => g.push(w),
+                _ => groups.push(vec![w]),
+            }
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        let (mut in_dim, mut out_dim, mut bytes) = (0, 0, 0u64);
+        for g in groups {
+            let fused = concat_rows(g, device)?;
+            let (n, k) = fused.shape().dims2()?;
+            in_dim = k;
+            out_dim += n;
+            bytes += fused.storage_size_in_bytes() as u64;
+            let mm = match fused.dtype() {
+                // Keep f16/bf16 weights at 2 bytes: `from_arc` would widen them to f32.
+                candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16 => {
+                    QMatMul::QTensor(Arc::new(fused))
+                }
+                _ => QMatMul::from_arc(Arc::new(fused))?,
+            };
+            parts.push((mm, n));
+        }
+        Ok(Self { parts, in_dim, out_dim, bytes })
+    }
+
+    /// A layer over a weight shared with another use (the tied embedding / output head).
+    pub(crate) fn shared(w: Arc<QTensor>) -> Result<Self, ModelError> {
+        let (n, k) = w.shape().dims2()?;
+        let bytes = w.storage_size_in_bytes() as u64;
+        let mm = match w.dtype() {
+            candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16 => QMatMul::QTensor(w),
+            _ => QMatMul::from_arc(w)?,
+        };
+        Ok(Self { parts: vec![(mm, n)], in_dim: k, out_dim: n, bytes })
+    }
+
+    pub(crate) fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// Bytes of the weights as stored.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// `x` is `m` rows of `in_dim`; returns `m` rows of `out_dim`.
+    pub(crate) fn forward(&self, x: Vec<f32>, m: usize, device: &Device) -> Result<Vec<f32>, ModelError> {
+        let x = Tensor::from_vec(x, (m, self.in_dim), device)?;
+        if let [(mm, _)] = self.parts.as_slice() {
+            return Ok(mm.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let mut out = vec![0f32; m * self.out_dim];
+        let mut col = 0;
+        for (mm, n) in &self.parts {
+            let y = mm.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            for (dst, src) in out.chunks_exact_mut(self.out_dim).zip(y.chunks_exact(*n)) {
+                dst[col..col + n].copy_from_slice(src);
+            }
+            col += n;
+        }
+        Ok(out)
+    }
+}
+
+/// Stacks same-dtype matrices with equal row length into one (their blocks are row-major, so the
+/// bytes simply concatenate).
+fn concat_rows(mut ws: Vec<QTensor>, device: &Device) -> Result<QTensor, ModelError> {
+    if ws.len() == 1 && device.same_device(&ws[0].device()) {
+        return Ok(ws.remove(0));
+    }
+    let dtype = ws[0].dtype();
+    let k = ws[0].shape().dims2()?.1;
+    let mut rows = 0;
+    let mut bytes = Vec::new();
+    for w in &ws {
+        let (n, wk) = w.shape().dims2()?;
+        if wk != k {
+            return Err(candle_core::Error::Msg(format!("cannot fuse rows of length {wk} and {k}")).into());
+        }
+        rows += n;
+        bytes.extend_from_slice(&w.data()?);
+    }
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, vec![rows, k], device)?)
+}
+
+/// RMSNorm of each `width`-long row of `x` into a new buffer.
+pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let width = weight.len();
+    let mut out = vec![0f32; x.len()];
+    for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let ms = dot(row, row) / width as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
+            *d = v * scale * w;
+        }
+    }
+    out
+}
+
+/// `silu(gate) * up` for rows laid out as `[gate | up]`, each half `ffn` wide.
+pub(crate) fn swiglu(gate_up: &[f32], ffn: usize) -> Vec<f32> {
+    let rows = gate_up.len() / (2 * ffn);
+    let mut out = Vec::with_capacity(rows * ffn);
+    for row in gate_up.chunks_exact(2 * ffn) {
+        let (g, u) = row.split_at(ffn);
+        out.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
+    }
+    out
+}
+
+/// `x += y`, elementwise.
+pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Dot product written so the compiler vectorizes it (8 independent accumulators).
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += a * x`.
+#[inline]
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (d, &s) in y.iter_mut().zip(x) {
+        *d += a * s;
+    }
+}

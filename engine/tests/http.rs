@@ -1,0 +1,330 @@
+//! HTTP tests: the real server in-process on a free port, over the fake model and byte codec.
+
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+
+use bitscale_engine::{
+    scheduler::SchedulerConfig,
+    server::{RunningServer, ServerConfig, start},
+    testing::{ByteCodec, FakeModel},
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+async fn server(model: FakeModel, scheduler: SchedulerConfig) -> (RunningServer, String) {
+    let config = ServerConfig {
+        host: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        served_model_name: "fake".into(),
+        quantization: "f32".into(),
+        device: "cpu".into(),
+        scheduler,
+    };
+    let s = start(Arc::new(model), Arc::new(ByteCodec::default()), config).await.expect("server starts");
+    let base = format!("http://{}", s.local_addr());
+    (s, base)
+}
+
+fn fake() -> FakeModel {
+    FakeModel::new(257, 512)
+}
+
+async fn post(base: &str, path: &str, body: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request")
+}
+
+/// Reads an SSE body into its `data:` payloads.
+async fn sse_frames(resp: reqwest::Response) -> Vec<String> {
+    let body = tokio::time::timeout(Duration::from_secs(30), resp.text()).await.expect("stream ends").expect("body");
+    body.split("\n\n")
+        .filter_map(|f| f.trim().strip_prefix("data:").map(|d| d.trim().to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn completion_and_chat_non_streaming() {
+    let (s, base) = server(fake(), SchedulerConfig::default()).await;
+    let r = post(&base, "/v1/completions", r#"{"model":"fake","prompt":"a","max_tokens":3,"temperature":0}"#).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["choices"][0]["text"], "bcd");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"], json!({"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}));
+    // A stop string cuts the text and finishes with "stop".
+    let r = post(&base, "/v1/completions", r#"{"prompt":"a","max_tokens":10,"temperature":0,"stop":["e"]}"#).await;
+    let v: Value = r.json().await.expect("json");
+    assert_eq!((v["choices"][0]["text"].as_str(), v["choices"][0]["finish_reason"].as_str()), (Some("bcd"), Some("stop")));
+    let r = post(&base, "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"temperature":0}"#).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    // "assistant:" ends with ':' (58): next bytes are ';' and '<'.
+    assert_eq!(v["choices"][0]["message"]["content"], ";<");
+    let models: Value = reqwest::get(format!("{base}/v1/models")).await.expect("models").json().await.expect("json");
+    assert_eq!(models["data"][0]["id"], "fake");
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+#[tokio::test]
+async fn streaming_ends_with_done_and_usage() {
+    let (s, base) = server(fake(), SchedulerConfig::default()).await;
+    let r = post(
+        &base,
+        "/v1/completions",
+        r#"{"prompt":"a","max_tokens":4,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}"#,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap_or("").starts_with("text/event-stream"));
+    let frames = sse_frames(r).await;
+    assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = frames[..frames.len() - 1].iter().map(|f| serde_json::from_str(f).expect("json")).collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, "bcde");
+    let usage = &chunks.last().expect("usage chunk")["usage"];
+    assert_eq!(usage["completion_tokens"], 4);
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"));
+
+    let r = post(&base, "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"stream":true}"#).await;
+    let frames = sse_frames(r).await;
+    assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
+    let first: Value = serde_json::from_str(&frames[0]).expect("json");
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let metrics = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    for name in [
+        "bitscale_engine_time_to_first_token_seconds_bucket",
+        "bitscale_engine_inter_token_latency_seconds_bucket",
+        "bitscale_engine_e2e_request_latency_seconds_count",
+        "bitscale_engine_request_queue_time_seconds_count",
+        "bitscale_engine_num_requests_running",
+        "bitscale_engine_num_requests_waiting",
+        "bitscale_engine_num_requests_capacity 16",
+        "bitscale_engine_kv_cache_usage_perc",
+        "bitscale_engine_prompt_tokens_total",
+        "bitscale_engine_generation_tokens_total",
+        "bitscale_engine_request_success_total{finished_reason=\"length\"} 2",
+        "bitscale_engine_iteration_tokens_bucket",
+        "bitscale_engine_info{model=\"fake\",quantization=\"f32\",device=\"cpu\"} 1",
+        "bitscale_engine_weight_bytes",
+        "bitscale_engine_kv_pool_bytes",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field() {
+    let (s, base) = server(fake(), SchedulerConfig::default()).await;
+    let long = "x".repeat(600);
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        ("/v1/completions", "{not json".into(), None),
+        ("/v1/completions", r#"{"prompt":"a","temperature":"hot"}"#.into(), Some("temperature")),
+        ("/v1/completions", r#"{"prompt":"a","temperature":-0.5}"#.into(), Some("temperature")),
+        ("/v1/completions", r#"{"prompt":"a","top_p":1.5}"#.into(), Some("top_p")),
+        ("/v1/completions", r#"{"prompt":"a","n":3}"#.into(), Some("n")),
+        ("/v1/completions", r#"{"prompt":"a","model":"gpt-9"}"#.into(), Some("model")),
+        ("/v1/completions", r#"{"prompt":""}"#.into(), Some("prompt")),
+        ("/v1/completions", format!(r#"{{"prompt":"{long}"}}"#), Some("prompt")),
+        ("/v1/completions", r#"{"prompt":"a","max_tokens":100000}"#.into(), Some("max_tokens")),
+        ("/v1/completions", r#"{"prompt":"a","max_tokens":"ten"}"#.into(), Some("max_tokens")),
+        ("/v1/chat/completions", r#"{"messages":"hi"}"#.into(), Some("messages")),
+    ];
+    for (path, body, param) in cases {
+        let r = post(&base, path, &body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+#[tokio::test]
+async fn saturation_answers_429_with_retry_after() {
+    let model = fake().with_step_delay(Duration::from_millis(5));
+    let (s, base) = server(model, SchedulerConfig { max_running: 1, max_waiting: 0, ..Default::default() }).await;
+    let body = r#"{"prompt":"a","max_tokens":100,"temperature":0,"stream":true,"ignore_eos":true}"#;
+    let first = post(&base, "/v1/completions", body).await;
+    assert_eq!(first.status(), 200);
+    let mut stream = first.bytes_stream();
+    let _ = stream.next().await; // the first token is out, so the request is running
+    let r = post(&base, "/v1/completions", body).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    drop(stream);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("bitscale_engine_request_rejected_total{reason=\"queue_full\"} 1"), "{metrics}");
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+#[tokio::test]
+async fn drain_turns_ready_false_and_finishes_in_flight() {
+    let model = fake().with_step_delay(Duration::from_millis(5));
+    let (s, base) = server(model, SchedulerConfig::default()).await;
+    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 200);
+    let body = r#"{"prompt":"a","max_tokens":40,"temperature":0,"stream":true,"ignore_eos":true}"#;
+    let inflight = post(&base, "/v1/completions", body).await;
+    assert_eq!(inflight.status(), 200);
+    s.begin_drain();
+    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 503);
+    assert_eq!(reqwest::get(format!("{base}/health")).await.expect("health").status(), 200);
+    assert_eq!(post(&base, "/v1/completions", body).await.status(), 503);
+    let drain = tokio::spawn(s.drain(Duration::from_secs(20)));
+    let frames = sse_frames(inflight).await;
+    assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
+    assert!(drain.await.expect("join").expect("drain"), "in-flight request finished within grace");
+}
+
+/// Runs `tests/openai_client.py` (the official `openai` Python client, streaming included) against
+/// the server; skipped when `python3` with `openai` is not installed.
+#[tokio::test]
+async fn official_openai_python_client() {
+    let has_openai = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_openai {
+        eprintln!("skipped: python3 with the `openai` package is not available");
+        return;
+    }
+    let (s, base) = server(fake(), SchedulerConfig::default()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("python3").arg(script).arg(&base).arg("fake").output(),
+    )
+    .await
+    .expect("python finished")
+    .expect("python ran");
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+fn test_tokenizer() -> bitscale_engine::model::Tokenizer {
+    use bitscale_engine::model::testmodel;
+    let json = serde_json::to_vec(&testmodel::tokenizer_json()).expect("json");
+    bitscale_engine::model::Tokenizer::from_json_bytes(
+        &json,
+        Some(testmodel::CHAT_TEMPLATE.to_string()),
+        &["<|im_end|>", "</s>"],
+        Some("<s>"),
+    )
+    .expect("test tokenizer")
+}
+
+/// The fake model behind the test model's real BPE tokenizer and ChatML template.
+#[tokio::test]
+async fn real_tokenizer_streams_and_chats() {
+    let tok = test_tokenizer();
+    let vocab = tok.vocab_size();
+    let config = ServerConfig {
+        host: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        served_model_name: "tiny".into(),
+        quantization: "q8_0".into(),
+        device: "cpu".into(),
+        scheduler: SchedulerConfig::default(),
+    };
+    let s = start(Arc::new(FakeModel::new(vocab, 512)), Arc::new(tok), config).await.expect("start");
+    let base = format!("http://{}", s.local_addr());
+    for (path, body) in [
+        ("/v1/completions", r#"{"prompt":"the cat is on the mat","max_tokens":20,"stream":true,"seed":3}"#),
+        ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"héllo 👋"}],"max_tokens":20,"stream":true}"#),
+    ] {
+        let frames = sse_frames(post(&base, path, body).await).await;
+        assert_eq!(frames.last().map(String::as_str), Some("[DONE]"), "{path}");
+        for f in &frames[..frames.len() - 1] {
+            let v: Value = serde_json::from_str(f).expect("chunk json");
+            assert!(v.get("error").is_none(), "{f}");
+        }
+    }
+    let r = post(&base, "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert!(v["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 3), "{v}");
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+mod tokenization {
+    use bitscale_engine::server::{Detokenizer, TextCodec};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any text encodes, and streaming its tokens back through the detokenizer gives the text.
+        #[test]
+        fn encode_then_stream_decode_round_trips(text in "\\PC{0,40}") {
+            let tok = super::test_tokenizer();
+            let ids = TextCodec::encode(&tok, &text, false).expect("encode");
+            let mut d = Detokenizer::default();
+            let mut out = String::new();
+            for id in ids {
+                out.push_str(&d.push(&tok, id));
+            }
+            out.push_str(&d.flush(&tok));
+            prop_assert_eq!(out, text);
+        }
+    }
+}
+
+#[tokio::test]
+async fn bench_measures_a_running_server() {
+    let (s, base) = server(fake().with_step_delay(Duration::from_millis(1)), SchedulerConfig::default()).await;
+    let args = bitscale_engine::bench::BenchArgs {
+        url: base,
+        concurrency: vec![1, 2],
+        prompt_tokens: 4,
+        max_tokens: 8,
+        duration: Duration::from_millis(500),
+        max_requests: 50,
+        model: None,
+    };
+    let report = bitscale_engine::bench::bench(&args).await.expect("bench");
+    assert_eq!(report.model, "fake");
+    assert_eq!(report.levels.len(), 2);
+    for l in &report.levels {
+        assert!(l.requests > 0 && l.errors == 0, "{l:?}");
+        assert!(l.ttft_s.is_some() && l.itl_s.is_some(), "{l:?}");
+        assert!(l.generated_tokens_per_s > 0.0);
+    }
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+#[tokio::test]
+async fn loading_placeholder_is_alive_but_not_ready() {
+    let p = bitscale_engine::server::serve_loading(Ipv4Addr::LOCALHOST.into(), 0).await.expect("bind");
+    let base = format!("http://{}", p.local_addr());
+    assert_eq!(reqwest::get(format!("{base}/health")).await.expect("health").status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 503);
+    assert_eq!(post(&base, "/v1/completions", r#"{"prompt":"a"}"#).await.status(), 503);
+    let port = p.local_addr().port();
+    p.stop().await;
+    // The port is free again for the real server.
+    let config = ServerConfig {
+        host: Ipv4Addr::LOCALHOST.into(),
+        port,
+        served_model_name: "fake".into(),
+        quantization: "f32".into(),
+        device: "cpu".into(),
+        scheduler: SchedulerConfig::default(),
+    };
+    let s = start(Arc::new(fake()), Arc::new(ByteCodec::default()), config).await.expect("rebind");
+    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 200);
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}

@@ -161,8 +161,6 @@ pub(crate) struct HfConfig {
     pub rope_theta: f32,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f32,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
     pub rope_scaling: Option<RopeScaling>,
 }
 

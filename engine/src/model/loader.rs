@@ -150,10 +150,7 @@ impl Source for HfSource {
             None
         };
         let t = match heads {
-            Some(h) => {
-                let (n, k) = t.dims2()?;
-                t.reshape((h, 2, n / h / 2, k))?.transpose(1, 2)?.contiguous()?.reshape((n, k))?
-            }
+            Some(h) => permute_qk(&t, h)?,
             None => t,
         };
         Ok(Raw::Float(t))
@@ -161,6 +158,12 @@ impl Source for HfSource {
     fn native(&self) -> Option<GgmlDType> {
         None
     }
+}
+
+/// Reorders Q/K weight rows from rotate-half RoPE order (HF) to interleaved pairs (GGUF).
+pub(crate) fn permute_qk(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (n, k) = t.dims2()?;
+    t.reshape((heads, 2, n / heads / 2, k))?.transpose(1, 2)?.contiguous()?.reshape((n, k))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {

@@ -5,8 +5,13 @@
 
 use std::path::Path;
 
+mod attention;
 mod chat_template;
+mod config;
 mod error;
+mod linear;
+mod llama;
+mod loader;
 mod quant;
 pub mod testmodel;
 mod tokenizer;
@@ -119,6 +124,9 @@ pub struct LoadedModel {
 }
 
 /// Loads a GGUF file or a Hugging Face folder and quantizes it to `level`.
-pub fn load(_path: &Path, _level: QuantLevel, _device: DeviceKind) -> anyhow::Result<LoadedModel> {
-    anyhow::bail!("model loading is not implemented yet")
+///
+/// `path` is a `.gguf` file or a folder with `config.json`, `*.safetensors`, `tokenizer.json` and
+/// optionally `tokenizer_config.json`. Errors are [`ModelError`]s naming the file at fault.
+pub fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow::Result<LoadedModel> {
+    loader::load(path, level, device)
 }

@@ -18,8 +18,9 @@ use operator_support::*;
 
 fn engine_args(d: &Deployment) -> Vec<String> {
     d.spec
+        .template
+        .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
         .and_then(|p| p.containers.iter().find(|c| c.name == "engine"))
         .and_then(|c| c.args.clone())
         .unwrap_or_default()
@@ -78,7 +79,7 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     let args = engine_args(&deployment);
     assert!(args.windows(2).any(|w| w == ["--quantization", level.as_str()]), "{args:?}");
     assert!(args.windows(2).any(|w| w == ["--device", "cpu"]), "{args:?}");
-    let pod_spec = deployment.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
+    let pod_spec = deployment.spec.template.spec.clone().expect("pod spec");
     let limits = pod_spec.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
     assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("4Gi"));
     let selector = status.selector.clone().expect("selector");

@@ -141,7 +141,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
             owner_references: Some(vec![owner.reference.clone()]),
             ..ObjectMeta::default()
         },
-        spec: Some(DeploymentSpec {
+        spec: DeploymentSpec {
             replicas: Some(decision.replicas),
             selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
             strategy: Some(DeploymentStrategy {
@@ -175,7 +175,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
                 }),
             },
             ..DeploymentSpec::default()
-        }),
+        },
         status: None,
     }
 }
@@ -243,7 +243,7 @@ mod tests {
     }
 
     fn pod(d: &Deployment) -> &PodSpec {
-        d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec")
+        d.spec.template.spec.as_ref().expect("pod spec")
     }
 
     fn engine(d: &Deployment) -> &Container {
@@ -255,7 +255,7 @@ mod tests {
         let d = build(&cpu_class(), QuantLevel::Q4K, 2);
         assert_eq!(d.metadata.name.as_deref(), Some("chat-q4-k-cpu-standard"));
         assert_eq!(d.metadata.namespace.as_deref(), Some("team-a"));
-        let spec = d.spec.as_ref().expect("spec");
+        let spec = &d.spec;
         assert_eq!(spec.replicas, Some(2));
         let selector = spec.selector.match_labels.as_ref().expect("selector");
         assert_eq!(selector.get(LABEL_INSTANCE).map(String::as_str), Some("chat"));

@@ -53,7 +53,7 @@ pub struct Observed {
 impl Observed {
     /// Reads the decided variant's Deployment as returned by the API server.
     pub fn from_deployment(deployment: &Deployment, serving_variant: String, switched: bool) -> Self {
-        let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let desired = deployment.spec.replicas.unwrap_or(1);
         let status = deployment.status.clone().unwrap_or_default();
         let current = status.observed_generation >= deployment.metadata.generation;
         let updated = status.updated_replicas.unwrap_or(0);

@@ -1,3 +1,8 @@
 //! Bitscale's Kubernetes API: the `InferenceService` a user applies and the `HardwareClass`es an
 //! administrator offers. Types only: no client, no runtime, so the engine, the operator and the e2e
 //! suite can all share them.
+
+pub mod v1alpha1;
+
+/// The API group of every Bitscale resource.
+pub const GROUP: &str = "bitscale.dev";

@@ -1,5 +1,6 @@
 //! Bitscale's inference engine.
 //!
+//! - [`pull`]: fetching weights over https or from Hugging Face into a local file, resumable and checked.
 //! - [`model`]: loading Llama-family weights (GGUF or safetensors), quantizing them, the tokenizer and
 //!   chat template, and a batched forward pass with one KV cache per sequence.
 //! - [`scheduler`]: in-flight batching: each step decodes one token for every running sequence and
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod metrics;
 pub mod model;
+pub mod pull;
 pub mod scheduler;
 pub mod server;
 pub mod testing;

@@ -1,4 +1,97 @@
-fn main() {
-    eprintln!("bitscale-operator: not built yet");
-    std::process::exit(1);
+//! The operator binary: logging, leader election, `/metrics` + `/healthz`, and the controller.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bitscale_operator::{
+    Config,
+    build::EngineImages,
+    leader::{self, LeaseConfig},
+    metrics::Metrics,
+};
+use clap::Parser;
+
+/// Runs the Bitscale operator.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address of the /metrics and /healthz server.
+    #[arg(long, env = "BITSCALE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Engine image for cpu HardwareClasses.
+    #[arg(long, env = "BITSCALE_ENGINE_IMAGE", default_value_t = format!("ghcr.io/bitscale-dev/bitscale-engine:{}", env!("CARGO_PKG_VERSION")))]
+    engine_image: String,
+    /// Engine image for cuda HardwareClasses.
+    #[arg(long, env = "BITSCALE_ENGINE_CUDA_IMAGE", default_value_t = format!("ghcr.io/bitscale-dev/bitscale-engine:{}-cuda", env!("CARGO_PKG_VERSION")))]
+    engine_cuda_image: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "BITSCALE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Hold a Lease so only one replica reconciles.
+    #[arg(long, env = "BITSCALE_LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (usually the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "bitscale-operator")]
+    lease_name: String,
+    /// This replica's identity (usually the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "BITSCALE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let client = kube::Client::try_default().await?;
+    let metrics = Metrics::default();
+    let identity = args.identity.clone().unwrap_or_else(|| format!("bitscale-operator-{}", std::process::id()));
+    let config = Config {
+        images: EngineImages { cpu: args.engine_image, cuda: args.engine_cuda_image },
+        namespace: args.watch_namespace,
+        instance: Some(identity.clone()),
+        ..Config::default()
+    };
+
+    let server = tokio::spawn(bitscale_operator::http::serve(args.metrics_addr, metrics.clone()));
+    // Refuse to start without CRDs, before waiting for leadership.
+    bitscale_operator::crd::check_installed(&client).await?;
+
+    let lease = LeaseConfig {
+        namespace: args.lease_namespace,
+        name: args.lease_name,
+        identity,
+        duration: Duration::from_secs(15),
+        renew: Duration::from_secs(5),
+    };
+    if args.leader_elect {
+        leader::acquire(&client, &lease).await?;
+    }
+    let lost = async {
+        if args.leader_elect {
+            leader::hold(&client, &lease).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    tokio::select! {
+        result = bitscale_operator::run(client.clone(), config, metrics) => result,
+        error = lost => Err(error),
+        result = server => Err(anyhow::anyhow!("the metrics server stopped: {:?}", result)),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; shutting down");
+            Ok(())
+        }
+    }
 }

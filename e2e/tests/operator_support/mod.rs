@@ -1,0 +1,136 @@
+//! Shared setup for the operator's cluster tests: CRDs, HardwareClasses, the operator running
+//! in-process against one test namespace, and conditions to wait on.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::time::Duration;
+
+use bitscale_api::v1alpha1::{HardwareClass, InferenceService};
+use bitscale_operator::{Config, build::EngineImages, metrics::Metrics};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+};
+
+/// Generous: the local control plane shares two cores with compilers.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Installs (or updates) the CRDs from the operator's types and waits until they are established.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in bitscale_operator::crd::all() {
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("bitscale-e2e").force(), &Patch::Apply(&crd)).await?;
+        let established = |c: Option<&CustomResourceDefinition>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        };
+        bitscale_e2e::await_condition(api.clone(), &name, established, TIMEOUT).await?;
+    }
+    Ok(())
+}
+
+/// A CPU class named `<prefix>-cpu` on the `cpu` pool.
+pub fn cpu_class(prefix: &str) -> HardwareClass {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bitscale.dev/v1alpha1",
+        "kind": "HardwareClass",
+        "metadata": { "name": format!("{prefix}-cpu") },
+        "spec": {
+            "resources": { "cpu": "2", "memory": "4Gi" },
+            "nodeSelector": { "bitscale.dev/pool": "cpu" },
+            "costPerHour": 0.12,
+            "memoryBandwidth": "20GB/s"
+        }
+    }))
+    .expect("valid HardwareClass")
+}
+
+/// A GPU class named `<prefix>-gpu` on the tainted `gpu` pool.
+pub fn gpu_class(prefix: &str) -> HardwareClass {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bitscale.dev/v1alpha1",
+        "kind": "HardwareClass",
+        "metadata": { "name": format!("{prefix}-gpu") },
+        "spec": {
+            "device": "cuda",
+            "resources": {
+                "cpu": "2", "memory": "8Gi",
+                "accelerator": { "resourceName": "nvidia.com/gpu", "count": 1, "memory": "24Gi" }
+            },
+            "nodeSelector": { "bitscale.dev/pool": "gpu" },
+            "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
+            "costPerHour": 0.9,
+            "memoryBandwidth": "300GB/s"
+        }
+    }))
+    .expect("valid HardwareClass")
+}
+
+/// Creates or updates HardwareClasses.
+pub async fn apply_classes(client: &Client, classes: &[HardwareClass]) -> anyhow::Result<()> {
+    let api: Api<HardwareClass> = Api::all(client.clone());
+    for class in classes {
+        api.patch(&class.name_any(), &PatchParams::apply("bitscale-e2e").force(), &Patch::Apply(class)).await?;
+    }
+    Ok(())
+}
+
+/// Deletes HardwareClasses, ignoring ones already gone.
+pub async fn delete_classes(client: &Client, classes: &[HardwareClass]) {
+    let api: Api<HardwareClass> = Api::all(client.clone());
+    for class in classes {
+        let _ = api.delete(&class.name_any(), &Default::default()).await;
+    }
+}
+
+/// An InferenceService for SmolLM2-135M restricted to `classes`.
+pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bitscale.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "model": {
+                "source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main/smollm2-135m-instruct-q8_0.gguf",
+                "parameters": "135M",
+                "contextLength": 2048
+            },
+            "quantization": { "maxQualityLoss": 0.05 },
+            "placement": { "hardwareClasses": classes },
+            "slo": { "timeToFirstToken": "2s", "interTokenLatency": "200ms" },
+            "scaling": { "minReplicas": 1, "maxReplicas": 3 }
+        }
+    }))
+    .expect("valid InferenceService")
+}
+
+/// Runs the operator in-process, watching only `namespace`, until the handle is aborted.
+pub fn start_operator(client: Client, namespace: &str) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let config = Config {
+        images: EngineImages { cpu: "bitscale-engine:test".into(), cuda: "bitscale-engine:test-cuda".into() },
+        namespace: Some(namespace.to_owned()),
+        instance: Some(format!("e2e-{namespace}")),
+        ..Config::default()
+    };
+    tokio::spawn(bitscale_operator::run(client, config, Metrics::default()))
+}
+
+/// True once `Ready` is `True` for the object's current generation.
+pub fn ready(object: Option<&InferenceService>) -> bool {
+    condition_is(object, "Ready", "True")
+}
+
+/// True once condition `type_` has `status` for the object's current generation.
+pub fn condition_is(object: Option<&InferenceService>, type_: &str, status: &str) -> bool {
+    let Some(object) = object else { return false };
+    let generation = object.metadata.generation;
+    object.status.as_ref().is_some_and(|s| {
+        s.observed_generation == generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == status && c.observed_generation == generation)
+    })
+}

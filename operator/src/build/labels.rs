@@ -1,0 +1,79 @@
+//! Labels on every child, and the selectors built from them.
+
+use std::collections::BTreeMap;
+
+use bitscale_api::v1alpha1::Variant;
+
+/// Label naming the InferenceService a child belongs to.
+pub const LABEL_INSTANCE: &str = "bitscale.dev/inference-service";
+/// Label naming the variant of an engine Deployment and its pods.
+pub const LABEL_VARIANT: &str = "bitscale.dev/variant";
+/// The operator's field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "bitscale.dev/operator";
+
+/// The label value of a variant: `<level>.<hardwareClass>`, shortened with a hash when it would
+/// exceed the 63 characters a label value may have.
+pub fn variant_label(variant: &Variant) -> String {
+    let full = format!("{}.{}", variant.level, variant.hardware_class);
+    shorten(&full, 63, '.')
+}
+
+/// Shortens `value` to `max` characters by cutting it and appending a hash of the whole, so
+/// distinct long values stay distinct.
+pub fn shorten(value: &str, max: usize, separator: char) -> String {
+    if value.len() <= max {
+        return value.to_owned();
+    }
+    let hash = format!("{:08x}", fnv1a(value) as u32);
+    let keep = max - hash.len() - 1;
+    let head = value[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{head}{separator}{hash}")
+}
+
+fn fnv1a(value: &str) -> u64 {
+    value.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Labels every child of the InferenceService `name` carries.
+pub fn common_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "bitscale-engine".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), shorten(name, 63, '-')),
+        ("app.kubernetes.io/managed-by".to_owned(), "bitscale-operator".to_owned()),
+        (LABEL_INSTANCE.to_owned(), shorten(name, 63, '-')),
+    ])
+}
+
+/// Selects every engine pod of the InferenceService `name`.
+pub fn instance_selector(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_INSTANCE.to_owned(), shorten(name, 63, '-'))])
+}
+
+/// Selects the engine pods of one variant.
+pub fn variant_selector(name: &str, variant_label: &str) -> BTreeMap<String, String> {
+    let mut selector = instance_selector(name);
+    selector.insert(LABEL_VARIANT.to_owned(), variant_label.to_owned());
+    selector
+}
+
+/// Renders a selector as a label-selector string (`a=b,c=d`).
+pub fn selector_string(selector: &BTreeMap<String, String>) -> String {
+    selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use bitscale_api::v1alpha1::QuantLevel;
+
+    use super::*;
+
+    #[test]
+    fn variant_labels_are_valid_label_values() {
+        let short = Variant { level: QuantLevel::Q4K, hardware_class: "cpu-standard".into() };
+        assert_eq!(variant_label(&short), "q4_k.cpu-standard");
+        let long = Variant { level: QuantLevel::Q4K, hardware_class: "x".repeat(100) };
+        let other = Variant { level: QuantLevel::Q4K, hardware_class: format!("{}y", "x".repeat(99)) };
+        assert_eq!(variant_label(&long).len(), 63);
+        assert_ne!(variant_label(&long), variant_label(&other));
+    }
+}

@@ -1,0 +1,33 @@
+//! The Service in front of the serving variant.
+
+use k8s_openapi::{
+    api::core::v1::{Service, ServicePort, ServiceSpec},
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+
+use super::{Owner, deployment::ENGINE_PORT, labels::*};
+
+/// The Service named after the InferenceService, selecting the pods of `serving_variant`.
+pub fn service(owner: &Owner, serving_variant: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(owner.name.clone()),
+            namespace: Some(owner.namespace.clone()),
+            labels: Some(common_labels(&owner.name)),
+            owner_references: Some(vec![owner.reference.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(variant_selector(&owner.name, serving_variant)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: ENGINE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}

@@ -1,0 +1,298 @@
+//! The InferenceService controller: for each object, validate → decide → build → apply →
+//! status. Permanent errors set `Ready=False` with a reason and an Event, then wait for a change;
+//! transient ones retry with per-object exponential backoff.
+
+pub mod apply;
+pub mod status;
+pub mod validate;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bitscale_api::v1alpha1::{HardwareClass, InferenceService};
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::ListParams,
+    core::DeserializeGuard,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+
+use crate::{
+    build::{self, BuildInput, EngineImages, ENGINE_PORT, variant_label, variant_selector, selector_string},
+    decision,
+    error::{Error, Result},
+    metrics::Metrics,
+};
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Default engine images.
+    pub images: EngineImages,
+    /// Watch one namespace only; `None` watches all.
+    pub namespace: Option<String>,
+    /// Identity in Events (`reportingInstance`), such as the pod name.
+    pub instance: Option<String>,
+    /// Periodic re-check of each object.
+    pub resync: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        Self {
+            images: EngineImages {
+                cpu: format!("ghcr.io/bitscale-dev/bitscale-engine:{version}"),
+                cuda: format!("ghcr.io/bitscale-dev/bitscale-engine:{version}-cuda"),
+            },
+            namespace: None,
+            instance: None,
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    recorder: Recorder,
+    failures: Mutex<HashMap<ObjectRef<DeserializeGuard<InferenceService>>, u32>>,
+}
+
+/// Runs the controller until the stream ends (it does not on its own; drop or abort the future
+/// to stop). Fails at once when the CRDs are not installed.
+pub async fn run(client: Client, config: Config, metrics: Metrics) -> anyhow::Result<()> {
+    crate::crd::check_installed(&client).await?;
+    let isvcs: Api<DeserializeGuard<InferenceService>> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (deployments, services, pdbs): (Api<Deployment>, Api<Service>, Api<PodDisruptionBudget>) =
+        match &config.namespace {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let classes: Api<HardwareClass> = Api::all(client.clone());
+    // Any HardwareClass change may change any decision.
+    let class_changes = watcher(classes, watcher::Config::default())
+        .touched_objects()
+        .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    let reporter = Reporter {
+        controller: "bitscale-operator".into(),
+        instance: config.instance.clone(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        config,
+        metrics,
+        failures: Mutex::default(),
+    });
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=bitscale-operator");
+    Controller::new(isvcs, watcher::Config::default())
+        .owns(deployments, managed.clone())
+        .owns(services, managed.clone())
+        .owns(pdbs, managed)
+        .reconcile_all_on(class_changes)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile failed"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(object = %guard.name_any(), namespace = guard.namespace()))]
+async fn reconcile(guard: Arc<DeserializeGuard<InferenceService>>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start();
+    let object_ref = ObjectRef::from_obj(guard.as_ref());
+    let isvc = match &guard.0 {
+        Ok(isvc) => isvc,
+        Err(invalid) => {
+            let error = Error::InvalidObject(invalid.error.clone());
+            ctx.metrics.failure(error.category());
+            tracing::warn!(%error, "skipping an object that does not deserialize");
+            publish(&ctx, &guard.object_ref(&()), EventType::Warning, error.reason(), &error.to_string()).await;
+            return Ok(Action::await_change());
+        }
+    };
+    match reconcile_valid(isvc, &ctx).await {
+        Ok(action) => {
+            lock(&ctx.failures).remove(&object_ref);
+            Ok(action)
+        }
+        Err(error) if error.is_permanent() => {
+            lock(&ctx.failures).remove(&object_ref);
+            ctx.metrics.failure(error.category());
+            tracing::warn!(%error, "permanent error; waiting for a change");
+            report_permanent(isvc, &ctx, &error).await?;
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            ctx.metrics.failure(error.category());
+            Err(error)
+        }
+    }
+}
+
+async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Action> {
+    let client = &ctx.client;
+    let classes = Api::<HardwareClass>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let valid = validate::validate(isvc, &classes)?;
+    let outcome = decision::decide(&valid.inputs)?;
+    let decided = outcome.decision;
+    let target = variant_label(&decided.variant);
+    let class = valid
+        .classes
+        .get(&decided.variant.hardware_class)
+        .ok_or_else(|| Error::UnknownHardwareClass(vec![decided.variant.hardware_class.clone()]))?;
+
+    // Blue/green: the Service keeps selecting the variant it serves until the decided one is
+    // available, and only then moves; the old Deployment goes after the move.
+    let existing = apply::variant_deployments(client, &valid.owner).await?;
+    let current = apply::serving_variant(client, &valid.owner).await?;
+    let target_ready_before = existing
+        .iter()
+        .find(|(v, _)| v == &target)
+        .map(|(_, d)| status::Observed::from_deployment(d, target.clone(), true).ready())
+        .unwrap_or(false);
+    let old_still_there = |v: &String| existing.iter().any(|(e, _)| e == v);
+    let serving = match current {
+        Some(v) if v != target && old_still_there(&v) && !target_ready_before && decided.replicas > 0 => v,
+        _ => target.clone(),
+    };
+
+    let input = BuildInput {
+        owner: &valid.owner,
+        model: &isvc.spec.model,
+        engine: &isvc.spec.engine,
+        class,
+        decision: &decided,
+        images: &ctx.config.images,
+    };
+    let desired = build::desired(&input, &serving);
+    let applied = apply::apply(client, &valid.owner, &desired).await?;
+    let switched = serving == target;
+    let observed = status::Observed::from_deployment(&applied.deployment, serving.clone(), switched);
+    if switched && (observed.ready() || decided.replicas == 0) {
+        apply::delete_other_variants(client, &valid.owner, &existing, &target).await?;
+    }
+
+    let selector = selector_string(&variant_selector(&valid.owner.name, &serving));
+    let endpoint = format!("http://{}.{}.svc:{ENGINE_PORT}", valid.owner.name, valid.owner.namespace);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::healthy(
+        isvc.status.as_ref(),
+        valid.generation,
+        &decided,
+        &observed,
+        selector,
+        endpoint,
+        outcome.overloaded,
+        &now,
+    );
+    if isvc.status.as_ref() != Some(&new_status) {
+        let previous = isvc.status.as_ref().and_then(|s| s.decision.as_ref()).map(|d| d.variant.clone());
+        if previous.as_ref() != Some(&decided.variant) {
+            publish(ctx, &isvc.object_ref(&()), EventType::Normal, "Decided", &decided.reason).await;
+        }
+        apply::apply_status(client, &valid.owner, &new_status).await?;
+    }
+    Ok(if switched && observed.ready() {
+        Action::requeue(ctx.config.resync)
+    } else {
+        // Owned Deployment updates also trigger a reconcile; this is a backstop.
+        Action::requeue(Duration::from_secs(15))
+    })
+}
+
+async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error) -> Result<()> {
+    let (Some(name), Some(namespace)) = (isvc.metadata.name.clone(), isvc.metadata.namespace.clone()) else {
+        return Ok(());
+    };
+    let message = error.to_string();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::failed(isvc.status.as_ref(), isvc.metadata.generation, error.reason(), &message, &now);
+    if isvc.status.as_ref() != Some(&new_status) {
+        publish(ctx, &isvc.object_ref(&()), EventType::Warning, error.reason(), &message).await;
+        let owner = build::Owner {
+            name,
+            namespace,
+            reference: isvc.controller_owner_ref(&()).ok_or(Error::MissingObjectKey("metadata.uid"))?,
+        };
+        apply::apply_status(&ctx.client, &owner, &new_status).await?;
+    }
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    // Events 1 KiB max; decisions can be longer.
+    let note: String = note.chars().take(1000).collect();
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(%error, "could not publish an Event");
+    }
+}
+
+fn error_policy(guard: Arc<DeserializeGuard<InferenceService>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let mut failures = lock(&ctx.failures);
+    let count = failures.entry(ObjectRef::from_obj(guard.as_ref())).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = backoff(*count);
+    tracing::warn!(%error, category = error.category(), retry_in = ?delay, "transient error");
+    Action::requeue(delay)
+}
+
+/// Exponential backoff: 1 s, 2 s, 4 s, … capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock left a counter map; it is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(40), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,374 @@
+//! The first decision, from priors: which variant (quantization level × HardwareClass) serves an
+//! InferenceService, with how many replicas, and why. Pure: no client, no clock.
+//!
+//! For each candidate: does it fit in memory, is its quality within budget, does the roofline
+//! estimate meet the latency SLO, how many replicas does the demand need? The cheapest feasible
+//! candidate wins; every other candidate is listed with the reason it lost.
+
+pub mod priors;
+
+use std::time::Duration;
+
+use bitscale_api::v1alpha1::{Alternative, Decision, Device, Estimate, QuantLevel, Variant};
+
+use self::priors::*;
+
+/// Everything the decision needs, already parsed and defaulted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inputs {
+    /// Parameter count of the model.
+    pub parameters: f64,
+    /// Where the parameter count came from, for the explanation.
+    pub parameters_basis: String,
+    /// Longest sequence in tokens.
+    pub context_length: i32,
+    /// Sequences one replica decodes together.
+    pub max_running: i32,
+    /// Levels to consider (already defaulted to all, or to the pinned one).
+    pub levels: Vec<QuantLevel>,
+    /// True when the user pinned the level: quality is then not weighed.
+    pub pinned: bool,
+    /// Largest acceptable relative perplexity increase against the best candidate level.
+    pub max_quality_loss: f64,
+    /// p95 time-to-first-token objective.
+    pub ttft_slo: Option<Duration>,
+    /// p95 inter-token latency objective.
+    pub itl_slo: Option<Duration>,
+    /// Expected generated tokens per second across replicas, if known.
+    pub demand: Option<f64>,
+    /// Typical prompt length in tokens.
+    pub prompt_tokens: i32,
+    /// Replica bounds.
+    pub min_replicas: i32,
+    /// Replica bounds.
+    pub max_replicas: i32,
+    /// Replicas set by an external autoscaler (`replicasOwner: External`), if any.
+    pub external_replicas: Option<i32>,
+    /// True when an external autoscaler owns the replica count.
+    pub external: bool,
+    /// HardwareClasses to consider.
+    pub classes: Vec<Class>,
+}
+
+/// A HardwareClass reduced to the numbers the decision uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Class {
+    /// Name of the HardwareClass.
+    pub name: String,
+    /// Engine device.
+    pub device: Device,
+    /// Memory limit of one replica in bytes.
+    pub memory_bytes: f64,
+    /// Accelerator memory of one replica (count × per-device memory) in bytes, for cuda.
+    pub accelerator_memory_bytes: Option<f64>,
+    /// Memory bandwidth in bytes/s.
+    pub bandwidth: f64,
+    /// Peak compute in FLOP/s.
+    pub flops: f64,
+    /// Price of one replica per hour.
+    pub cost_per_hour: f64,
+}
+
+/// The result of a decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The decision to record in status and to apply.
+    pub decision: Decision,
+    /// True when even the chosen variant at maxReplicas cannot carry the demand within the SLO.
+    pub overloaded: bool,
+}
+
+/// No candidate can serve the model; each alternative says why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoFeasibleVariant {
+    /// Every candidate and why it was excluded.
+    pub alternatives: Vec<Alternative>,
+}
+
+impl std::fmt::Display for NoFeasibleVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no variant can serve this model")?;
+        for (i, alt) in self.alternatives.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { "; " })?;
+            write!(f, "{}: {}", alt.variant, alt.reason)?;
+        }
+        Ok(())
+    }
+}
+
+// Why a candidate was excluded, ordered from most to least fundamental.
+#[derive(Clone, Debug, PartialEq)]
+enum Exclusion {
+    Memory(String),
+    Quality(String),
+    Latency(String),
+    Capacity { reason: String, capacity: f64 },
+}
+
+impl Exclusion {
+    fn reason(&self) -> &str {
+        match self {
+            Self::Memory(r) | Self::Quality(r) | Self::Latency(r) | Self::Capacity { reason: r, .. } => r,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    variant: Variant,
+    estimate: Estimate,
+    replicas: i32,
+    cost_per_hour: f64,
+    cost_per_million: f64,
+    excluded: Option<Exclusion>,
+}
+
+/// Picks the cheapest feasible variant.
+///
+/// # Errors
+/// [`NoFeasibleVariant`] when no candidate fits in memory, meets the quality budget and the
+/// latency SLO. A demand larger than every candidate can carry at `maxReplicas` is not an error:
+/// the candidate with the most capacity is chosen and [`Outcome::overloaded`] is set.
+pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
+    let best_loss = inputs
+        .levels
+        .iter()
+        .map(|l| quality_loss_prior(*l))
+        .fold(f64::INFINITY, f64::min);
+    let mut candidates: Vec<Candidate> = inputs
+        .classes
+        .iter()
+        .flat_map(|class| inputs.levels.iter().map(move |level| (class, *level)))
+        .map(|(class, level)| evaluate(inputs, class, level, best_loss))
+        .collect();
+    candidates.sort_by(|a, b| {
+        a.cost_per_hour
+            .total_cmp(&b.cost_per_hour)
+            .then(a.cost_per_million.total_cmp(&b.cost_per_million))
+            .then(a.estimate.quality_loss.total_cmp(&b.estimate.quality_loss))
+            .then(a.variant.cmp(&b.variant))
+    });
+
+    let (winner, overloaded) = match candidates.iter().position(|c| c.excluded.is_none()) {
+        Some(i) => (i, false),
+        None => {
+            // Only capacity is short: serve as much as possible rather than nothing.
+            let best = candidates
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| match &c.excluded {
+                    Some(Exclusion::Capacity { capacity, .. }) => Some((i, *capacity)),
+                    _ => None,
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+            match best {
+                Some((i, _)) => (i, true),
+                None => {
+                    return Err(NoFeasibleVariant {
+                        alternatives: candidates
+                            .into_iter()
+                            .map(|c| Alternative {
+                                reason: c.excluded.map(|e| e.reason().to_owned()).unwrap_or_default(),
+                                variant: c.variant,
+                            })
+                            .collect(),
+                    });
+                }
+            }
+        }
+    };
+    let chosen = candidates.remove(winner);
+    let alternatives = candidates
+        .into_iter()
+        .map(|c| Alternative {
+            reason: match &c.excluded {
+                Some(e) => e.reason().to_owned(),
+                None => lost_to(&c, &chosen),
+            },
+            variant: c.variant,
+        })
+        .collect();
+    let reason = explain(inputs, &chosen, overloaded);
+    Ok(Outcome {
+        decision: Decision {
+            variant: chosen.variant,
+            replicas: chosen.replicas,
+            reason,
+            basis: "estimate from priors".to_owned(),
+            cost_per_hour: round(chosen.cost_per_hour, 4),
+            cost_per_million_tokens: round(chosen.cost_per_million, 4),
+            estimate: chosen.estimate,
+            alternatives,
+        },
+        overloaded,
+    })
+}
+
+fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -> Candidate {
+    let variant = Variant { level, hardware_class: class.name.clone() };
+    let weights = inputs.parameters * level.bits_per_weight() / 8.0;
+    let kv_per_token = kv_bytes_per_token(inputs.parameters);
+    let kv_pool = f64::from(inputs.context_length) * f64::from(inputs.max_running) * kv_per_token;
+    let scratch = weights * SCRATCH_FRACTION;
+    let memory = weights + kv_pool + scratch + OVERHEAD_BYTES;
+    let quality_loss = (quality_loss_prior(level) - best_loss).max(0.0);
+
+    // Roofline: a decode step streams the weights once and each sequence's KV cache.
+    let bandwidth = class.bandwidth * BANDWIDTH_EFFICIENCY;
+    let kv_tokens = f64::from(inputs.prompt_tokens.min(inputs.context_length)) + 128.0;
+    let step = |m: i32| (weights + f64::from(m) * kv_tokens * kv_per_token) / bandwidth;
+    let itl_limit = inputs.itl_slo.map(|d| d.as_secs_f64());
+    let batch = (1..=inputs.max_running.max(1))
+        .rev()
+        .find(|m| itl_limit.is_none_or(|limit| step(*m) <= limit))
+        .unwrap_or(1);
+    let itl = step(batch);
+    let capacity = f64::from(batch) / itl;
+    let prefill_flops = 2.0 * inputs.parameters * f64::from(inputs.prompt_tokens);
+    let prefill = (prefill_flops / (class.flops * COMPUTE_EFFICIENCY)).max(weights / bandwidth);
+    // A new request waits for the step in flight, then its prefill runs.
+    let ttft = prefill + itl;
+
+    let estimate = Estimate {
+        memory_bytes: memory.round() as i64,
+        quality_loss: round(quality_loss, 4),
+        tokens_per_second: round(capacity, 2),
+        inter_token_latency_ms: round(itl * 1e3, 2),
+        time_to_first_token_ms: round(ttft * 1e3, 2),
+    };
+
+    let (memory_ok, memory_reason) = match (class.device, class.accelerator_memory_bytes) {
+        (Device::Cuda, Some(accelerator)) => {
+            let on_device = weights + kv_pool + scratch;
+            (
+                on_device <= accelerator && OVERHEAD_BYTES <= class.memory_bytes,
+                format!("needs {} of accelerator memory, has {}", gib(on_device), gib(accelerator)),
+            )
+        }
+        _ => (memory <= class.memory_bytes, format!("needs {} of memory, has {}", gib(memory), gib(class.memory_bytes))),
+    };
+
+    let demand_replicas = match (inputs.external, inputs.demand) {
+        (true, _) => inputs.external_replicas.unwrap_or(inputs.min_replicas),
+        (false, Some(d)) if d <= 0.0 => 0,
+        (false, Some(d)) => (d / (capacity * TARGET_UTILISATION)).ceil() as i32,
+        // Without a demand figure, start one replica: nothing could wake a service at zero.
+        (false, None) => 1,
+    };
+    let replicas = demand_replicas.clamp(inputs.min_replicas, inputs.max_replicas.max(inputs.min_replicas));
+    let cost_per_hour = f64::from(replicas) * class.cost_per_hour;
+    let rate = match inputs.demand {
+        Some(d) => d.min(f64::from(replicas) * capacity),
+        None => f64::from(replicas) * capacity * TARGET_UTILISATION,
+    };
+    let cost_per_million = if rate > 0.0 { cost_per_hour / (rate * 3600.0) * 1e6 } else { 0.0 };
+
+    let excluded = if !memory_ok {
+        Some(Exclusion::Memory(memory_reason))
+    } else if !inputs.pinned && quality_loss > inputs.max_quality_loss + 1e-12 {
+        Some(Exclusion::Quality(format!(
+            "quality loss {} exceeds the budget {}",
+            pct(quality_loss),
+            pct(inputs.max_quality_loss)
+        )))
+    } else if let Some(limit) = itl_limit.filter(|l| step(1) > *l) {
+        Some(Exclusion::Latency(format!(
+            "inter-token latency {} even alone exceeds the SLO {}",
+            ms(step(1)),
+            ms(limit)
+        )))
+    } else if let Some(limit) = inputs.ttft_slo.map(|d| d.as_secs_f64()).filter(|l| ttft > *l) {
+        Some(Exclusion::Latency(format!("time to first token {} exceeds the SLO {}", ms(ttft), ms(limit))))
+    } else if !inputs.external && demand_replicas > inputs.max_replicas {
+        Some(Exclusion::Capacity {
+            reason: format!(
+                "needs {demand_replicas} replicas of {:.1} tok/s for {:.1} tok/s, maxReplicas is {}",
+                capacity,
+                inputs.demand.unwrap_or_default(),
+                inputs.max_replicas
+            ),
+            capacity: f64::from(inputs.max_replicas) * capacity,
+        })
+    } else {
+        None
+    };
+    Candidate { variant, estimate, replicas, cost_per_hour, cost_per_million, excluded }
+}
+
+fn lost_to(loser: &Candidate, winner: &Candidate) -> String {
+    if loser.cost_per_hour > winner.cost_per_hour + 1e-9 {
+        format!(
+            "costs ${:.4}/h ({} × ${:.4}) against ${:.4}/h",
+            loser.cost_per_hour,
+            loser.replicas,
+            loser.cost_per_hour / f64::from(loser.replicas.max(1)),
+            winner.cost_per_hour
+        )
+    } else if loser.cost_per_million > winner.cost_per_million + 1e-9 {
+        format!(
+            "same cost per hour, but ${:.4} per 1M tokens against ${:.4} ({:.1} against {:.1} tok/s per replica)",
+            loser.cost_per_million,
+            winner.cost_per_million,
+            loser.estimate.tokens_per_second,
+            winner.estimate.tokens_per_second
+        )
+    } else {
+        format!(
+            "same cost, quality loss {} against {}",
+            pct(loser.estimate.quality_loss),
+            pct(winner.estimate.quality_loss)
+        )
+    }
+}
+
+fn explain(inputs: &Inputs, chosen: &Candidate, overloaded: bool) -> String {
+    let e = &chosen.estimate;
+    let head = if overloaded {
+        format!(
+            "no variant carries {:.1} tok/s within maxReplicas {}; {} has the most capacity",
+            inputs.demand.unwrap_or_default(),
+            inputs.max_replicas,
+            chosen.variant
+        )
+    } else {
+        format!("{} is the cheapest feasible variant", chosen.variant)
+    };
+    let replicas = match (inputs.external, inputs.demand) {
+        (true, _) => "replicas set externally".to_owned(),
+        (false, Some(d)) => format!("{d:.1} tok/s of demand at {:.0}% utilisation", TARGET_UTILISATION * 100.0),
+        (false, None) => "no demand given, so one replica to start".to_owned(),
+    };
+    format!(
+        "{head}: {} replica(s) × ${:.4}/h ({replicas}); est. {:.1} tok/s per replica, ITL {:.1} ms, TTFT {:.1} ms, \
+         quality loss {}{}, memory {}; {} (roofline prior, not yet measured)",
+        chosen.replicas,
+        chosen.cost_per_hour / f64::from(chosen.replicas.max(1)),
+        e.tokens_per_second,
+        e.inter_token_latency_ms,
+        e.time_to_first_token_ms,
+        pct(e.quality_loss),
+        if inputs.pinned { " (pinned)" } else { "" },
+        gib(e.memory_bytes as f64),
+        inputs.parameters_basis,
+    )
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.2}GiB", bytes / (1024.0 * 1024.0 * 1024.0))
+}
+
+fn ms(seconds: f64) -> String {
+    format!("{:.1}ms", seconds * 1e3)
+}
+
+fn pct(fraction: f64) -> String {
+    format!("{:.2}%", fraction * 100.0)
+}
+
+#[cfg(test)]
+mod tests;

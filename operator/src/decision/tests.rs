@@ -1,0 +1,203 @@
+use std::time::Duration;
+
+use bitscale_api::v1alpha1::{Device, QuantLevel};
+
+use super::*;
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+fn cpu() -> Class {
+    Class {
+        name: "cpu-standard".into(),
+        device: Device::Cpu,
+        memory_bytes: 8.0 * GIB,
+        accelerator_memory_bytes: None,
+        bandwidth: 20e9,
+        flops: 200e9,
+        cost_per_hour: 0.10,
+    }
+}
+
+fn gpu() -> Class {
+    Class {
+        name: "gpu-small".into(),
+        device: Device::Cuda,
+        memory_bytes: 16.0 * GIB,
+        accelerator_memory_bytes: Some(24.0 * GIB),
+        bandwidth: 300e9,
+        flops: 20e12,
+        cost_per_hour: 0.90,
+    }
+}
+
+fn smol() -> Inputs {
+    Inputs {
+        parameters: 135e6,
+        parameters_basis: "135M parameters from spec.model.parameters".into(),
+        context_length: 4096,
+        max_running: 8,
+        levels: QuantLevel::ALL.to_vec(),
+        pinned: false,
+        max_quality_loss: 0.05,
+        ttft_slo: None,
+        itl_slo: None,
+        demand: None,
+        prompt_tokens: 256,
+        min_replicas: 1,
+        max_replicas: 4,
+        external_replicas: None,
+        external: false,
+        classes: vec![cpu(), gpu()],
+    }
+}
+
+fn reason_for<'a>(outcome: &'a Outcome, level: QuantLevel, class: &str) -> &'a str {
+    &outcome
+        .decision
+        .alternatives
+        .iter()
+        .find(|a| a.variant.level == level && a.variant.hardware_class == class)
+        .unwrap_or_else(|| panic!("no alternative {level}/{class}"))
+        .reason
+}
+
+#[test]
+fn cheapest_class_wins_and_smaller_levels_break_the_tie_by_throughput() {
+    let outcome = decide(&smol()).expect("feasible");
+    let d = &outcome.decision;
+    assert_eq!(d.variant.hardware_class, "cpu-standard");
+    // Same price per hour on the same class, so the fastest level within the budget wins:
+    // q4_k (2.8% loss) is smaller than q5_k; q4_0/q4_1 exceed 5%.
+    assert_eq!(d.variant.level, QuantLevel::Q4K);
+    assert_eq!(d.replicas, 1);
+    assert_eq!(d.cost_per_hour, 0.1);
+    assert!(!outcome.overloaded);
+    assert!(d.reason.contains("cheapest feasible"), "{}", d.reason);
+    assert!(d.reason.contains("spec.model.parameters"), "{}", d.reason);
+    // Every other candidate is explained.
+    assert_eq!(d.alternatives.len(), 2 * QuantLevel::ALL.len() - 1);
+    assert!(reason_for(&outcome, QuantLevel::Q4K, "gpu-small").contains("costs $0.9000/h"));
+    assert!(reason_for(&outcome, QuantLevel::Q8_0, "cpu-standard").contains("per 1M tokens"));
+}
+
+#[test]
+fn quality_budget_excludes_low_levels() {
+    let outcome = decide(&smol()).expect("feasible");
+    for level in [QuantLevel::Q2K, QuantLevel::Q3K, QuantLevel::Q4_0, QuantLevel::Q4_1] {
+        let reason = reason_for(&outcome, level, "cpu-standard");
+        assert!(reason.contains("exceeds the budget 5.00%"), "{level}: {reason}");
+    }
+
+    let strict = Inputs { max_quality_loss: 0.001, ..smol() };
+    let outcome = decide(&strict).expect("feasible");
+    assert!(outcome.decision.estimate.quality_loss <= 0.001);
+    assert_eq!(outcome.decision.variant.level, QuantLevel::Q8_0);
+}
+
+#[test]
+fn quality_is_measured_against_the_best_allowed_level() {
+    // With only 4-bit levels allowed, q4_k is the reference and q4_0 loses ~4.7%: within 5%.
+    let inputs = Inputs { levels: vec![QuantLevel::Q4K, QuantLevel::Q4_0], ..smol() };
+    let outcome = decide(&inputs).expect("feasible");
+    assert!(!reason_for(&outcome, QuantLevel::Q4_0, "cpu-standard").contains("budget"));
+}
+
+#[test]
+fn pinned_level_ignores_the_quality_budget() {
+    let inputs = Inputs { levels: vec![QuantLevel::Q2K], pinned: true, ..smol() };
+    let outcome = decide(&inputs).expect("feasible");
+    assert_eq!(outcome.decision.variant.level, QuantLevel::Q2K);
+    assert!(outcome.decision.reason.contains("(pinned)"));
+}
+
+#[test]
+fn memory_excludes_classes_that_are_too_small() {
+    // An 8B model in f16 needs 16 GB of weights: too much for the 8Gi CPU class.
+    let inputs = Inputs {
+        parameters: 8e9,
+        levels: vec![QuantLevel::F16],
+        pinned: true,
+        ..smol()
+    };
+    let outcome = decide(&inputs).expect("the GPU fits");
+    assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
+    assert!(reason_for(&outcome, QuantLevel::F16, "cpu-standard").contains("of memory, has 8.00GiB"));
+}
+
+#[test]
+fn nothing_fits_is_an_error_listing_every_candidate() {
+    let inputs = Inputs { parameters: 400e9, levels: vec![QuantLevel::Q4K], ..smol() };
+    let err = decide(&inputs).expect_err("nothing fits");
+    assert_eq!(err.alternatives.len(), 2);
+    let text = err.to_string();
+    assert!(text.contains("q4_k/cpu-standard: needs"), "{text}");
+    assert!(text.contains("accelerator memory"), "{text}");
+}
+
+#[test]
+fn latency_slo_excludes_slow_variants() {
+    // 1.7B at q8_0 is ~1.8 GB per token: ~150 ms per step on 12 GB/s effective CPU bandwidth.
+    let inputs = Inputs {
+        parameters: 1.7e9,
+        levels: vec![QuantLevel::Q8_0],
+        itl_slo: Some(Duration::from_millis(50)),
+        ..smol()
+    };
+    let outcome = decide(&inputs).expect("the GPU is fast enough");
+    assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
+    let reason = reason_for(&outcome, QuantLevel::Q8_0, "cpu-standard");
+    assert!(reason.contains("inter-token latency") && reason.contains("SLO 50.0ms"), "{reason}");
+
+    let ttft = Inputs { ttft_slo: Some(Duration::from_millis(1)), ..smol() };
+    let err = decide(&ttft).expect_err("nothing prefills in 1ms");
+    assert!(err.to_string().contains("time to first token"), "{err}");
+}
+
+#[test]
+fn demand_sets_replicas_within_bounds() {
+    let base = decide(&smol()).expect("feasible");
+    let per_replica = base.decision.estimate.tokens_per_second;
+
+    let two = Inputs { demand: Some(per_replica * 1.2), ..smol() };
+    assert_eq!(decide(&two).expect("feasible").decision.replicas, 2);
+
+    let idle = Inputs { demand: Some(0.0), min_replicas: 0, ..smol() };
+    let outcome = decide(&idle).expect("feasible");
+    assert_eq!(outcome.decision.replicas, 0);
+    assert_eq!(outcome.decision.cost_per_hour, 0.0);
+
+    let floor = Inputs { demand: Some(0.0), min_replicas: 2, ..smol() };
+    assert_eq!(decide(&floor).expect("feasible").decision.replicas, 2);
+}
+
+#[test]
+fn demand_beyond_max_replicas_moves_to_bigger_hardware_or_overloads() {
+    let base = decide(&smol()).expect("feasible");
+    let per_replica = base.decision.estimate.tokens_per_second;
+    // More than 4 CPU replicas can carry, but within one GPU replica's capacity.
+    let inputs = Inputs { demand: Some(per_replica * 4.0), ..smol() };
+    let outcome = decide(&inputs).expect("feasible");
+    assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
+    assert!(!outcome.overloaded);
+    assert!(reason_for(&outcome, QuantLevel::Q4K, "cpu-standard").contains("maxReplicas is 4"));
+
+    let huge = Inputs { demand: Some(1e9), ..smol() };
+    let outcome = decide(&huge).expect("overloaded is not an error");
+    assert!(outcome.overloaded);
+    assert_eq!(outcome.decision.replicas, 4);
+    assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
+}
+
+#[test]
+fn external_owner_keeps_its_replica_count_within_bounds() {
+    let inputs = Inputs { external: true, external_replicas: Some(9), demand: Some(1e9), ..smol() };
+    let outcome = decide(&inputs).expect("feasible");
+    assert_eq!(outcome.decision.replicas, 4);
+    assert!(!outcome.overloaded);
+    assert!(outcome.decision.reason.contains("replicas set externally"));
+}
+
+#[test]
+fn decisions_are_deterministic() {
+    assert_eq!(decide(&smol()), decide(&smol()));
+}

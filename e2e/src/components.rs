@@ -196,6 +196,13 @@ pub fn apiserver_args(state_dir: &Path, ports: Ports, pki: &Pki) -> Vec<OsString
         flag("tls-cert-file", &pki.apiserver.cert),
         flag("tls-private-key-file", &pki.apiserver.key),
         flag("client-ca-file", &pki.ca.cert),
+        // Request-header authentication (for aggregated API servers) trusts only a CN the harness
+        // never issues; configuring it keeps the controllers from logging a missing CA bundle.
+        flag("requestheader-client-ca-file", &pki.ca.cert),
+        flag("requestheader-allowed-names", "front-proxy-client"),
+        flag("requestheader-username-headers", "X-Remote-User"),
+        flag("requestheader-group-headers", "X-Remote-Group"),
+        flag("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
         flag("authorization-mode", "Node,RBAC"),
         // PodSecurity is on by default; naming it makes sure a changed default cannot drop it.
         flag("enable-admission-plugins", "NodeRestriction,PodSecurity"),

@@ -173,8 +173,13 @@ pub fn stop(name: &str, pid: u32, grace: Duration) {
     while is_running(pid) {
         if Instant::now() >= deadline {
             eprintln!("bitscale-e2e: {name} (pid {pid}) ignored SIGTERM for {grace:?}; sending SIGKILL");
-            // It may exit between the check and the signal; either way it is gone.
+            // It may exit between the check and the signal; either way it goes.
             let _ = rustix::process::kill_process(target, Signal::KILL);
+            let killed = Instant::now();
+            // SIGKILL cannot be ignored; wait briefly so its files are closed before they are removed.
+            while is_running(pid) && killed.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             break;
         }
         std::thread::sleep(Duration::from_millis(50));

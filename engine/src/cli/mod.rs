@@ -1,7 +1,8 @@
-//! The `bitscale-engine` command line: `serve` and `bench` (more subcommands join here).
+//! The `bitscale-engine` command line: `serve`, `bench`, `pull` and `gen-test-model`.
 
 pub mod resources;
 pub mod serve;
+pub mod tools;
 
 use std::io::IsTerminal;
 
@@ -25,6 +26,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Load-test a running server (loopback only) and print latency and throughput as JSON.
     Bench(crate::bench::BenchArgs),
+    /// Download a model (https or hf://) into a cache path, resumable, with an optional SHA-256 check.
+    Pull(tools::PullArgs),
+    /// Write a tiny random-weight Llama as GGUF and as a Hugging Face folder, for tests.
+    GenTestModel(tools::GenTestModelArgs),
 }
 
 /// Sets up tracing to stderr; `RUST_LOG` filters (default `info`).
@@ -50,5 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Pull(args) => tools::pull(args),
+        Command::GenTestModel(args) => tools::gen_test_model(args),
     }
 }

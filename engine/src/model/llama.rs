@@ -14,7 +14,7 @@ use super::linear::{Linear, add_assign, rms_norm, swiglu};
 use super::{Forward, KvCache, ModelError, ModelInfo, SeqChunk};
 
 /// Positions reserved up front in a new cache (it grows by doubling after that).
-const KV_RESERVE: usize = 256;
+const KV_RESERVE: usize = 64;
 
 /// One decoder block.
 pub(crate) struct Block {

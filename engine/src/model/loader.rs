@@ -213,8 +213,11 @@ pub(crate) fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow
         let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut src = GgufSource { path: path.to_owned(), file, content };
         if src.has("rope_freqs.weight") {
-            let Raw::Quant(q) = src.read("rope_freqs.weight")? else { unreachable!() };
-            cfg.rope_freq_factors = Some(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?);
+            let t = match src.read("rope_freqs.weight")? {
+                Raw::Quant(q) => q.dequantize(&Device::Cpu)?,
+                Raw::Float(t) => t,
+            };
+            cfg.rope_freq_factors = Some(t.flatten_all()?.to_vec1::<f32>()?);
         }
         (tokenizer, build(&mut src, cfg, name, level, device, dev)?)
     };

@@ -2,6 +2,12 @@
 //!
 //! The contract with the scheduler is [`Forward`]: one call runs one engine step over a ragged batch
 //! of sequences, each at its own position with its own [`KvCache`].
+//!
+//! - `loader`: GGUF / Hugging Face folder → weights at a [`QuantLevel`] (requantizing as needed).
+//! - `llama`, `attention`, `linear`: the batched forward pass (rows of all sequences stacked into
+//!   one matrix per matmul; RoPE, attention and KV per sequence on the host).
+//! - [`Tokenizer`]: `tokenizer.json` or GGUF vocabulary, plus the chat template.
+//! - [`testmodel`]: a tiny random-weight Llama for tests (`write_test_model`).
 
 use std::path::Path;
 

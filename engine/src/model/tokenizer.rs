@@ -100,8 +100,8 @@ impl Tokenizer {
         let eos = token_text("eos_token");
         let mut stops: Vec<&str> = eos.iter().map(String::as_str).collect();
         stops.extend(END_OF_TURN);
-        Ok(Self::from_json_bytes(&json, template, &stops, bos.as_deref())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?)
+        Self::from_json_bytes(&json, template, &stops, bos.as_deref())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))
     }
 
     /// A tokenizer from GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`). Supports the

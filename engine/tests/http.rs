@@ -187,14 +187,20 @@ async fn drain_turns_ready_false_and_finishes_in_flight() {
 }
 
 /// Runs `tests/openai_client.py` (the official `openai` Python client, streaming included) against
-/// the server; skipped when `python3` with `openai` is not installed.
+/// the server. The interpreter is `$BITSCALE_PYTHON` (else `python3`); the test is skipped when it
+/// lacks `openai`, unless `BITSCALE_REQUIRE_OPENAI=1` (as `scripts/test` sets), where that fails.
 #[tokio::test]
 async fn official_openai_python_client() {
-    let has_openai = std::process::Command::new("python3")
+    let python = std::env::var("BITSCALE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let has_openai = std::process::Command::new(&python)
         .args(["-c", "import openai"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_openai {
+        assert!(
+            std::env::var("BITSCALE_REQUIRE_OPENAI").as_deref() != Ok("1"),
+            "{python} cannot import `openai`; run scripts/python-env.sh"
+        );
         eprintln!("skipped: python3 with the `openai` package is not available");
         return;
     }
@@ -202,7 +208,7 @@ async fn official_openai_python_client() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new("python3").arg(script).arg(&base).arg("fake").output(),
+        tokio::process::Command::new(&python).arg(script).arg(&base).arg("fake").output(),
     )
     .await
     .expect("python finished")

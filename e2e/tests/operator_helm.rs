@@ -21,11 +21,11 @@ async fn client_as(cluster: &Cluster, namespace: &str, service_account: &str) ->
     let admin = cluster.client().await?;
     let accounts: Api<ServiceAccount> = Api::namespaced(admin, namespace);
     let request = TokenRequest {
-        spec: Some(TokenRequestSpec { audiences: vec![], expiration_seconds: Some(3600), ..Default::default() }),
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
         ..Default::default()
     };
     let token = accounts.create_token_request(service_account, &PostParams::default(), &request).await?;
-    let token = token.status.map(|s| s.token).ok_or_else(|| anyhow::anyhow!("no token issued"))?;
+    let token = token.status.and_then(|s| s.token).ok_or_else(|| anyhow::anyhow!("no token issued"))?;
     let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig())?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     config.auth_info = AuthInfo { token: Some(token.into()), ..AuthInfo::default() };

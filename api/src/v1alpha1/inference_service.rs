@@ -123,8 +123,7 @@ pub enum ModelFormat {
 pub struct QuantizationSpec {
     /// Levels the operator may choose from. Empty means all levels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 13))]
-    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y == x))").message("allowed must not repeat a level"))]
+    #[schemars(length(max = 13), extend("x-kubernetes-list-type" = "set"))]
     pub allowed: Vec<QuantLevel>,
 
     /// Largest acceptable relative perplexity increase against the best allowed level, for
@@ -144,7 +143,7 @@ pub struct QuantizationSpec {
 pub struct PlacementSpec {
     /// Names of the HardwareClasses to choose among. Empty means every HardwareClass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, y == x))").message("hardwareClasses must not repeat a name"))]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
     pub hardware_classes: Vec<String>,
 }
 

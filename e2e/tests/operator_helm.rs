@@ -21,14 +21,25 @@ async fn client_as(cluster: &Cluster, namespace: &str, service_account: &str) ->
     let admin = cluster.client().await?;
     let accounts: Api<ServiceAccount> = Api::namespaced(admin, namespace);
     let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
         ..Default::default()
     };
-    let token = accounts.create_token_request(service_account, &PostParams::default(), &request).await?;
-    let token = token.status.and_then(|s| s.token).ok_or_else(|| anyhow::anyhow!("no token issued"))?;
+    let token = accounts
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await?;
+    let token = token
+        .status
+        .and_then(|s| s.token)
+        .ok_or_else(|| anyhow::anyhow!("no token issued"))?;
     let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig())?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    config.auth_info = AuthInfo { token: Some(token.into()), ..AuthInfo::default() };
+    config.auth_info = AuthInfo {
+        token: Some(token.into()),
+        ..AuthInfo::default()
+    };
     Ok(Client::try_from(config)?)
 }
 
@@ -49,10 +60,24 @@ async fn helm_install_then_an_example_becomes_ready_as_the_chart_service_account
     let release = ns.name.clone();
     let install = cluster
         .helm()
-        .args(["install", &release, chart, "--namespace", &ns.name, "--wait", "--timeout", "2m", "-f"])
+        .args([
+            "install",
+            &release,
+            chart,
+            "--namespace",
+            &ns.name,
+            "--wait",
+            "--timeout",
+            "2m",
+            "-f",
+        ])
         .arg(&values_path)
         .output()?;
-    assert!(install.status.success(), "helm install: {}", String::from_utf8_lossy(&install.stderr));
+    assert!(
+        install.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
 
     // The chart names its objects `<release>-bitscale-operator` unless the release name says bitscale.
     let service_account = format!("{release}-bitscale-operator");
@@ -60,15 +85,24 @@ async fn helm_install_then_an_example_becomes_ready_as_the_chart_service_account
     let operator = start_operator(client, &ns.name);
 
     let isvcs: Api<InferenceService> = Api::namespaced(admin.clone(), &ns.name);
-    isvcs.create(&PostParams::default(), &smol("smollm2", &ns.name, &[&cpu])).await?;
+    isvcs
+        .create(&PostParams::default(), &smol("smollm2", &ns.name, &[&cpu]))
+        .await?;
     let result = await_condition(isvcs.clone(), "smollm2", ready, TIMEOUT).await;
     let finished = operator.is_finished();
     operator.abort();
 
-    let uninstall = cluster.helm().args(["uninstall", &release, "--namespace", &ns.name]).output()?;
+    let uninstall = cluster
+        .helm()
+        .args(["uninstall", &release, "--namespace", &ns.name])
+        .output()?;
     ns.delete().await?;
     assert!(!finished, "the operator stopped early (insufficient RBAC?)");
     result?;
-    assert!(uninstall.status.success(), "helm uninstall: {}", String::from_utf8_lossy(&uninstall.stderr));
+    assert!(
+        uninstall.status.success(),
+        "helm uninstall: {}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
     Ok(())
 }

@@ -31,7 +31,12 @@ async fn pool_of_pods(client: &Client, namespace: &str, selector: &str) -> anyho
     let scheduled = await_list(
         &pods,
         &ListParams::default().labels(selector),
-        |ps| !ps.is_empty() && ps.iter().all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()),
+        |ps| {
+            !ps.is_empty()
+                && ps
+                    .iter()
+                    .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+        },
         TIMEOUT,
     )
     .await?;
@@ -40,7 +45,12 @@ async fn pool_of_pods(client: &Client, namespace: &str, selector: &str) -> anyho
     for pod in scheduled {
         let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
         let node = nodes.get(&node).await?;
-        pools.push(node.labels().get("bitscale.dev/pool").cloned().unwrap_or_default());
+        pools.push(
+            node.labels()
+                .get("bitscale.dev/pool")
+                .cloned()
+                .unwrap_or_default(),
+        );
     }
     Ok(pools)
 }
@@ -61,15 +71,29 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     let manifest = serde_yaml::to_string(&smol("chat", &ns.name, &[&cpu]))?;
     let path = std::env::temp_dir().join(format!("{}-chat.yaml", ns.name));
     std::fs::write(&path, manifest)?;
-    let applied = cluster.kubectl().args(["apply", "--server-side", "-f"]).arg(&path).output()?;
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let applied = cluster
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&path)
+        .output()?;
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let isvc = await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
     let status = isvc.status.clone().unwrap_or_default();
     let decision = status.decision.clone().expect("a decision");
     assert_eq!(decision.variant.hardware_class, cpu);
-    assert!(!decision.alternatives.is_empty(), "alternatives explain the choice");
+    assert!(
+        !decision.alternatives.is_empty(),
+        "alternatives explain the choice"
+    );
     assert_eq!(status.replicas, 1);
-    assert_eq!(status.endpoint.as_deref(), Some(format!("http://chat.{}.svc:8000", ns.name).as_str()));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some(format!("http://chat.{}.svc:8000", ns.name).as_str())
+    );
 
     // Children: the variant's Deployment on the CPU pool, a Service, a PDB.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
@@ -77,48 +101,99 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     let name = format!("chat-{}-{cpu}", level.as_str().replace('_', "-"));
     let deployment = deployments.get(&name).await?;
     let args = engine_args(&deployment);
-    assert!(args.windows(2).any(|w| w == ["--quantization", level.as_str()]), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--quantization", level.as_str()]),
+        "{args:?}"
+    );
     assert!(args.windows(2).any(|w| w == ["--device", "cpu"]), "{args:?}");
     let pod_spec = deployment.spec.template.spec.clone().expect("pod spec");
-    let limits = pod_spec.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+    let limits = pod_spec.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
     assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("4Gi"));
     let selector = status.selector.clone().expect("selector");
-    assert!(pool_of_pods(&client, &ns.name, &selector).await?.iter().all(|p| p == "cpu"));
-    let service = Api::<Service>::namespaced(client.clone(), &ns.name).get("chat").await?;
+    assert!(
+        pool_of_pods(&client, &ns.name, &selector)
+            .await?
+            .iter()
+            .all(|p| p == "cpu")
+    );
+    let service = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("chat")
+        .await?;
     let port = &service.spec.and_then(|s| s.ports).expect("ports")[0];
     assert_eq!((port.name.as_deref(), port.port), (Some("http"), 8000));
-    Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name).get("chat").await?;
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+        .get("chat")
+        .await?;
 
     // Re-applying the user's manifest changes nothing: the operator never writes spec.
-    let diff = cluster.kubectl().args(["diff", "--server-side", "-f"]).arg(&path).output()?;
-    assert_eq!(diff.status.code(), Some(0), "kubectl diff: {}{}", String::from_utf8_lossy(&diff.stdout), String::from_utf8_lossy(&diff.stderr));
+    let diff = cluster
+        .kubectl()
+        .args(["diff", "--server-side", "-f"])
+        .arg(&path)
+        .output()?;
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "kubectl diff: {}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
     let before = deployments.get(&name).await?.resource_version();
 
     // A spec change rolls the Deployment.
     let patch = serde_json::json!({ "spec": { "engine": { "maxRunning": 2 } } });
-    isvcs.patch("chat", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    isvcs
+        .patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
     let rolled = deployments.get(&name).await?;
-    assert!(engine_args(&rolled).windows(2).any(|w| w == ["--max-running", "2"]));
+    assert!(
+        engine_args(&rolled)
+            .windows(2)
+            .any(|w| w == ["--max-running", "2"])
+    );
     assert_ne!(rolled.resource_version(), before);
 
     // Pinning another level switches variant: the new Deployment, then the Service, then the old one goes.
-    let other = if level == QuantLevel::Q8_0 { QuantLevel::Q6K } else { QuantLevel::Q8_0 };
+    let other = if level == QuantLevel::Q8_0 {
+        QuantLevel::Q6K
+    } else {
+        QuantLevel::Q8_0
+    };
     let patch = serde_json::json!({ "spec": { "quantization": { "pinned": other.as_str() } } });
-    isvcs.patch("chat", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    isvcs
+        .patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     let switched = await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
-    assert_eq!(switched.status.and_then(|s| s.decision).map(|d| d.variant.level), Some(other));
+    assert_eq!(
+        switched.status.and_then(|s| s.decision).map(|d| d.variant.level),
+        Some(other)
+    );
     let new_name = format!("chat-{}-{cpu}", other.as_str().replace('_', "-"));
     deployments.get(&new_name).await?;
     await_deleted(deployments.clone(), &name, TIMEOUT).await?;
-    let service = Api::<Service>::namespaced(client.clone(), &ns.name).get("chat").await?;
+    let service = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("chat")
+        .await?;
     let selected = service.spec.and_then(|s| s.selector).unwrap_or_default();
-    assert_eq!(selected.get("bitscale.dev/variant").map(String::as_str), Some(format!("{other}.{cpu}").as_str()));
+    assert_eq!(
+        selected.get("bitscale.dev/variant").map(String::as_str),
+        Some(format!("{other}.{cpu}").as_str())
+    );
 
     // Deleting the InferenceService garbage-collects its children (kube-controller-manager).
     isvcs.delete("chat", &Default::default()).await?;
     await_deleted(deployments.clone(), &new_name, TIMEOUT).await?;
-    await_deleted(Api::<Service>::namespaced(client.clone(), &ns.name), "chat", TIMEOUT).await?;
+    await_deleted(
+        Api::<Service>::namespaced(client.clone(), &ns.name),
+        "chat",
+        TIMEOUT,
+    )
+    .await?;
 
     operator.abort();
     delete_classes(&client, &classes).await;
@@ -138,15 +213,31 @@ async fn gpu_class_lands_on_a_gpu_node_with_the_toleration() -> anyhow::Result<(
 
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
     let gpu = format!("{}-gpu", ns.name);
-    isvcs.create(&PostParams::default(), &smol("chat", &ns.name, &[&gpu])).await?;
+    isvcs
+        .create(&PostParams::default(), &smol("chat", &ns.name, &[&gpu]))
+        .await?;
     let isvc = await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
     let selector = isvc.status.and_then(|s| s.selector).expect("selector");
-    assert!(pool_of_pods(&client, &ns.name, &selector).await?.iter().all(|p| p == "gpu"));
+    assert!(
+        pool_of_pods(&client, &ns.name, &selector)
+            .await?
+            .iter()
+            .all(|p| p == "gpu")
+    );
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let pod = &pods.list(&ListParams::default().labels(&selector)).await?.items[0];
     let spec = pod.spec.as_ref().expect("pod spec");
-    assert!(spec.tolerations.iter().flatten().any(|t| t.key.as_deref() == Some("nvidia.com/gpu")));
-    let limits = spec.containers[0].resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+    assert!(
+        spec.tolerations
+            .iter()
+            .flatten()
+            .any(|t| t.key.as_deref() == Some("nvidia.com/gpu"))
+    );
+    let limits = spec.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
     assert_eq!(limits.get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"));
 
     operator.abort();
@@ -192,7 +283,12 @@ async fn permanent_errors_set_ready_false_and_recover_on_change() -> anyhow::Res
     let operator = start_operator(client.clone(), &ns.name);
 
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
-    isvcs.create(&PostParams::default(), &smol("chat", &ns.name, &["no-such-class"])).await?;
+    isvcs
+        .create(
+            &PostParams::default(),
+            &smol("chat", &ns.name, &["no-such-class"]),
+        )
+        .await?;
     let failed = |o: Option<&InferenceService>| {
         condition_is(o, "Ready", "False")
             && o.and_then(|o| o.status.as_ref())
@@ -204,17 +300,24 @@ async fn permanent_errors_set_ready_false_and_recover_on_change() -> anyhow::Res
     let patch = serde_json::json!({ "spec": {
         "placement": { "hardwareClasses": [format!("{}-cpu", ns.name)] },
         "model": { "parameters": "400B" } } });
-    isvcs.patch("chat", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    isvcs
+        .patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     let infeasible = |o: Option<&InferenceService>| {
         condition_is(o, "Ready", "False")
-            && o.and_then(|o| o.status.as_ref())
-                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "NoFeasibleVariant" && c.message.contains("of memory")))
+            && o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == "NoFeasibleVariant" && c.message.contains("of memory"))
+            })
     };
     await_condition(isvcs.clone(), "chat", infeasible, TIMEOUT).await?;
 
     // Fixing the spec recovers.
     let patch = serde_json::json!({ "spec": { "model": { "parameters": "135M" } } });
-    isvcs.patch("chat", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    isvcs
+        .patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
 
     operator.abort();

@@ -47,7 +47,10 @@ fn with(mut base: Value, pointer: &str, value: Value) -> Value {
             .entry(part)
             .or_insert_with(|| json!({}));
     }
-    target.as_object_mut().expect("object").insert(key.to_owned(), value);
+    target
+        .as_object_mut()
+        .expect("object")
+        .insert(key.to_owned(), value);
     base
 }
 
@@ -58,7 +61,11 @@ async fn invalid_manifests_are_refused_with_the_field_named() -> anyhow::Result<
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "op-validation").await?;
 
-    let isvc_kind = ApiResource::from_gvk(&GroupVersionKind::gvk("bitscale.dev", "v1alpha1", "InferenceService"));
+    let isvc_kind = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "bitscale.dev",
+        "v1alpha1",
+        "InferenceService",
+    ));
     let class_kind = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("bitscale.dev", "v1alpha1", "HardwareClass"),
         "hardwareclasses",
@@ -68,25 +75,120 @@ async fn invalid_manifests_are_refused_with_the_field_named() -> anyhow::Result<
 
     // (what, manifest, text the refusal must contain)
     let cases: Vec<(&str, bool, Value, &str)> = vec![
-        ("min above max", true, with(valid_isvc(), "/spec/scaling/minReplicas", json!(3)), "spec.scaling.minReplicas"),
-        ("unknown level", true, with(valid_isvc(), "/spec/quantization/allowed", json!(["q4_k", "q9_z"])), "spec.quantization.allowed"),
-        ("pinned outside allowed", true,
-            with(with(valid_isvc(), "/spec/quantization/allowed", json!(["q4_k"])), "/spec/quantization/pinned", json!("q8_0")),
-            "spec.quantization.pinned"),
-        ("negative quality budget", true, with(valid_isvc(), "/spec/quantization/maxQualityLoss", json!(-0.1)), "spec.quantization.maxQualityLoss"),
-        ("unsupported source scheme", true, with(valid_isvc(), "/spec/model/source", json!("s3://bucket/model.gguf")), "spec.model.source"),
-        ("hf source without a file", true, with(valid_isvc(), "/spec/model/source", json!("hf://org/model")), "spec.model.source"),
-        ("malformed duration", true, with(valid_isvc(), "/spec/slo/interTokenLatency", json!("fast")), "spec.slo.interTokenLatency"),
-        ("zero duration", true, with(valid_isvc(), "/spec/slo/timeToFirstToken", json!("0s")), "spec.slo.timeToFirstToken"),
-        ("negative replicas", true, with(valid_isvc(), "/spec/scaling/minReplicas", json!(-1)), "spec.scaling.minReplicas"),
-        ("replicas without External owner", true, with(valid_isvc(), "/spec/scaling/replicas", json!(2)), "spec.scaling.replicas"),
-        ("unknown replicas owner", true, with(valid_isvc(), "/spec/scaling/replicasOwner", json!("Somebody")), "spec.scaling.replicasOwner"),
-        ("bad sha256", true, with(valid_isvc(), "/spec/model/sha256", json!("xyz")), "spec.model.sha256"),
-        ("unknown format", true, with(valid_isvc(), "/spec/model/format", json!("onnx")), "spec.model.format"),
-        ("missing source", true, with(valid_isvc(), "/spec/model", json!({ "parameters": "135M" })), "spec.model.source"),
-        ("negative cost", false, with(valid_class(), "/spec/costPerHour", json!(-1)), "spec.costPerHour"),
-        ("unknown device", false, with(valid_class(), "/spec/device", json!("tpu")), "spec.device"),
-        ("cuda without accelerator", false, with(valid_class(), "/spec/device", json!("cuda")), "spec.resources.accelerator"),
+        (
+            "min above max",
+            true,
+            with(valid_isvc(), "/spec/scaling/minReplicas", json!(3)),
+            "spec.scaling.minReplicas",
+        ),
+        (
+            "unknown level",
+            true,
+            with(
+                valid_isvc(),
+                "/spec/quantization/allowed",
+                json!(["q4_k", "q9_z"]),
+            ),
+            "spec.quantization.allowed",
+        ),
+        (
+            "pinned outside allowed",
+            true,
+            with(
+                with(valid_isvc(), "/spec/quantization/allowed", json!(["q4_k"])),
+                "/spec/quantization/pinned",
+                json!("q8_0"),
+            ),
+            "spec.quantization.pinned",
+        ),
+        (
+            "negative quality budget",
+            true,
+            with(valid_isvc(), "/spec/quantization/maxQualityLoss", json!(-0.1)),
+            "spec.quantization.maxQualityLoss",
+        ),
+        (
+            "unsupported source scheme",
+            true,
+            with(
+                valid_isvc(),
+                "/spec/model/source",
+                json!("s3://bucket/model.gguf"),
+            ),
+            "spec.model.source",
+        ),
+        (
+            "hf source without a file",
+            true,
+            with(valid_isvc(), "/spec/model/source", json!("hf://org/model")),
+            "spec.model.source",
+        ),
+        (
+            "malformed duration",
+            true,
+            with(valid_isvc(), "/spec/slo/interTokenLatency", json!("fast")),
+            "spec.slo.interTokenLatency",
+        ),
+        (
+            "zero duration",
+            true,
+            with(valid_isvc(), "/spec/slo/timeToFirstToken", json!("0s")),
+            "spec.slo.timeToFirstToken",
+        ),
+        (
+            "negative replicas",
+            true,
+            with(valid_isvc(), "/spec/scaling/minReplicas", json!(-1)),
+            "spec.scaling.minReplicas",
+        ),
+        (
+            "replicas without External owner",
+            true,
+            with(valid_isvc(), "/spec/scaling/replicas", json!(2)),
+            "spec.scaling.replicas",
+        ),
+        (
+            "unknown replicas owner",
+            true,
+            with(valid_isvc(), "/spec/scaling/replicasOwner", json!("Somebody")),
+            "spec.scaling.replicasOwner",
+        ),
+        (
+            "bad sha256",
+            true,
+            with(valid_isvc(), "/spec/model/sha256", json!("xyz")),
+            "spec.model.sha256",
+        ),
+        (
+            "unknown format",
+            true,
+            with(valid_isvc(), "/spec/model/format", json!("onnx")),
+            "spec.model.format",
+        ),
+        (
+            "missing source",
+            true,
+            with(valid_isvc(), "/spec/model", json!({ "parameters": "135M" })),
+            "spec.model.source",
+        ),
+        (
+            "negative cost",
+            false,
+            with(valid_class(), "/spec/costPerHour", json!(-1)),
+            "spec.costPerHour",
+        ),
+        (
+            "unknown device",
+            false,
+            with(valid_class(), "/spec/device", json!("tpu")),
+            "spec.device",
+        ),
+        (
+            "cuda without accelerator",
+            false,
+            with(valid_class(), "/spec/device", json!("cuda")),
+            "spec.resources.accelerator",
+        ),
         // Not here: a malformed memoryBandwidth string. The pattern sits inside the
         // int-or-string anyOf, which the API server does not enforce; the operator reports it
         // as InvalidHardwareClass instead.
@@ -101,15 +203,28 @@ async fn invalid_manifests_are_refused_with_the_field_named() -> anyhow::Result<
         match api.create(&PostParams::default(), &object).await {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(kube::Error::Api(status)) if status.message.contains(field) => {}
-            Err(kube::Error::Api(status)) => failures.push(format!("{what}: refused without naming {field}: {}", status.message)),
+            Err(kube::Error::Api(status)) => failures.push(format!(
+                "{what}: refused without naming {field}: {}",
+                status.message
+            )),
             Err(other) => failures.push(format!("{what}: {other}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 
     // The valid base manifests are accepted, so the refusals above are about the one bad field.
-    isvcs.create(&PostParams::default(), &serde_json::from_value(valid_isvc())?).await?;
-    let class = classes.create(&PostParams::default(), &serde_json::from_value(valid_class())?).await;
+    isvcs
+        .create(&PostParams::default(), &serde_json::from_value(valid_isvc())?)
+        .await?;
+    let class = classes
+        .create(&PostParams::default(), &serde_json::from_value(valid_class())?)
+        .await;
     let _ = classes.delete("bad-class", &Default::default()).await;
     class?;
     ns.delete().await?;

@@ -6,7 +6,9 @@ use std::time::Instant;
 use bitscale_engine::model::{ChatMessage, DeviceKind, KvCache, SeqChunk, load};
 
 fn argmax(l: &[f32]) -> u32 {
-    l.iter().enumerate().fold(0, |b, (i, &v)| if v > l[b] { i } else { b }) as u32
+    l.iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > l[b] { i } else { b }) as u32
 }
 
 fn main() -> anyhow::Result<()> {
@@ -15,7 +17,13 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(1);
     let m = load(args[1].as_ref(), level, DeviceKind::Cpu)?;
     let info = m.forward.info();
-    println!("{} {} weights {} MB, kv {} B/token", info.name, info.quantization, info.weight_bytes / 1_000_000, info.kv_bytes_per_token);
+    println!(
+        "{} {} weights {} MB, kv {} B/token",
+        info.name,
+        info.quantization,
+        info.weight_bytes / 1_000_000,
+        info.kv_bytes_per_token
+    );
     let prompt = m.tokenizer.apply_chat_template(&[ChatMessage {
         role: "user".into(),
         content: "What is the capital of France?".into(),
@@ -23,8 +31,14 @@ fn main() -> anyhow::Result<()> {
     let ids = m.tokenizer.encode(&prompt, false)?;
     println!("prompt ids {ids:?}");
     let mut caches: Vec<KvCache> = (0..batch).map(|_| m.forward.new_cache()).collect();
-    let mut chunks: Vec<SeqChunk<'_>> =
-        caches.iter_mut().map(|c| SeqChunk { tokens: &ids, cache: c, want_logits: true }).collect();
+    let mut chunks: Vec<SeqChunk<'_>> = caches
+        .iter_mut()
+        .map(|c| SeqChunk {
+            tokens: &ids,
+            cache: c,
+            want_logits: true,
+        })
+        .collect();
     let logits = m.forward.forward(&mut chunks)?;
     drop(chunks);
     let first = logits[0].clone().expect("logits");
@@ -42,7 +56,11 @@ fn main() -> anyhow::Result<()> {
         let mut chunks: Vec<SeqChunk<'_>> = caches
             .iter_mut()
             .zip(&toks)
-            .map(|(c, t)| SeqChunk { tokens: t, cache: c, want_logits: true })
+            .map(|(c, t)| SeqChunk {
+                tokens: t,
+                cache: c,
+                want_logits: true,
+            })
             .collect();
         let logits = m.forward.forward(&mut chunks)?;
         next = logits.iter().map(|l| argmax(l.as_ref().expect("l"))).collect();
@@ -50,6 +68,10 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = t.elapsed().as_secs_f64();
     println!("answer: {:?}", m.tokenizer.decode(&out)?);
-    println!("batch {batch}: {:.1} tok/s aggregate ({:.1} ms/step)", (steps * batch) as f64 / secs, secs * 1e3 / steps as f64);
+    println!(
+        "batch {batch}: {:.1} tok/s aggregate ({:.1} ms/step)",
+        (steps * batch) as f64 / secs,
+        secs * 1e3 / steps as f64
+    );
     Ok(())
 }

@@ -90,13 +90,21 @@ pub fn percentiles(v: &mut [f64]) -> Option<Percentiles> {
         let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
         v[rank - 1]
     };
-    Some(Percentiles { p50: at(0.50), p95: at(0.95), p99: at(0.99) })
+    Some(Percentiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+    })
 }
 
 /// Refuses anything but a loopback URL.
 pub fn check_loopback(url: &str) -> anyhow::Result<reqwest::Url> {
     let u = reqwest::Url::parse(url).with_context(|| format!("bad --url {url}"))?;
-    let host = u.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let host = u
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let ok = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !ok {
         bail!("bench only targets loopback addresses (127.0.0.1, ::1, localhost), not {url}");
@@ -115,13 +123,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Runs every level and returns the report.
 pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let base = check_loopback(&args.url)?;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
     let model = match &args.model {
         Some(m) => m.clone(),
         None => {
-            let v: serde_json::Value =
-                client.get(base.join("/v1/models")?).send().await?.error_for_status()?.json().await?;
-            v["data"][0]["id"].as_str().context("/v1/models lists no model")?.to_string()
+            let v: serde_json::Value = client
+                .get(base.join("/v1/models")?)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            v["data"][0]["id"]
+                .as_str()
+                .context("/v1/models lists no model")?
+                .to_string()
         }
     };
     let mut levels = Vec::new();
@@ -172,8 +190,13 @@ async fn level(
     let deadline = t0 + args.duration;
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, url, body, samples, started) =
-                (client.clone(), url.clone(), body.clone(), samples.clone(), started.clone());
+            let (client, url, body, samples, started) = (
+                client.clone(),
+                url.clone(),
+                body.clone(),
+                samples.clone(),
+                started.clone(),
+            );
             let max_requests = args.max_requests;
             tokio::spawn(async move {
                 while Instant::now() < deadline && started.fetch_add(1, Ordering::SeqCst) < max_requests {
@@ -220,7 +243,11 @@ async fn level(
         elapsed_s: elapsed,
         requests_per_s: s.requests as f64 / elapsed,
         generated_tokens_per_s: s.generated as f64 / elapsed,
-        mean_prompt_tokens: if s.requests > 0 { s.prompt as f64 / s.requests as f64 } else { 0.0 },
+        mean_prompt_tokens: if s.requests > 0 {
+            s.prompt as f64 / s.requests as f64
+        } else {
+            0.0
+        },
         ttft_s: percentiles(&mut s.ttft),
         itl_s: percentiles(&mut s.itl),
     })
@@ -247,14 +274,24 @@ async fn one_request(
     body: &serde_json::Value,
 ) -> Result<RequestOutcome, Failure> {
     let t0 = Instant::now();
-    let resp = client.post(url.clone()).json(body).send().await.map_err(|_| Failure::Error)?;
+    let resp = client
+        .post(url.clone())
+        .json(body)
+        .send()
+        .await
+        .map_err(|_| Failure::Error)?;
     if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(Failure::Rejected);
     }
     if !resp.status().is_success() {
         return Err(Failure::Error);
     }
-    let mut out = RequestOutcome { ttft: None, itl: Vec::new(), prompt_tokens: 0, completion_tokens: 0 };
+    let mut out = RequestOutcome {
+        ttft: None,
+        itl: Vec::new(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    };
     let mut last: Option<Instant> = None;
     let mut buf = Vec::new();
     let mut stream = resp.bytes_stream();
@@ -264,12 +301,16 @@ async fn one_request(
         while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
             let frame: Vec<u8> = buf.drain(..pos + 2).collect();
             let text = String::from_utf8_lossy(&frame);
-            let Some(data) = text.trim().strip_prefix("data:") else { continue };
+            let Some(data) = text.trim().strip_prefix("data:") else {
+                continue;
+            };
             let data = data.trim();
             if data == "[DONE]" {
                 return Ok(out);
             }
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
             if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                 out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
                 out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
@@ -296,7 +337,14 @@ mod tests {
     #[test]
     fn percentiles_nearest_rank() {
         let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentiles(&mut v), Some(Percentiles { p50: 50.0, p95: 95.0, p99: 99.0 }));
+        assert_eq!(
+            percentiles(&mut v),
+            Some(Percentiles {
+                p50: 50.0,
+                p95: 95.0,
+                p99: 99.0
+            })
+        );
         assert_eq!(percentiles(&mut []), None);
     }
 

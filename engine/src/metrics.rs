@@ -10,22 +10,22 @@ use std::sync::atomic::AtomicU64;
 
 /// vLLM's `time_to_first_token_seconds` buckets.
 pub const TTFT_BUCKETS: [f64; 22] = [
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-    40.0, 80.0, 160.0, 640.0, 2560.0,
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+    80.0, 160.0, 640.0, 2560.0,
 ];
 /// vLLM's `inter_token_latency_seconds` buckets.
 pub const ITL_BUCKETS: [f64; 19] = [
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
-    80.0,
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
 ];
 /// vLLM's request latency buckets (e2e and queue time).
 pub const REQUEST_LATENCY_BUCKETS: [f64; 21] = [
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-    480.0, 960.0, 1920.0, 7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
+    960.0, 1920.0, 7680.0,
 ];
 /// Tokens per step (vLLM's `iteration_tokens_total` uses powers of two).
-pub const ITERATION_TOKEN_BUCKETS: [f64; 14] =
-    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
+pub const ITERATION_TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
 /// Sequences per step.
 pub const BATCH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
@@ -115,14 +115,26 @@ impl Metrics {
             "Time a request waited before joining the running batch",
             m.request_queue_time_seconds.clone(),
         );
-        r.register("iteration_tokens", "Tokens processed per engine step", m.iteration_tokens.clone());
+        r.register(
+            "iteration_tokens",
+            "Tokens processed per engine step",
+            m.iteration_tokens.clone(),
+        );
         r.register(
             "iteration_batch_size",
             "Sequences processed per engine step",
             m.iteration_batch_size.clone(),
         );
-        r.register("num_requests_running", "Sequences in the running batch", m.num_requests_running.clone());
-        r.register("num_requests_waiting", "Requests waiting to join the batch", m.num_requests_waiting.clone());
+        r.register(
+            "num_requests_running",
+            "Sequences in the running batch",
+            m.num_requests_running.clone(),
+        );
+        r.register(
+            "num_requests_waiting",
+            "Requests waiting to join the batch",
+            m.num_requests_waiting.clone(),
+        );
         r.register(
             "num_requests_capacity",
             "Maximum sequences in the running batch (--max-running)",
@@ -133,10 +145,26 @@ impl Metrics {
             "Fraction (0..1) of the KV pool reserved by running sequences",
             m.kv_cache_usage_perc.clone(),
         );
-        r.register("weight_bytes", "Bytes of the loaded model weights", m.weight_bytes.clone());
-        r.register("kv_pool_bytes", "Bytes of the KV cache pool", m.kv_pool_bytes.clone());
-        r.register("prompt_tokens", "Prompt tokens prefilled", m.prompt_tokens.clone());
-        r.register("generation_tokens", "Tokens generated", m.generation_tokens.clone());
+        r.register(
+            "weight_bytes",
+            "Bytes of the loaded model weights",
+            m.weight_bytes.clone(),
+        );
+        r.register(
+            "kv_pool_bytes",
+            "Bytes of the KV cache pool",
+            m.kv_pool_bytes.clone(),
+        );
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens prefilled",
+            m.prompt_tokens.clone(),
+        );
+        r.register(
+            "generation_tokens",
+            "Tokens generated",
+            m.generation_tokens.clone(),
+        );
         r.register(
             "request_success",
             "Requests finished, by finish reason (stop, length, abort)",
@@ -147,20 +175,33 @@ impl Metrics {
             "Requests rejected before running, by reason",
             m.request_rejected.clone(),
         );
-        r.register("info", "The served model, its quantization level and device (always 1)", m.info.clone());
+        r.register(
+            "info",
+            "The served model, its quantization level and device (always 1)",
+            m.info.clone(),
+        );
         m.info.get_or_create(&info).set(1);
-        m.weight_bytes.set(i64::try_from(weight_bytes).unwrap_or(i64::MAX));
+        m.weight_bytes
+            .set(i64::try_from(weight_bytes).unwrap_or(i64::MAX));
         m
     }
 
     /// Counts one finished request.
     pub fn record_finished(&self, reason: &str) {
-        self.request_success.get_or_create(&FinishedLabel { finished_reason: reason.to_string() }).inc();
+        self.request_success
+            .get_or_create(&FinishedLabel {
+                finished_reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one rejected request.
     pub fn record_rejection(&self, reason: &str) {
-        self.request_rejected.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+        self.request_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The text exposition (OpenMetrics).

@@ -75,7 +75,10 @@ pub fn resolve_url(source: &str, hf_endpoint: &str) -> Result<String, PullError>
         _ => return Err(unsupported()),
     };
     let (name, revision) = name_rev.split_once('@').unwrap_or((name_rev, "main"));
-    Ok(format!("{}/{org}/{name}/resolve/{revision}/{path}", hf_endpoint.trim_end_matches('/')))
+    Ok(format!(
+        "{}/{org}/{name}/resolve/{revision}/{path}",
+        hf_endpoint.trim_end_matches('/')
+    ))
 }
 
 /// Downloads `source` to `dest`, resuming a previous partial download, and checks `sha256`.
@@ -101,7 +104,10 @@ pub async fn pull(source: &str, dest: &Path, sha256: Option<&str>) -> Result<Pat
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .build()
-        .map_err(|source| PullError::Http { url: url.clone(), source })?;
+        .map_err(|source| PullError::Http {
+            url: url.clone(),
+            source,
+        })?;
     let mut request = client.get(&url);
     if let Ok(token) = std::env::var("HF_TOKEN") {
         request = request.bearer_auth(token);
@@ -109,12 +115,19 @@ pub async fn pull(source: &str, dest: &Path, sha256: Option<&str>) -> Result<Pat
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let response = request.send().await.map_err(|source| PullError::Http { url: url.clone(), source })?;
+    let response = request.send().await.map_err(|source| PullError::Http {
+        url: url.clone(),
+        source,
+    })?;
     let status = response.status().as_u16();
     let (mut file, mut written, total) = match status {
         206 => {
             tracing::info!(%url, resume_at = have, "resuming download");
-            let file = tokio::fs::OpenOptions::new().append(true).open(&partial).await.map_err(io(&partial))?;
+            let file = tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&partial)
+                .await
+                .map_err(io(&partial))?;
             (file, have, response.content_length().map(|n| n + have))
         }
         // The partial file already holds everything.
@@ -134,7 +147,10 @@ pub async fn pull(source: &str, dest: &Path, sha256: Option<&str>) -> Result<Pat
     let mut last_report = Instant::now();
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|source| PullError::Http { url: url.clone(), source })?;
+        let chunk = chunk.map_err(|source| PullError::Http {
+            url: url.clone(),
+            source,
+        })?;
         file.write_all(&chunk).await.map_err(io(&partial))?;
         written += chunk.len() as u64;
         if last_report.elapsed() >= Duration::from_secs(5) {
@@ -152,7 +168,11 @@ pub async fn pull(source: &str, dest: &Path, sha256: Option<&str>) -> Result<Pat
     file.flush().await.map_err(io(&partial))?;
     file.sync_all().await.map_err(io(&partial))?;
     drop(file);
-    tracing::info!(written_bytes = written, seconds = started.elapsed().as_secs_f64(), "download complete");
+    tracing::info!(
+        written_bytes = written,
+        seconds = started.elapsed().as_secs_f64(),
+        "download complete"
+    );
     finish(&partial, dest, sha256).await?;
     Ok(dest.to_owned())
 }
@@ -167,12 +187,18 @@ async fn finish(partial: &Path, dest: &Path, sha256: Option<&str>) -> Result<(),
     verify(partial, sha256).await?;
     tokio::fs::rename(partial, dest)
         .await
-        .map_err(|source| PullError::Io { path: dest.to_owned(), source })
+        .map_err(|source| PullError::Io {
+            path: dest.to_owned(),
+            source,
+        })
 }
 
 async fn verify(path: &Path, expected: Option<&str>) -> Result<(), PullError> {
     let Some(expected) = expected else { return Ok(()) };
-    let io = |source| PullError::Io { path: path.to_owned(), source };
+    let io = |source| PullError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = tokio::fs::File::open(path).await.map_err(io)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -190,7 +216,11 @@ async fn verify(path: &Path, expected: Option<&str>) -> Result<(), PullError> {
     } else {
         // A corrupt file must not be mistaken for a finished download next time.
         let _ = tokio::fs::remove_file(path).await;
-        Err(PullError::Checksum { path: path.to_owned(), expected: expected.to_owned(), actual })
+        Err(PullError::Checksum {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        })
     }
 }
 
@@ -225,7 +255,9 @@ mod tests {
             .and_then(|v| v.strip_suffix('-'))
             .and_then(|v| v.parse::<usize>().ok());
         match range {
-            Some(start) if start >= s.body.len() => (StatusCode::RANGE_NOT_SATISFIABLE, Vec::new()).into_response(),
+            Some(start) if start >= s.body.len() => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, Vec::new()).into_response()
+            }
             Some(start) => {
                 s.range_requests.fetch_add(1, Ordering::SeqCst);
                 (StatusCode::PARTIAL_CONTENT, s.body[start..].to_vec()).into_response()
@@ -235,7 +267,10 @@ mod tests {
     }
 
     async fn serve(body: Vec<u8>) -> (String, Served) {
-        let served = Served { body: Arc::new(body), range_requests: Arc::default() };
+        let served = Served {
+            body: Arc::new(body),
+            range_requests: Arc::default(),
+        };
         let app = Router::new()
             .route("/org/model/resolve/{rev}/weights.gguf", get(file))
             .with_state(served.clone());
@@ -256,15 +291,25 @@ mod tests {
     #[test]
     fn hf_sources_map_to_resolve_urls() {
         assert_eq!(
-            resolve_url("hf://HuggingFaceTB/SmolLM2-135M-Instruct@v1/a/b.gguf", "https://hf.example/").expect("valid"),
+            resolve_url(
+                "hf://HuggingFaceTB/SmolLM2-135M-Instruct@v1/a/b.gguf",
+                "https://hf.example/"
+            )
+            .expect("valid"),
             "https://hf.example/HuggingFaceTB/SmolLM2-135M-Instruct/resolve/v1/a/b.gguf"
         );
         assert_eq!(
             resolve_url("hf://org/name/f.gguf", DEFAULT_HF_ENDPOINT).expect("valid"),
             "https://huggingface.co/org/name/resolve/main/f.gguf"
         );
-        assert!(matches!(resolve_url("hf://org/name", DEFAULT_HF_ENDPOINT), Err(PullError::UnsupportedSource(_))));
-        assert!(matches!(resolve_url("s3://bucket/x", DEFAULT_HF_ENDPOINT), Err(PullError::UnsupportedSource(_))));
+        assert!(matches!(
+            resolve_url("hf://org/name", DEFAULT_HF_ENDPOINT),
+            Err(PullError::UnsupportedSource(_))
+        ));
+        assert!(matches!(
+            resolve_url("s3://bucket/x", DEFAULT_HF_ENDPOINT),
+            Err(PullError::UnsupportedSource(_))
+        ));
     }
 
     #[tokio::test]
@@ -298,7 +343,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("weights.gguf");
         let url = format!("{base}/org/model/resolve/main/weights.gguf");
-        let err = pull(&url, &dest, Some(&"0".repeat(64))).await.expect_err("mismatch");
+        let err = pull(&url, &dest, Some(&"0".repeat(64)))
+            .await
+            .expect_err("mismatch");
         assert!(matches!(err, PullError::Checksum { .. }), "{err}");
         assert!(!dest.exists() && !partial_path(&dest).exists());
     }
@@ -307,7 +354,9 @@ mod tests {
     async fn http_errors_are_reported_with_the_status() {
         let (base, _) = serve(body()).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = pull(&format!("{base}/missing.gguf"), &dir.path().join("x"), None).await.expect_err("404");
+        let err = pull(&format!("{base}/missing.gguf"), &dir.path().join("x"), None)
+            .await
+            .expect_err("404");
         assert!(matches!(err, PullError::Status { status: 404, .. }), "{err}");
     }
 }

@@ -1,11 +1,7 @@
 //! Test doubles: a fake [`Forward`] and a byte-level [`TextCodec`], for scheduler and HTTP tests
 //! that must not need real weights.
 
-use std::{
-    collections::VecDeque,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Mutex, time::Duration};
 
 use crate::{
     model::{ChatMessage, DeviceKind, Forward, KvCache, ModelInfo, QuantLevel, SeqChunk},
@@ -48,7 +44,10 @@ impl FakeModel {
 
     /// Tokens per chunk of each recent step, oldest first.
     pub fn steps(&self) -> Vec<Vec<usize>> {
-        self.steps.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.steps
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -120,7 +119,10 @@ impl TextCodec for ByteCodec {
     }
 
     fn apply_chat_template(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
-        let mut s: String = messages.iter().map(|m| format!("{}: {}\n", m.role, m.content)).collect();
+        let mut s: String = messages
+            .iter()
+            .map(|m| format!("{}: {}\n", m.role, m.content))
+            .collect();
         s.push_str("assistant:");
         Ok(s)
     }

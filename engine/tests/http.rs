@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 async fn server(model: FakeModel, scheduler: SchedulerConfig) -> (RunningServer, String) {
     let config = ServerConfig {
+        max_context: None,
         host: Ipv4Addr::LOCALHOST.into(),
         port: 0,
         served_model_name: "fake".into(),
@@ -19,7 +20,9 @@ async fn server(model: FakeModel, scheduler: SchedulerConfig) -> (RunningServer,
         device: "cpu".into(),
         scheduler,
     };
-    let s = start(Arc::new(model), Arc::new(ByteCodec::default()), config).await.expect("server starts");
+    let s = start(Arc::new(model), Arc::new(ByteCodec::default()), config)
+        .await
+        .expect("server starts");
     let base = format!("http://{}", s.local_addr());
     (s, base)
 }
@@ -40,7 +43,10 @@ async fn post(base: &str, path: &str, body: &str) -> reqwest::Response {
 
 /// Reads an SSE body into its `data:` payloads.
 async fn sse_frames(resp: reqwest::Response) -> Vec<String> {
-    let body = tokio::time::timeout(Duration::from_secs(30), resp.text()).await.expect("stream ends").expect("body");
+    let body = tokio::time::timeout(Duration::from_secs(30), resp.text())
+        .await
+        .expect("stream ends")
+        .expect("body");
     body.split("\n\n")
         .filter_map(|f| f.trim().strip_prefix("data:").map(|d| d.trim().to_string()))
         .collect()
@@ -49,24 +55,53 @@ async fn sse_frames(resp: reqwest::Response) -> Vec<String> {
 #[tokio::test]
 async fn completion_and_chat_non_streaming() {
     let (s, base) = server(fake(), SchedulerConfig::default()).await;
-    let r = post(&base, "/v1/completions", r#"{"model":"fake","prompt":"a","max_tokens":3,"temperature":0}"#).await;
+    let r = post(
+        &base,
+        "/v1/completions",
+        r#"{"model":"fake","prompt":"a","max_tokens":3,"temperature":0}"#,
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["choices"][0]["text"], "bcd");
     assert_eq!(v["choices"][0]["finish_reason"], "length");
-    assert_eq!(v["usage"], json!({"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}));
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4})
+    );
     // A stop string cuts the text and finishes with "stop".
-    let r = post(&base, "/v1/completions", r#"{"prompt":"a","max_tokens":10,"temperature":0,"stop":["e"]}"#).await;
+    let r = post(
+        &base,
+        "/v1/completions",
+        r#"{"prompt":"a","max_tokens":10,"temperature":0,"stop":["e"]}"#,
+    )
+    .await;
     let v: Value = r.json().await.expect("json");
-    assert_eq!((v["choices"][0]["text"].as_str(), v["choices"][0]["finish_reason"].as_str()), (Some("bcd"), Some("stop")));
-    let r = post(&base, "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"temperature":0}"#).await;
+    assert_eq!(
+        (
+            v["choices"][0]["text"].as_str(),
+            v["choices"][0]["finish_reason"].as_str()
+        ),
+        (Some("bcd"), Some("stop"))
+    );
+    let r = post(
+        &base,
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"temperature":0}"#,
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     // "assistant:" ends with ':' (58): next bytes are ';' and '<'.
     assert_eq!(v["choices"][0]["message"]["content"], ";<");
-    let models: Value = reqwest::get(format!("{base}/v1/models")).await.expect("models").json().await.expect("json");
+    let models: Value = reqwest::get(format!("{base}/v1/models"))
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(models["data"][0]["id"], "fake");
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
@@ -81,23 +116,48 @@ async fn streaming_ends_with_done_and_usage() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap_or("").starts_with("text/event-stream"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
     let frames = sse_frames(r).await;
     assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = frames[..frames.len() - 1].iter().map(|f| serde_json::from_str(f).expect("json")).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f).expect("json"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(text, "bcde");
     let usage = &chunks.last().expect("usage chunk")["usage"];
     assert_eq!(usage["completion_tokens"], 4);
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "length"));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "length")
+    );
 
-    let r = post(&base, "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"stream":true}"#).await;
+    let r = post(
+        &base,
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"stream":true}"#,
+    )
+    .await;
     let frames = sse_frames(r).await;
     assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
     let first: Value = serde_json::from_str(&frames[0]).expect("json");
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    let metrics = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for name in [
         "bitscale_engine_time_to_first_token_seconds_bucket",
         "bitscale_engine_inter_token_latency_seconds_bucket",
@@ -126,16 +186,48 @@ async fn bad_input_names_the_field() {
     let long = "x".repeat(600);
     let cases: Vec<(&str, String, Option<&str>)> = vec![
         ("/v1/completions", "{not json".into(), None),
-        ("/v1/completions", r#"{"prompt":"a","temperature":"hot"}"#.into(), Some("temperature")),
-        ("/v1/completions", r#"{"prompt":"a","temperature":-0.5}"#.into(), Some("temperature")),
-        ("/v1/completions", r#"{"prompt":"a","top_p":1.5}"#.into(), Some("top_p")),
+        (
+            "/v1/completions",
+            r#"{"prompt":"a","temperature":"hot"}"#.into(),
+            Some("temperature"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt":"a","temperature":-0.5}"#.into(),
+            Some("temperature"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt":"a","top_p":1.5}"#.into(),
+            Some("top_p"),
+        ),
         ("/v1/completions", r#"{"prompt":"a","n":3}"#.into(), Some("n")),
-        ("/v1/completions", r#"{"prompt":"a","model":"gpt-9"}"#.into(), Some("model")),
+        (
+            "/v1/completions",
+            r#"{"prompt":"a","model":"gpt-9"}"#.into(),
+            Some("model"),
+        ),
         ("/v1/completions", r#"{"prompt":""}"#.into(), Some("prompt")),
-        ("/v1/completions", format!(r#"{{"prompt":"{long}"}}"#), Some("prompt")),
-        ("/v1/completions", r#"{"prompt":"a","max_tokens":100000}"#.into(), Some("max_tokens")),
-        ("/v1/completions", r#"{"prompt":"a","max_tokens":"ten"}"#.into(), Some("max_tokens")),
-        ("/v1/chat/completions", r#"{"messages":"hi"}"#.into(), Some("messages")),
+        (
+            "/v1/completions",
+            format!(r#"{{"prompt":"{long}"}}"#),
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt":"a","max_tokens":100000}"#.into(),
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt":"a","max_tokens":"ten"}"#.into(),
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":"hi"}"#.into(),
+            Some("messages"),
+        ),
     ];
     for (path, body, param) in cases {
         let r = post(&base, path, &body).await;
@@ -151,7 +243,15 @@ async fn bad_input_names_the_field() {
 #[tokio::test]
 async fn saturation_answers_429_with_retry_after() {
     let model = fake().with_step_delay(Duration::from_millis(5));
-    let (s, base) = server(model, SchedulerConfig { max_running: 1, max_waiting: 0, ..Default::default() }).await;
+    let (s, base) = server(
+        model,
+        SchedulerConfig {
+            max_running: 1,
+            max_waiting: 0,
+            ..Default::default()
+        },
+    )
+    .await;
     let body = r#"{"prompt":"a","max_tokens":100,"temperature":0,"stream":true,"ignore_eos":true}"#;
     let first = post(&base, "/v1/completions", body).await;
     assert_eq!(first.status(), 200);
@@ -163,8 +263,16 @@ async fn saturation_answers_429_with_retry_after() {
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["error"]["type"], "rate_limit_error");
     drop(stream);
-    let metrics = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("bitscale_engine_request_rejected_total{reason=\"queue_full\"} 1"), "{metrics}");
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("bitscale_engine_request_rejected_total{reason=\"queue_full\"} 1"),
+        "{metrics}"
+    );
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
 
@@ -172,18 +280,39 @@ async fn saturation_answers_429_with_retry_after() {
 async fn drain_turns_ready_false_and_finishes_in_flight() {
     let model = fake().with_step_delay(Duration::from_millis(5));
     let (s, base) = server(model, SchedulerConfig::default()).await;
-    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .expect("ready")
+            .status(),
+        200
+    );
     let body = r#"{"prompt":"a","max_tokens":40,"temperature":0,"stream":true,"ignore_eos":true}"#;
     let inflight = post(&base, "/v1/completions", body).await;
     assert_eq!(inflight.status(), 200);
     s.begin_drain();
-    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 503);
-    assert_eq!(reqwest::get(format!("{base}/health")).await.expect("health").status(), 200);
+    assert_eq!(
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .expect("ready")
+            .status(),
+        503
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/health"))
+            .await
+            .expect("health")
+            .status(),
+        200
+    );
     assert_eq!(post(&base, "/v1/completions", body).await.status(), 503);
     let drain = tokio::spawn(s.drain(Duration::from_secs(20)));
     let frames = sse_frames(inflight).await;
     assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
-    assert!(drain.await.expect("join").expect("drain"), "in-flight request finished within grace");
+    assert!(
+        drain.await.expect("join").expect("drain"),
+        "in-flight request finished within grace"
+    );
 }
 
 /// Runs `tests/openai_client.py` (the official `openai` Python client, streaming included) against
@@ -208,7 +337,11 @@ async fn official_openai_python_client() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(&python).arg(script).arg(&base).arg("fake").output(),
+        tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(&base)
+            .arg("fake")
+            .output(),
     )
     .await
     .expect("python finished")
@@ -240,6 +373,7 @@ async fn real_tokenizer_streams_and_chats() {
     let tok = test_tokenizer();
     let vocab = tok.vocab_size();
     let config = ServerConfig {
+        max_context: None,
         host: Ipv4Addr::LOCALHOST.into(),
         port: 0,
         served_model_name: "tiny".into(),
@@ -247,11 +381,19 @@ async fn real_tokenizer_streams_and_chats() {
         device: "cpu".into(),
         scheduler: SchedulerConfig::default(),
     };
-    let s = start(Arc::new(FakeModel::new(vocab, 512)), Arc::new(tok), config).await.expect("start");
+    let s = start(Arc::new(FakeModel::new(vocab, 512)), Arc::new(tok), config)
+        .await
+        .expect("start");
     let base = format!("http://{}", s.local_addr());
     for (path, body) in [
-        ("/v1/completions", r#"{"prompt":"the cat is on the mat","max_tokens":20,"stream":true,"seed":3}"#),
-        ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"héllo 👋"}],"max_tokens":20,"stream":true}"#),
+        (
+            "/v1/completions",
+            r#"{"prompt":"the cat is on the mat","max_tokens":20,"stream":true,"seed":3}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"héllo 👋"}],"max_tokens":20,"stream":true}"#,
+        ),
     ] {
         let frames = sse_frames(post(&base, path, body).await).await;
         assert_eq!(frames.last().map(String::as_str), Some("[DONE]"), "{path}");
@@ -260,7 +402,12 @@ async fn real_tokenizer_streams_and_chats() {
             assert!(v.get("error").is_none(), "{f}");
         }
     }
-    let r = post(&base, "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#).await;
+    let r = post(
+        &base,
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
     assert!(v["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 3), "{v}");
@@ -291,7 +438,11 @@ mod tokenization {
 
 #[tokio::test]
 async fn bench_measures_a_running_server() {
-    let (s, base) = server(fake().with_step_delay(Duration::from_millis(1)), SchedulerConfig::default()).await;
+    let (s, base) = server(
+        fake().with_step_delay(Duration::from_millis(1)),
+        SchedulerConfig::default(),
+    )
+    .await;
     let args = bitscale_engine::bench::BenchArgs {
         url: base,
         concurrency: vec![1, 2],
@@ -314,15 +465,33 @@ async fn bench_measures_a_running_server() {
 
 #[tokio::test]
 async fn loading_placeholder_is_alive_but_not_ready() {
-    let p = bitscale_engine::server::serve_loading(Ipv4Addr::LOCALHOST.into(), 0).await.expect("bind");
+    let p = bitscale_engine::server::serve_loading(Ipv4Addr::LOCALHOST.into(), 0)
+        .await
+        .expect("bind");
     let base = format!("http://{}", p.local_addr());
-    assert_eq!(reqwest::get(format!("{base}/health")).await.expect("health").status(), 200);
-    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 503);
-    assert_eq!(post(&base, "/v1/completions", r#"{"prompt":"a"}"#).await.status(), 503);
+    assert_eq!(
+        reqwest::get(format!("{base}/health"))
+            .await
+            .expect("health")
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .expect("ready")
+            .status(),
+        503
+    );
+    assert_eq!(
+        post(&base, "/v1/completions", r#"{"prompt":"a"}"#).await.status(),
+        503
+    );
     let port = p.local_addr().port();
     p.stop().await;
     // The port is free again for the real server.
     let config = ServerConfig {
+        max_context: None,
         host: Ipv4Addr::LOCALHOST.into(),
         port,
         served_model_name: "fake".into(),
@@ -330,7 +499,15 @@ async fn loading_placeholder_is_alive_but_not_ready() {
         device: "cpu".into(),
         scheduler: SchedulerConfig::default(),
     };
-    let s = start(Arc::new(fake()), Arc::new(ByteCodec::default()), config).await.expect("rebind");
-    assert_eq!(reqwest::get(format!("{base}/ready")).await.expect("ready").status(), 200);
+    let s = start(Arc::new(fake()), Arc::new(ByteCodec::default()), config)
+        .await
+        .expect("rebind");
+    assert_eq!(
+        reqwest::get(format!("{base}/ready"))
+            .await
+            .expect("ready")
+            .status(),
+        200
+    );
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }

@@ -21,7 +21,9 @@ fn smollm2_path() -> Option<PathBuf> {
     }
     let root = std::env::var_os("BITSCALE_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bitscale/models"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bitscale/models")
+        });
     let path = root.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.exists(),
@@ -36,7 +38,10 @@ fn answer(level: QuantLevel) -> Option<String> {
     let m = load(&path, level, DeviceKind::Cpu).expect("load SmolLM2");
     let prompt = m
         .tokenizer
-        .apply_chat_template(&[ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }])
+        .apply_chat_template(&[ChatMessage {
+            role: "user".into(),
+            content: "What is the capital of France?".into(),
+        }])
         .expect("chat template");
     let ids = m.tokenizer.encode(&prompt, false).expect("encode");
     let out = common::greedy(m.forward.as_ref(), &ids, 24, m.tokenizer.stop_token_ids());
@@ -55,30 +60,68 @@ fn smollm2_q8_0_knows_paris() {
 fn smollm2_q4_1_matches_candle_quantized_llama() {
     let Some(path) = smollm2_path() else { return };
     let m = load(&path, QuantLevel::Q4_1, DeviceKind::Cpu).expect("load SmolLM2");
-    let ids = m.tokenizer.encode("The capital of France is", false).expect("encode");
+    let ids = m
+        .tokenizer
+        .encode("The capital of France is", false)
+        .expect("encode");
 
     let mut cache = m.forward.new_cache();
-    let mut batch = [SeqChunk { tokens: &ids, cache: &mut cache, want_logits: true }];
-    let ours = m.forward.forward(&mut batch).expect("forward")[0].clone().expect("logits");
+    let mut batch = [SeqChunk {
+        tokens: &ids,
+        cache: &mut cache,
+        want_logits: true,
+    }];
+    let ours = m.forward.forward(&mut batch).expect("forward")[0]
+        .clone()
+        .expect("logits");
 
     let mut f = std::fs::File::open(&path).expect("open");
     let content = gguf_file::Content::read(&mut f).expect("gguf");
     let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference");
-    let x = Tensor::new(ids.as_slice(), &Device::Cpu).expect("ids").unsqueeze(0).expect("batch");
-    let theirs: Vec<f32> = reference.forward(&x, 0).expect("forward").flatten_all().expect("flat").to_vec1().expect("vec");
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .expect("ids")
+        .unsqueeze(0)
+        .expect("batch");
+    let theirs: Vec<f32> = reference
+        .forward(&x, 0)
+        .expect("forward")
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
 
-    let max_diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max_diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let mean_diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
-    println!("max {max_diff} mean {mean_diff} argmax {} {} top {:?} {:?}", common::argmax(&ours), common::argmax(&theirs), &ours[..4], &theirs[..4]);
+    println!(
+        "max {max_diff} mean {mean_diff} argmax {} {} top {:?} {:?}",
+        common::argmax(&ours),
+        common::argmax(&theirs),
+        &ours[..4],
+        &theirs[..4]
+    );
     // One token at a time (m = 1 kernels) against the prefill (m > 1) of our own model.
     let mut cache = m.forward.new_cache();
     let mut stepwise = Vec::new();
     for t in &ids {
         let tok = [*t];
-        let mut batch = [SeqChunk { tokens: &tok, cache: &mut cache, want_logits: true }];
-        stepwise = m.forward.forward(&mut batch).expect("step")[0].clone().expect("logits");
+        let mut batch = [SeqChunk {
+            tokens: &tok,
+            cache: &mut cache,
+            want_logits: true,
+        }];
+        stepwise = m.forward.forward(&mut batch).expect("step")[0]
+            .clone()
+            .expect("logits");
     }
-    let self_diff = ours.iter().zip(&stepwise).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let self_diff = ours
+        .iter()
+        .zip(&stepwise)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     println!("prefill vs stepwise max diff {self_diff}");
     assert!(max_diff < 1.0, "max logit difference {max_diff}");
     assert_eq!(common::argmax(&ours), common::argmax(&theirs));

@@ -6,18 +6,33 @@ mod common;
 use std::path::Path;
 
 use bitscale_engine::model::testmodel::{TestModelFiles, TestModelSpec, write_test_model};
-use bitscale_engine::model::{DeviceKind, Forward, KvCache, LoadedModel, ModelError, QuantLevel, SeqChunk, load};
+use bitscale_engine::model::{
+    DeviceKind, Forward, KvCache, LoadedModel, ModelError, QuantLevel, SeqChunk, load,
+};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as reference;
 
 fn files(dir: &Path, tied: bool) -> TestModelFiles {
-    write_test_model(dir, &TestModelSpec { tied, ..TestModelSpec::default() }).expect("write test model")
+    write_test_model(
+        dir,
+        &TestModelSpec {
+            tied,
+            ..TestModelSpec::default()
+        },
+    )
+    .expect("write test model")
 }
 
 fn prefill_logits(model: &dyn Forward, ids: &[u32]) -> Vec<f32> {
     let mut cache = model.new_cache();
-    let mut batch = [SeqChunk { tokens: ids, cache: &mut cache, want_logits: true }];
-    model.forward(&mut batch).expect("forward")[0].clone().expect("logits")
+    let mut batch = [SeqChunk {
+        tokens: ids,
+        cache: &mut cache,
+        want_logits: true,
+    }];
+    model.forward(&mut batch).expect("forward")[0]
+        .clone()
+        .expect("logits")
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -35,19 +50,33 @@ fn matches_candle_transformers_llama_at_f32() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = files(dir.path(), tied);
         let ours = load(&f.hf_dir, QuantLevel::F32, DeviceKind::Cpu).expect("load");
-        let ids = prompt(&ours, "the capital of France is Paris, and the capital of Italy is");
+        let ids = prompt(
+            &ours,
+            "the capital of France is Paris, and the capital of Italy is",
+        );
         assert!(ids.len() > 10);
         let got = prefill_logits(ours.forward.as_ref(), &ids);
 
         let cfg: reference::LlamaConfig =
-            serde_json::from_slice(&std::fs::read(f.hf_dir.join("config.json")).expect("config")).expect("parse");
+            serde_json::from_slice(&std::fs::read(f.hf_dir.join("config.json")).expect("config"))
+                .expect("parse");
         let cfg = cfg.into_config(false);
-        let tensors = candle_core::safetensors::load(f.hf_dir.join("model.safetensors"), &Device::Cpu).expect("st");
+        let tensors =
+            candle_core::safetensors::load(f.hf_dir.join("model.safetensors"), &Device::Cpu).expect("st");
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let model = reference::Llama::load(vb, &cfg).expect("reference");
         let mut cache = reference::Cache::new(true, DType::F32, &cfg, &Device::Cpu).expect("cache");
-        let x = Tensor::new(ids.as_slice(), &Device::Cpu).expect("x").unsqueeze(0).expect("x");
-        let want: Vec<f32> = model.forward(&x, 0, &mut cache).expect("fwd").flatten_all().expect("f").to_vec1().expect("v");
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .expect("x")
+            .unsqueeze(0)
+            .expect("x");
+        let want: Vec<f32> = model
+            .forward(&x, 0, &mut cache)
+            .expect("fwd")
+            .flatten_all()
+            .expect("f")
+            .to_vec1()
+            .expect("v");
 
         let d = max_diff(&got, &want);
         assert!(d < 1e-3, "tied={tied}: max logit difference {d}");
@@ -62,7 +91,10 @@ fn gguf_f32_equals_safetensors_f32() {
     let b = load(&f.hf_dir, QuantLevel::F32, DeviceKind::Cpu).expect("hf");
     let ids = prompt(&a, "<|im_start|>user\nhello there<|im_end|>\n");
     assert_eq!(ids, prompt(&b, "<|im_start|>user\nhello there<|im_end|>\n"));
-    let d = max_diff(&prefill_logits(a.forward.as_ref(), &ids), &prefill_logits(b.forward.as_ref(), &ids));
+    let d = max_diff(
+        &prefill_logits(a.forward.as_ref(), &ids),
+        &prefill_logits(b.forward.as_ref(), &ids),
+    );
     assert!(d < 1e-4, "max logit difference {d}");
     assert_eq!(a.forward.info().vocab_size, b.forward.info().vocab_size);
 }
@@ -75,21 +107,29 @@ fn batching_does_not_change_greedy_outputs() {
     let f = files(dir.path(), false);
     for level in [QuantLevel::Q8_0, QuantLevel::F32] {
         let m = load(&f.gguf, level, DeviceKind::Cpu).expect("load");
-        let prompts: Vec<Vec<u32>> = ["a", "the cat sat on the mat", "hello, world! how are you today?", "12345"]
-            .iter()
-            .map(|p| prompt(&m, p))
-            .collect();
+        let prompts: Vec<Vec<u32>> = [
+            "a",
+            "the cat sat on the mat",
+            "hello, world! how are you today?",
+            "12345",
+        ]
+        .iter()
+        .map(|p| prompt(&m, p))
+        .collect();
         let new_tokens = 8;
-        let alone: Vec<Vec<u32>> =
-            prompts.iter().map(|p| common::greedy(m.forward.as_ref(), p, new_tokens, &[])).collect();
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| common::greedy(m.forward.as_ref(), p, new_tokens, &[]))
+            .collect();
 
         // Sequence i joins at step i and prefills in chunks of 3 tokens while others decode.
         let mut caches: Vec<KvCache> = prompts.iter().map(|_| m.forward.new_cache()).collect();
         let mut fed = vec![0usize; prompts.len()];
         let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
         for step in 0..100 {
-            let active: Vec<usize> =
-                (0..prompts.len()).filter(|&i| i <= step && outs[i].len() < new_tokens).collect();
+            let active: Vec<usize> = (0..prompts.len())
+                .filter(|&i| i <= step && outs[i].len() < new_tokens)
+                .collect();
             if active.is_empty() {
                 break;
             }
@@ -109,7 +149,11 @@ fn batching_does_not_change_greedy_outputs() {
             let mut batch: Vec<SeqChunk<'_>> = Vec::new();
             for (i, c) in caches.iter_mut().enumerate() {
                 if let Some(k) = active.iter().position(|&a| a == i) {
-                    batch.push(SeqChunk { tokens: &toks[k], cache: c, want_logits: wants[k] });
+                    batch.push(SeqChunk {
+                        tokens: &toks[k],
+                        cache: c,
+                        want_logits: wants[k],
+                    });
                 }
             }
             let logits = m.forward.forward(&mut batch).expect("forward");
@@ -147,7 +191,11 @@ fn every_level_loads_and_stays_close_to_f32() {
             let d = max_diff(&got, &want);
             let tol = match level {
                 QuantLevel::F32 | QuantLevel::F16 | QuantLevel::Bf16 => 0.05,
-                QuantLevel::Q8_0 | QuantLevel::Q6K | QuantLevel::Q5K | QuantLevel::Q5_0 | QuantLevel::Q5_1 => 0.15,
+                QuantLevel::Q8_0
+                | QuantLevel::Q6K
+                | QuantLevel::Q5K
+                | QuantLevel::Q5_0
+                | QuantLevel::Q5_1 => 0.15,
                 _ => 0.6,
             };
             assert!(d < tol * scale, "{level}: max diff {d} vs logit scale {scale}");
@@ -159,20 +207,40 @@ fn every_level_loads_and_stays_close_to_f32() {
 fn load_errors_name_the_file_and_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nope.gguf");
-    let err = load(&missing, QuantLevel::Q8_0, DeviceKind::Cpu).err().expect("missing");
-    assert!(matches!(err.downcast_ref::<ModelError>(), Some(ModelError::Io { .. })), "{err}");
+    let err = load(&missing, QuantLevel::Q8_0, DeviceKind::Cpu)
+        .err()
+        .expect("missing");
+    assert!(
+        matches!(err.downcast_ref::<ModelError>(), Some(ModelError::Io { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("nope.gguf"));
 
     let garbage = dir.path().join("garbage.gguf");
     std::fs::write(&garbage, b"definitely not a gguf file").expect("write");
-    let err = load(&garbage, QuantLevel::Q8_0, DeviceKind::Cpu).err().expect("corrupt");
-    assert!(matches!(err.downcast_ref::<ModelError>(), Some(ModelError::Corrupt { .. })), "{err}");
+    let err = load(&garbage, QuantLevel::Q8_0, DeviceKind::Cpu)
+        .err()
+        .expect("corrupt");
+    assert!(
+        matches!(err.downcast_ref::<ModelError>(), Some(ModelError::Corrupt { .. })),
+        "{err}"
+    );
 
     let f = files(dir.path(), false);
     let cfg_path = f.hf_dir.join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).expect("read").replace("\"llama\"", "\"gemma\"");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .expect("read")
+        .replace("\"llama\"", "\"gemma\"");
     std::fs::write(&cfg_path, cfg).expect("write");
-    let err = load(&f.hf_dir, QuantLevel::Q8_0, DeviceKind::Cpu).err().expect("arch");
-    assert!(matches!(err.downcast_ref::<ModelError>(), Some(ModelError::UnsupportedArchitecture { .. })), "{err}");
+    let err = load(&f.hf_dir, QuantLevel::Q8_0, DeviceKind::Cpu)
+        .err()
+        .expect("arch");
+    assert!(
+        matches!(
+            err.downcast_ref::<ModelError>(),
+            Some(ModelError::UnsupportedArchitecture { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("config.json"), "{err}");
 }

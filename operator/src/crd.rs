@@ -85,13 +85,24 @@ mod tests {
         let scale = sub.scale.as_ref().expect("scale");
         assert_eq!(scale.spec_replicas_path, ".spec.scaling.replicas");
         assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
-        let columns: Vec<_> =
-            version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(columns, ["Variant", "Replicas", "Ready", "$/1M tokens", "Age"]);
         let yaml = to_yaml(&crd);
-        for rule in ["self.minReplicas <= self.maxReplicas", "duration(self) > duration('0s')", "self.pinned in self.allowed"] {
+        for rule in [
+            "self.minReplicas <= self.maxReplicas",
+            "duration(self) > duration('0s')",
+            "self.pinned in self.allowed",
+        ] {
             assert!(yaml.contains(rule), "missing CEL rule {rule}");
         }
-        assert!(!yaml.contains("via CustomResource"), "implementation text leaked into the schema");
+        assert!(
+            !yaml.contains("via CustomResource"),
+            "implementation text leaked into the schema"
+        );
     }
 }

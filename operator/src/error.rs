@@ -32,7 +32,9 @@ pub enum Error {
     },
 
     /// The model's size is unknown, so nothing can be sized.
-    #[error("spec.model.parameters is not set; set the parameter count (such as \"135M\") so the weights can be sized")]
+    #[error(
+        "spec.model.parameters is not set; set the parameter count (such as \"135M\") so the weights can be sized"
+    )]
     ModelSizeUnknown,
 
     /// The spec passed the schema but cannot be used.

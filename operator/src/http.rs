@@ -20,7 +20,10 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
 
 async fn render(State(metrics): State<Metrics>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.render(),
     )
 }

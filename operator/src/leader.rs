@@ -69,7 +69,10 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaseConfig) -> anyhow::Result<b
     let seconds = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(config.name.clone()), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                name: Some(config.name.clone()),
+                ..ObjectMeta::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(config.identity.clone()),
                 lease_duration_seconds: Some(seconds),

@@ -56,9 +56,15 @@ async fn main() -> anyhow::Result<()> {
 
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
-    let identity = args.identity.clone().unwrap_or_else(|| format!("bitscale-operator-{}", std::process::id()));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("bitscale-operator-{}", std::process::id()));
     let config = Config {
-        images: EngineImages { cpu: args.engine_image, cuda: args.engine_cuda_image },
+        images: EngineImages {
+            cpu: args.engine_image,
+            cuda: args.engine_cuda_image,
+        },
         namespace: args.watch_namespace,
         instance: Some(identity.clone()),
         ..Config::default()

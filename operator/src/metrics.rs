@@ -34,9 +34,22 @@ impl Default for Metrics {
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let mut registry = Registry::with_prefix("bitscale_operator");
         registry.register("reconciles", "Reconciles started", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciles by error category", failures.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
-        Self { reconciles, failures, duration, registry: Arc::new(registry) }
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            duration.clone(),
+        );
+        Self {
+            reconciles,
+            failures,
+            duration,
+            registry: Arc::new(registry),
+        }
     }
 }
 
@@ -44,12 +57,19 @@ impl Metrics {
     /// Counts a reconcile and returns a guard that records its duration when dropped.
     pub fn start(&self) -> ReconcileTimer {
         self.reconciles.inc();
-        ReconcileTimer { start: Instant::now(), histogram: self.duration.clone() }
+        ReconcileTimer {
+            start: Instant::now(),
+            histogram: self.duration.clone(),
+        }
     }
 
     /// Counts a failure.
     pub fn failure(&self, category: &str) {
-        self.failures.get_or_create(&ErrorLabels { category: category.to_owned() }).inc();
+        self.failures
+            .get_or_create(&ErrorLabels {
+                category: category.to_owned(),
+            })
+            .inc();
     }
 
     /// Renders the registry in the OpenMetrics text format.

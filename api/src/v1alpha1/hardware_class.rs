@@ -82,7 +82,9 @@ pub struct HardwareResources {
 #[serde(rename_all = "camelCase")]
 pub struct Accelerator {
     /// Extended resource name, such as `nvidia.com/gpu`.
-    #[schemars(regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+    ))]
     pub resource_name: String,
     /// How many per replica.
     #[serde(default = "one")]
@@ -154,7 +156,11 @@ pub fn parse_rate(value: &serde_json::Value) -> Option<f64> {
     match value {
         serde_json::Value::Number(n) => n.as_f64().filter(|v| *v > 0.0),
         serde_json::Value::String(s) => {
-            let s = s.trim().trim_end_matches("/s").trim_end_matches("FLOP").trim_end_matches('B');
+            let s = s
+                .trim()
+                .trim_end_matches("/s")
+                .trim_end_matches("FLOP")
+                .trim_end_matches('B');
             let s = s.trim();
             let (number, multiplier) = if let Some(n) = s.strip_suffix("i") {
                 let (n, p) = n.split_at(n.len().checked_sub(1)?);
@@ -164,7 +170,12 @@ pub fn parse_rate(value: &serde_json::Value) -> Option<f64> {
             } else {
                 (s, 1.0)
             };
-            number.trim().parse::<f64>().ok().map(|n| n * multiplier).filter(|v| *v > 0.0)
+            number
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .map(|n| n * multiplier)
+                .filter(|v| *v > 0.0)
         }
         _ => None,
     }

@@ -1,10 +1,7 @@
 //! `InferenceService`: one model served at the lowest cost that meets a latency SLO and a quality
 //! budget.
 
-use k8s_openapi::{
-    api::core::v1::EnvVar,
-    apimachinery::pkg::apis::meta::v1::Condition,
-};
+use k8s_openapi::{api::core::v1::EnvVar, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -34,10 +31,24 @@ use super::{
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Variant", type_ = "string", json_path = ".status.variant", description = "The serving quantization level and HardwareClass"),
+    printcolumn(
+        name = "Variant",
+        type_ = "string",
+        json_path = ".status.variant",
+        description = "The serving quantization level and HardwareClass"
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "$/1M tokens", type_ = "number", json_path = ".status.decision.costPerMillionTokens", description = "Estimated cost per million generated tokens"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "$/1M tokens",
+        type_ = "number",
+        json_path = ".status.decision.costPerMillionTokens",
+        description = "Estimated cost per million generated tokens"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -21,7 +21,12 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (_, crd) in bitscale_operator::crd::all() {
         let name = crd.name_any();
-        api.patch(&name, &PatchParams::apply("bitscale-e2e").force(), &Patch::Apply(&crd)).await?;
+        api.patch(
+            &name,
+            &PatchParams::apply("bitscale-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
         let established = |c: Option<&CustomResourceDefinition>| {
             c.and_then(|c| c.status.as_ref())
                 .and_then(|s| s.conditions.as_ref())
@@ -73,7 +78,12 @@ pub fn gpu_class(prefix: &str) -> HardwareClass {
 pub async fn apply_classes(client: &Client, classes: &[HardwareClass]) -> anyhow::Result<()> {
     let api: Api<HardwareClass> = Api::all(client.clone());
     for class in classes {
-        api.patch(&class.name_any(), &PatchParams::apply("bitscale-e2e").force(), &Patch::Apply(class)).await?;
+        api.patch(
+            &class.name_any(),
+            &PatchParams::apply("bitscale-e2e").force(),
+            &Patch::Apply(class),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -110,7 +120,10 @@ pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
 /// Runs the operator in-process, watching only `namespace`, until the handle is aborted.
 pub fn start_operator(client: Client, namespace: &str) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let config = Config {
-        images: EngineImages { cpu: "bitscale-engine:test".into(), cuda: "bitscale-engine:test-cuda".into() },
+        images: EngineImages {
+            cpu: "bitscale-engine:test".into(),
+            cuda: "bitscale-engine:test-cuda".into(),
+        },
         namespace: Some(namespace.to_owned()),
         instance: Some(format!("e2e-{namespace}")),
         ..Config::default()

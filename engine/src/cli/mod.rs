@@ -41,7 +41,9 @@ pub fn init_logging(format: &str) {
         "text" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -57,5 +59,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args),
         Command::Pull(args) => tools::pull(args),
         Command::GenTestModel(args) => tools::gen_test_model(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// The flags the operator's Deployment builder passes (operator/src/build/deployment.rs) must
+    /// stay accepted here; a rename on either side breaks every pod.
+    #[test]
+    fn accepts_the_operators_engine_flags() {
+        let argv = "bitscale-engine serve --model /models/m.gguf --quantization q4_k --device cpu --port 8000 \
+                    --threads 4 --max-running 4 --context-length 2048 --kv-cache-tokens 8192 --log-format json";
+        let cli = Cli::try_parse_from(argv.split_whitespace()).expect("operator flags parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.context_length, Some(2048));
+        assert_eq!(args.kv_cache_tokens, Some(8192));
+        assert_eq!(cli.log_format, "json");
+    }
+
+    #[test]
+    fn accepts_the_operators_pull_flags() {
+        let argv = "bitscale-engine pull hf://org/name@main/m.gguf --dest /models/m.gguf --sha256 abcd";
+        let cli = Cli::try_parse_from(argv.split_whitespace()).expect("pull flags parse");
+        assert!(matches!(cli.command, Command::Pull(_)));
     }
 }

@@ -68,9 +68,13 @@ pub fn default_kv_pool(limit: u64, weight_bytes: u64) -> u64 {
 /// Parses a byte size: `1073741824`, `512MiB`, `512Mi`, `2GiB`, `2G` (10^9), `64k`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 2GiB, 512MiB, 1000000)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 2GiB, 512MiB, 1000000)"))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -89,9 +93,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses a duration: `30s`, `500ms`, `2m`, `1h`, or bare seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 500ms, 2m)"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
@@ -110,8 +118,14 @@ mod tests {
     fn parses_cgroup_files() {
         assert_eq!(parse_cpu_max("max 100000\n"), None);
         assert_eq!(parse_cpu_max("250000 100000\n"), Some(2.5));
-        assert_eq!(parse_meminfo_total("MemTotal:       16318460 kB\nMemFree: 1 kB"), Some(16318460 * 1024));
-        assert_eq!(default_kv_pool(8 << 30, 2 << 30), (8u64 << 30) - (2 << 30) - (8u64 << 30) / 10);
+        assert_eq!(
+            parse_meminfo_total("MemTotal:       16318460 kB\nMemFree: 1 kB"),
+            Some(16318460 * 1024)
+        );
+        assert_eq!(
+            default_kv_pool(8 << 30, 2 << 30),
+            (8u64 << 30) - (2 << 30) - (8u64 << 30) / 10
+        );
         assert_eq!(default_kv_pool(1 << 30, 2 << 30), 0);
     }
 

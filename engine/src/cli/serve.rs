@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// KV cache pool size (e.g. 2GiB). Default: the memory limit minus weights and headroom.
     #[arg(long, alias = "kv-memory", env = "BITSCALE_KV_POOL_BYTES", value_parser = parse_size)]
     pub kv_pool_bytes: Option<u64>,
+    /// Longest sequence (prompt + generated) to accept; at most the model's own context length.
+    #[arg(long, env = "BITSCALE_CONTEXT_LENGTH")]
+    pub context_length: Option<usize>,
+    /// KV pool size in tokens (times the model's KV bytes per token); overrides the memory-limit default.
+    #[arg(long, env = "BITSCALE_KV_CACHE_TOKENS", conflicts_with = "kv_pool_bytes")]
+    pub kv_cache_tokens: Option<u64>,
     /// Compute threads. Default: the container's CPU quota, else all CPUs.
     #[arg(long, env = "BITSCALE_THREADS")]
     pub threads: Option<usize>,
@@ -118,7 +124,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let threads = threads(&args);
     tracing::info!(threads, "compute threads");
     // Two async workers are plenty for HTTP; the CPU belongs to the model's threads.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(serve(args))
 }
 
@@ -130,24 +139,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     placeholder.stop().await;
     let loaded = loaded?.with_context(|| format!("loading {}", args.model.display()))?;
     let info = loaded.forward.info().clone();
-    let kv_pool_bytes = match args.kv_pool_bytes {
-        Some(b) => b,
-        None => {
+    let kv_pool_bytes = match (args.kv_pool_bytes, args.kv_cache_tokens) {
+        (Some(b), _) => b,
+        (None, Some(tokens)) => tokens.saturating_mul(info.kv_bytes_per_token),
+        (None, None) => {
             let limit = memory_limit().context("cannot read the memory limit; pass --kv-pool-bytes")?;
             default_kv_pool(limit, info.weight_bytes)
         }
     };
-    let one_context = info.kv_bytes_per_token.saturating_mul(info.context_length as u64);
+    let context = args
+        .context_length
+        .map_or(info.context_length, |c| c.min(info.context_length));
+    let one_context = info.kv_bytes_per_token.saturating_mul(context as u64);
     if kv_pool_bytes < one_context {
-        tracing::warn!(kv_pool_bytes, one_context, "the KV pool cannot hold one full-context sequence");
+        tracing::warn!(
+            kv_pool_bytes,
+            one_context,
+            "the KV pool cannot hold one full-context sequence"
+        );
     }
-    let name = args.served_model_name.clone().unwrap_or_else(|| info.name.clone());
+    let name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| info.name.clone());
     let config = ServerConfig {
         host: args.host,
         port: args.port,
         served_model_name: name,
         quantization: quant_name(args.quantization).into(),
         device: device_name(args.device).into(),
+        max_context: args.context_length,
         scheduler: SchedulerConfig {
             max_running: args.max_running.max(1),
             max_waiting: args.max_waiting,

@@ -31,14 +31,23 @@ pub struct GenTestModelArgs {
 }
 
 pub fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let path = rt.block_on(crate::pull::pull(&args.source, &args.dest, args.sha256.as_deref()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let path = rt.block_on(crate::pull::pull(
+        &args.source,
+        &args.dest,
+        args.sha256.as_deref(),
+    ))?;
     println!("{}", path.display());
     Ok(())
 }
 
 pub fn gen_test_model(args: GenTestModelArgs) -> anyhow::Result<()> {
-    let spec = TestModelSpec { seed: args.seed, ..TestModelSpec::default() };
+    let spec = TestModelSpec {
+        seed: args.seed,
+        ..TestModelSpec::default()
+    };
     let files = write_test_model(&args.out, &spec)?;
     println!("{}", files.gguf.display());
     println!("{}", files.hf_dir.display());

@@ -13,7 +13,11 @@ pub(crate) struct SeqKv {
 impl SeqKv {
     pub(crate) fn new(layers: usize, kv_dim: usize, reserve_positions: usize) -> Self {
         let cap = kv_dim * reserve_positions;
-        Self { layers: (0..layers).map(|_| (Vec::with_capacity(cap), Vec::with_capacity(cap))).collect() }
+        Self {
+            layers: (0..layers)
+                .map(|_| (Vec::with_capacity(cap), Vec::with_capacity(cap)))
+                .collect(),
+        }
     }
 
     /// Drops positions at and after `len` (a failed step may have written some layers only).
@@ -52,7 +56,10 @@ impl RopeRows {
     /// Rotates adjacent pairs `(2i, 2i+1)` of every head in `x` (GGUF/llama.cpp layout; HF weights
     /// are permuted to it at load).
     fn apply(&self, row: usize, x: &mut [f32], head_dim: usize) {
-        let (c, s) = (&self.cos[row * self.half..][..self.half], &self.sin[row * self.half..][..self.half]);
+        let (c, s) = (
+            &self.cos[row * self.half..][..self.half],
+            &self.sin[row * self.half..][..self.half],
+        );
         for head in x.chunks_exact_mut(head_dim) {
             for (i, pair) in head.chunks_exact_mut(2).enumerate() {
                 let (x0, x1) = (pair[0], pair[1]);

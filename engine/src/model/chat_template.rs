@@ -22,9 +22,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template_owned(NAME, source)
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         Ok(Self { env })
@@ -36,7 +39,10 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<String, ModelError> {
-        let tmpl = self.env.get_template(NAME).map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => true,
@@ -53,8 +59,14 @@ mod tests {
 
     fn msgs() -> Vec<ChatMessage> {
         vec![
-            ChatMessage { role: "system".into(), content: "  Be brief. ".into() },
-            ChatMessage { role: "user".into(), content: "Hi".into() },
+            ChatMessage {
+                role: "system".into(),
+                content: "  Be brief. ".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "Hi".into(),
+            },
         ]
     }
 
@@ -76,7 +88,8 @@ mod tests {
     #[test]
     fn raise_exception_is_an_error() {
         let t = ChatTemplate::new(
-            "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}".into(),
+            "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+                .into(),
         )
         .expect("template");
         let err = t.render(&msgs(), "", "").expect_err("must fail");

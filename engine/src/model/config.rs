@@ -32,12 +32,18 @@ pub(crate) struct LlamaConfig {
 impl LlamaConfig {
     /// Rejects shapes the forward pass cannot run.
     pub(crate) fn validate(&self, path: &Path) -> Result<(), ModelError> {
-        let bad = |reason: String| ModelError::UnsupportedConfig { path: path.to_owned(), reason };
+        let bad = |reason: String| ModelError::UnsupportedConfig {
+            path: path.to_owned(),
+            reason,
+        };
         if self.heads == 0 || self.kv_heads == 0 || self.layers == 0 || self.hidden == 0 {
             return Err(bad(format!("empty model: {self:?}")));
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
-            return Err(bad(format!("{} heads not divisible by {} KV heads", self.heads, self.kv_heads)));
+            return Err(bad(format!(
+                "{} heads not divisible by {} KV heads",
+                self.heads, self.kv_heads
+            )));
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!("odd head dim {}", self.head_dim)));
@@ -58,14 +64,20 @@ impl LlamaConfig {
     /// From GGUF metadata; `vocab` comes from the embedding tensor's shape.
     pub(crate) fn from_gguf(path: &Path, content: &gguf_file::Content) -> Result<Self, ModelError> {
         let md = &content.metadata;
-        let missing = |key: &str| ModelError::MissingMetadata { path: path.to_owned(), key: key.to_owned() };
+        let missing = |key: &str| ModelError::MissingMetadata {
+            path: path.to_owned(),
+            key: key.to_owned(),
+        };
         let arch = md
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
             .ok_or_else(|| missing("general.architecture"))?
             .clone();
         if !GGUF_ARCHS.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture { path: path.to_owned(), arch });
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.to_owned(),
+                arch,
+            });
         }
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| -> Result<usize, ModelError> {
@@ -74,7 +86,10 @@ impl LlamaConfig {
             v.to_u64()
                 .or_else(|_| v.to_u32().map(u64::from))
                 .map(|x| x as usize)
-                .map_err(|e| ModelError::Corrupt { path: path.to_owned(), reason: format!("{full}: {e}") })
+                .map_err(|e| ModelError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("{full}: {e}"),
+                })
         };
         let f32_or = |k: &str, default: f32| md.get(&key(k)).and_then(|v| v.to_f32().ok()).unwrap_or(default);
         let hidden = usize_of("embedding_length")?;
@@ -87,7 +102,10 @@ impl LlamaConfig {
             .tensor_infos
             .get("token_embd.weight")
             .map(|t| t.shape.dims()[0])
-            .ok_or_else(|| ModelError::MissingTensor { path: path.to_owned(), name: "token_embd.weight".into() })?;
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: path.to_owned(),
+                name: "token_embd.weight".into(),
+            })?;
         Ok(Self {
             hidden,
             layers: usize_of("block_count")?,
@@ -105,12 +123,17 @@ impl LlamaConfig {
 
     /// From a Hugging Face `config.json`.
     pub(crate) fn from_hf_json(path: &Path, bytes: &[u8]) -> Result<Self, ModelError> {
-        let c: HfConfig = serde_json::from_slice(bytes)
-            .map_err(|e| ModelError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
+        let c: HfConfig = serde_json::from_slice(bytes).map_err(|e| ModelError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         let model_type = c.model_type.clone().unwrap_or_default();
         if !HF_MODEL_TYPES.contains(&model_type.as_str()) {
             let arch = c.architectures.first().cloned().unwrap_or(model_type);
-            return Err(ModelError::UnsupportedArchitecture { path: path.to_owned(), arch });
+            return Err(ModelError::UnsupportedArchitecture {
+                path: path.to_owned(),
+                arch,
+            });
         }
         let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
         let rope_freq_factors = match &c.rope_scaling {

@@ -43,7 +43,9 @@ pub enum ModelError {
     },
     #[error("{path}: unsupported configuration: {reason}")]
     UnsupportedConfig { path: PathBuf, reason: String },
-    #[error("unknown quantization level `{0}` (expected one of f32, f16, bf16, q8_0, q6_k, q5_k, q5_0, q5_1, q4_k, q4_0, q4_1, q3_k, q2_k)")]
+    #[error(
+        "unknown quantization level `{0}` (expected one of f32, f16, bf16, q8_0, q6_k, q5_k, q5_0, q5_1, q4_k, q4_0, q4_1, q3_k, q2_k)"
+    )]
     UnknownQuantLevel(String),
     #[error("device {0} is not available in this build or on this machine: {1}")]
     DeviceUnavailable(String, String),

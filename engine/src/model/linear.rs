@@ -49,7 +49,12 @@ impl Linear {
             };
             parts.push((mm, n));
         }
-        Ok(Self { parts, in_dim, out_dim, bytes })
+        Ok(Self {
+            parts,
+            in_dim,
+            out_dim,
+            bytes,
+        })
     }
 
     /// A layer over a weight shared with another use (the tied embedding / output head).
@@ -57,10 +62,17 @@ impl Linear {
         let (n, k) = w.shape().dims2()?;
         let bytes = w.storage_size_in_bytes() as u64;
         let mm = match w.dtype() {
-            candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16 => QMatMul::QTensor(w),
+            candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16 => {
+                QMatMul::QTensor(w)
+            }
             _ => QMatMul::from_arc(w)?,
         };
-        Ok(Self { parts: vec![(mm, n)], in_dim: k, out_dim: n, bytes })
+        Ok(Self {
+            parts: vec![(mm, n)],
+            in_dim: k,
+            out_dim: n,
+            bytes,
+        })
     }
 
     pub(crate) fn out_dim(&self) -> usize {
@@ -109,7 +121,12 @@ fn concat_rows(mut ws: Vec<QTensor>, device: &Device) -> Result<QTensor, ModelEr
         rows += n;
         bytes.extend_from_slice(&w.data()?);
     }
-    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &bytes, vec![rows, k], device)?)
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dtype,
+        &bytes,
+        vec![rows, k],
+        device,
+    )?)
 }
 
 /// RMSNorm of each `width`-long row of `x` into a new buffer.
@@ -149,7 +166,12 @@ pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];

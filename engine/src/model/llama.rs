@@ -58,7 +58,11 @@ pub(crate) fn inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
 
 impl Llama {
     fn dims(&self) -> AttnDims {
-        AttnDims { heads: self.cfg.heads, kv_heads: self.cfg.kv_heads, head_dim: self.cfg.head_dim }
+        AttnDims {
+            heads: self.cfg.heads,
+            kv_heads: self.cfg.kv_heads,
+            head_dim: self.cfg.head_dim,
+        }
     }
 
     /// Checks the whole batch before touching any cache, so a bad request cannot leave others
@@ -67,10 +71,16 @@ impl Llama {
         for c in batch.iter_mut() {
             let needed = c.cache.len() + c.tokens.len();
             if needed > self.cfg.context {
-                return Err(ModelError::ContextOverflow { needed, context_length: self.cfg.context });
+                return Err(ModelError::ContextOverflow {
+                    needed,
+                    context_length: self.cfg.context,
+                });
             }
             if let Some(&id) = c.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
-                return Err(ModelError::TokenOutOfRange { id, vocab_size: self.cfg.vocab });
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab_size: self.cfg.vocab,
+                });
             }
             if c.cache.state_mut::<SeqKv>().is_none() {
                 return Err(ModelError::ForeignCache);

@@ -67,7 +67,10 @@ impl Source for GgufSource {
     }
     fn read(&mut self, name: &str) -> Result<Raw, ModelError> {
         let Some(info) = self.content.tensor_infos.get(name) else {
-            return Err(ModelError::MissingTensor { path: self.path.clone(), name: name.into() });
+            return Err(ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.into(),
+            });
         };
         if !SUPPORTED.contains(&info.ggml_dtype) {
             return Err(ModelError::UnsupportedTensorType {
@@ -78,7 +81,10 @@ impl Source for GgufSource {
         }
         let t = info
             .read(&mut self.file, self.content.tensor_data_offset, &Device::Cpu)
-            .map_err(|e| ModelError::Corrupt { path: self.path.clone(), reason: format!("tensor `{name}`: {e}") })?;
+            .map_err(|e| ModelError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
         Ok(Raw::Quant(t))
     }
     fn native(&self) -> Option<GgmlDType> {
@@ -101,19 +107,21 @@ struct HfSource {
 
 impl HfSource {
     fn hf_name(name: &str) -> String {
-        let map = |s: &str| match s {
-            "attn_norm.weight" => "input_layernorm.weight",
-            "attn_q.weight" => "self_attn.q_proj.weight",
-            "attn_k.weight" => "self_attn.k_proj.weight",
-            "attn_v.weight" => "self_attn.v_proj.weight",
-            "attn_output.weight" => "self_attn.o_proj.weight",
-            "ffn_norm.weight" => "post_attention_layernorm.weight",
-            "ffn_gate.weight" => "mlp.gate_proj.weight",
-            "ffn_up.weight" => "mlp.up_proj.weight",
-            "ffn_down.weight" => "mlp.down_proj.weight",
-            other => other,
-        }
-        .to_owned();
+        let map = |s: &str| {
+            match s {
+                "attn_norm.weight" => "input_layernorm.weight",
+                "attn_q.weight" => "self_attn.q_proj.weight",
+                "attn_k.weight" => "self_attn.k_proj.weight",
+                "attn_v.weight" => "self_attn.v_proj.weight",
+                "attn_output.weight" => "self_attn.o_proj.weight",
+                "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "ffn_gate.weight" => "mlp.gate_proj.weight",
+                "ffn_up.weight" => "mlp.up_proj.weight",
+                "ffn_down.weight" => "mlp.down_proj.weight",
+                other => other,
+            }
+            .to_owned()
+        };
         match name {
             "token_embd.weight" => "model.embed_tokens.weight".into(),
             "output_norm.weight" => "model.norm.weight".into(),
@@ -138,7 +146,10 @@ impl Source for HfSource {
         let t = self
             .tensors
             .remove(&hf)
-            .ok_or_else(|| ModelError::MissingTensor { path: self.dir.clone(), name: hf.clone() })?;
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.dir.clone(),
+                name: hf.clone(),
+            })?;
         let t = t.to_dtype(DType::F32)?;
         // HF stores Q and K for rotate-half RoPE; permute rows to the interleaved-pair layout
         // the forward pass (and GGUF) uses, as llama.cpp's converter does.
@@ -163,11 +174,17 @@ impl Source for HfSource {
 /// Reorders Q/K weight rows from rotate-half RoPE order (HF) to interleaved pairs (GGUF).
 pub(crate) fn permute_qk(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (n, k) = t.dims2()?;
-    t.reshape((heads, 2, n / heads / 2, k))?.transpose(1, 2)?.contiguous()?.reshape((n, k))
+    t.reshape((heads, 2, n / heads / 2, k))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, k))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io { path: path.to_owned(), source }
+    move |source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Loads a GGUF file or a Hugging Face folder and quantizes it to `level`.
@@ -187,15 +204,24 @@ pub(crate) fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow
     let (tokenizer, model) = if meta.is_dir() {
         let cfg_path = path.join("config.json");
         let bytes = std::fs::read(&cfg_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ModelError::UnknownFormat { path: path.to_owned() },
-            _ => ModelError::Io { path: cfg_path.clone(), source: e },
+            std::io::ErrorKind::NotFound => ModelError::UnknownFormat {
+                path: path.to_owned(),
+            },
+            _ => ModelError::Io {
+                path: cfg_path.clone(),
+                source: e,
+            },
         })?;
         let cfg = LlamaConfig::from_hf_json(&cfg_path, &bytes)?;
         cfg.validate(&cfg_path)?;
         let tokenizer = Tokenizer::from_hf_dir(path)?;
         let tensors = read_safetensors(path)?;
         tracing::info!(path = %path.display(), tensors = tensors.len(), "read safetensors");
-        let mut src = HfSource { dir: path.to_owned(), tensors, cfg: cfg.clone() };
+        let mut src = HfSource {
+            dir: path.to_owned(),
+            tensors,
+            cfg: cfg.clone(),
+        };
         (tokenizer, build(&mut src, cfg, name, level, device, dev)?)
     } else {
         let file = File::open(path).map_err(io_err(path))?;
@@ -203,15 +229,27 @@ pub(crate) fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow
         let content = gguf_file::Content::read(&mut file).map_err(|e| {
             let reason = e.to_string();
             if reason.contains("unknown dtype") {
-                ModelError::UnsupportedTensorType { path: path.to_owned(), name: "(header)".into(), dtype: reason }
+                ModelError::UnsupportedTensorType {
+                    path: path.to_owned(),
+                    name: "(header)".into(),
+                    dtype: reason,
+                }
             } else {
-                ModelError::Corrupt { path: path.to_owned(), reason }
+                ModelError::Corrupt {
+                    path: path.to_owned(),
+                    reason,
+                }
             }
         })?;
         let mut cfg = LlamaConfig::from_gguf(path, &content)?;
         cfg.validate(path)?;
-        let tokenizer = Tokenizer::from_gguf(&content).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let mut src = GgufSource { path: path.to_owned(), file, content };
+        let tokenizer =
+            Tokenizer::from_gguf(&content).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut src = GgufSource {
+            path: path.to_owned(),
+            file,
+            content,
+        };
         if src.has("rope_freqs.weight") {
             let t = match src.read("rope_freqs.weight")? {
                 Raw::Quant(q) => q.dequantize(&Device::Cpu)?,
@@ -228,7 +266,10 @@ pub(crate) fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow
         secs = started.elapsed().as_secs_f32(),
         "model loaded"
     );
-    Ok(LoadedModel { forward: Arc::new(model), tokenizer: Arc::new(tokenizer) })
+    Ok(LoadedModel {
+        forward: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+    })
 }
 
 fn read_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
@@ -239,12 +280,17 @@ fn read_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(ModelError::MissingTensor { path: dir.to_owned(), name: "*.safetensors".into() });
+        return Err(ModelError::MissingTensor {
+            path: dir.to_owned(),
+            name: "*.safetensors".into(),
+        });
     }
     let mut all = HashMap::new();
     for f in files {
-        let ts = candle_core::safetensors::load(&f, &Device::Cpu)
-            .map_err(|e| ModelError::Corrupt { path: f.clone(), reason: e.to_string() })?;
+        let ts = candle_core::safetensors::load(&f, &Device::Cpu).map_err(|e| ModelError::Corrupt {
+            path: f.clone(),
+            reason: e.to_string(),
+        })?;
         all.extend(ts);
     }
     Ok(all)
@@ -255,7 +301,9 @@ fn read_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
 fn head_dtype(level: QuantLevel, row_len: usize) -> GgmlDType {
     let head_level = match level {
         l if l.is_float() => l,
-        QuantLevel::Q2K | QuantLevel::Q3K | QuantLevel::Q4K | QuantLevel::Q4_0 | QuantLevel::Q4_1 => QuantLevel::Q6K,
+        QuantLevel::Q2K | QuantLevel::Q3K | QuantLevel::Q4K | QuantLevel::Q4_0 | QuantLevel::Q4_1 => {
+            QuantLevel::Q6K
+        }
         _ => QuantLevel::Q8_0,
     };
     dtype_for_row(head_level, row_len)
@@ -280,7 +328,12 @@ impl Converter {
             Ok(q)
         } else {
             let dims = q.shape().dims().to_vec();
-            Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(q.dtype(), &q.data()?, dims, &self.device)?)
+            Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+                q.dtype(),
+                &q.data()?,
+                dims,
+                &self.device,
+            )?)
         }
     }
 
@@ -328,7 +381,11 @@ fn build(
 ) -> Result<Llama, ModelError> {
     let path = src.path().to_owned();
     let keep_native = src.native() == Some(level.dtype());
-    let mut conv = Converter { keep_native, device: device.clone(), mix: BTreeMap::new() };
+    let mut conv = Converter {
+        keep_native,
+        device: device.clone(),
+        mix: BTreeMap::new(),
+    };
     let (h, qd, kvd) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
 
     let embed = conv.matrix(src, "token_embd.weight", head_dtype(level, h))?;
@@ -339,11 +396,12 @@ fn build(
     let mut blocks = Vec::with_capacity(cfg.layers);
     for i in 0..cfg.layers {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
-        let mut mat = |conv: &mut Converter, s: &str, rows: usize, cols: usize| -> Result<QTensor, ModelError> {
-            let q = conv.matrix(src, &n(s), dtype_for_row(level, cols))?;
-            check_shape(&path, &n(s), &q, [rows, cols])?;
-            Ok(q)
-        };
+        let mut mat =
+            |conv: &mut Converter, s: &str, rows: usize, cols: usize| -> Result<QTensor, ModelError> {
+                let q = conv.matrix(src, &n(s), dtype_for_row(level, cols))?;
+                check_shape(&path, &n(s), &q, [rows, cols])?;
+                Ok(q)
+            };
         let q = mat(&mut conv, "attn_q", qd, h)?;
         let k = mat(&mut conv, "attn_k", kvd, h)?;
         let v = mat(&mut conv, "attn_v", kvd, h)?;
@@ -372,7 +430,12 @@ fn build(
     };
     tracing::info!(tied, dtype_mix = ?conv.mix, "loaded output head; tensor dtypes");
 
-    let mut weight_bytes = lm_head.bytes() + if tied { 0 } else { embed.storage_size_in_bytes() as u64 };
+    let mut weight_bytes = lm_head.bytes()
+        + if tied {
+            0
+        } else {
+            embed.storage_size_in_bytes() as u64
+        };
     for b in &blocks {
         weight_bytes += b.qkv.bytes() + b.o.bytes() + b.gate_up.bytes() + b.down.bytes();
         weight_bytes += 4 * (b.attn_norm.len() + b.ffn_norm.len()) as u64;
@@ -387,5 +450,14 @@ fn build(
         kv_bytes_per_token: (cfg.layers * 2 * kvd * std::mem::size_of::<f32>()) as u64,
     };
     let inv_freq = inv_freq(&cfg);
-    Ok(Llama { cfg, info, device, embed, blocks, norm, lm_head, inv_freq })
+    Ok(Llama {
+        cfg,
+        info,
+        device,
+        embed,
+        blocks,
+        norm,
+        lm_head,
+        inv_freq,
+    })
 }

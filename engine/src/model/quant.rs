@@ -85,8 +85,15 @@ impl FromStr for QuantLevel {
 
     /// Parses `q4_k`, `Q4_K`, `q4k`, `q4_k_m` (treated as `q4_k`), `fp16`, … .
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm: String = s.to_ascii_lowercase().chars().filter(|c| *c != '_' && *c != '-').collect();
-        let norm = norm.strip_suffix('m').filter(|n| n.ends_with('k')).unwrap_or(&norm);
+        let norm: String = s
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect();
+        let norm = norm
+            .strip_suffix('m')
+            .filter(|n| n.ends_with('k'))
+            .unwrap_or(&norm);
         let level = match norm {
             "f32" | "fp32" | "float32" => QuantLevel::F32,
             "f16" | "fp16" | "float16" => QuantLevel::F16,
@@ -126,7 +133,11 @@ pub(crate) fn dtype_for_row(level: QuantLevel, row_len: usize) -> GgmlDType {
         QuantLevel::Q5K => GgmlDType::Q5_1,
         _ => GgmlDType::Q8_0,
     };
-    if row_len.is_multiple_of(fallback.block_size()) { fallback } else { GgmlDType::F16 }
+    if row_len.is_multiple_of(fallback.block_size()) {
+        fallback
+    } else {
+        GgmlDType::F16
+    }
 }
 
 #[cfg(test)]

@@ -22,12 +22,46 @@ pub const SPECIAL_TOKENS: [&str; 4] = ["<s>", "</s>", "<|im_start|>", "<|im_end|
 pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 const MERGES: &[(&str, &str)] = &[
-    ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"),
-    ("r", "e"), ("Ġ", "s"), ("a", "t"), ("e", "n"), ("o", "r"), ("Ġ", "w"), ("Ġ", "c"),
-    ("i", "s"), ("Ġ", "o"), ("a", "n"), ("e", "s"), ("i", "t"), ("Ġ", "p"), ("Ġ", "f"),
-    ("in", "g"), ("Ġ", "b"), ("a", "r"), ("Ġ", "m"), ("l", "l"), ("Ġo", "f"), ("Ġ", "i"),
-    ("Ġa", "nd"), ("n", "d"), ("Ġ", "h"), ("o", "u"), ("Ġ", "d"), ("Ġ", "P"), ("Ġ", "C"),
-    ("Ġi", "s"), ("Ġt", "o"), ("Ġc", "ap"), ("a", "p"), ("Ġ", "F"),
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("Ġ", "a"),
+    ("e", "r"),
+    ("o", "n"),
+    ("r", "e"),
+    ("Ġ", "s"),
+    ("a", "t"),
+    ("e", "n"),
+    ("o", "r"),
+    ("Ġ", "w"),
+    ("Ġ", "c"),
+    ("i", "s"),
+    ("Ġ", "o"),
+    ("a", "n"),
+    ("e", "s"),
+    ("i", "t"),
+    ("Ġ", "p"),
+    ("Ġ", "f"),
+    ("in", "g"),
+    ("Ġ", "b"),
+    ("a", "r"),
+    ("Ġ", "m"),
+    ("l", "l"),
+    ("Ġo", "f"),
+    ("Ġ", "i"),
+    ("Ġa", "nd"),
+    ("n", "d"),
+    ("Ġ", "h"),
+    ("o", "u"),
+    ("Ġ", "d"),
+    ("Ġ", "P"),
+    ("Ġ", "C"),
+    ("Ġi", "s"),
+    ("Ġt", "o"),
+    ("Ġc", "ap"),
+    ("a", "p"),
+    ("Ġ", "F"),
 ];
 
 /// GPT-2's byte → printable char map (bytes that are not printable get chars from U+0100 up).
@@ -72,9 +106,16 @@ pub(crate) fn vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
 /// The test tokenizer as a Hugging Face `tokenizer.json` document.
 pub fn tokenizer_json() -> Json {
     let (tokens, _, merges) = vocab();
-    let vocab: serde_json::Map<String, Json> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-    let merges: Vec<Json> = merges.iter().filter_map(|m| m.split_once(' ')).map(|(a, b)| json!([a, b])).collect();
+    let vocab: serde_json::Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let merges: Vec<Json> = merges
+        .iter()
+        .filter_map(|m| m.split_once(' '))
+        .map(|(a, b)| json!([a, b]))
+        .collect();
     let added: Vec<Json> = SPECIAL_TOKENS
         .iter()
         .enumerate()
@@ -126,7 +167,17 @@ pub struct TestModelSpec {
 impl Default for TestModelSpec {
     /// 2 layers, width 64, 4 query / 2 KV heads, FFN 128, ~300 tokens: about 0.3 MB of weights.
     fn default() -> Self {
-        Self { hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 128, context: 512, rope_theta: 10_000.0, tied: false, seed: 7 }
+        Self {
+            hidden: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 128,
+            context: 512,
+            rope_theta: 10_000.0,
+            tied: false,
+            seed: 7,
+        }
     }
 }
 
@@ -159,21 +210,48 @@ pub fn write_test_model(out: &Path, spec: &TestModelSpec) -> anyhow::Result<Test
     };
     // HF names and layout (rotate-half Q/K) are the source of truth.
     let mut hf: Vec<(String, Tensor)> = Vec::new();
-    hf.push(("model.embed_tokens.weight".into(), mat(vocab_size, spec.hidden, (spec.hidden as f32).sqrt())?));
+    hf.push((
+        "model.embed_tokens.weight".into(),
+        mat(vocab_size, spec.hidden, (spec.hidden as f32).sqrt())?,
+    ));
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
         let (qd, kvd) = (spec.heads * hd, spec.kv_heads * hd);
         hf.push((format!("{p}.self_attn.q_proj.weight"), mat(qd, spec.hidden, 1.0)?));
-        hf.push((format!("{p}.self_attn.k_proj.weight"), mat(kvd, spec.hidden, 1.0)?));
-        hf.push((format!("{p}.self_attn.v_proj.weight"), mat(kvd, spec.hidden, 1.0)?));
+        hf.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            mat(kvd, spec.hidden, 1.0)?,
+        ));
+        hf.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            mat(kvd, spec.hidden, 1.0)?,
+        ));
         hf.push((format!("{p}.self_attn.o_proj.weight"), mat(spec.hidden, qd, 1.0)?));
-        hf.push((format!("{p}.mlp.gate_proj.weight"), mat(spec.ffn, spec.hidden, 1.0)?));
-        hf.push((format!("{p}.mlp.up_proj.weight"), mat(spec.ffn, spec.hidden, 1.0)?));
-        hf.push((format!("{p}.mlp.down_proj.weight"), mat(spec.hidden, spec.ffn, 1.0)?));
-        hf.push((format!("{p}.input_layernorm.weight"), (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?));
-        hf.push((format!("{p}.post_attention_layernorm.weight"), (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?));
+        hf.push((
+            format!("{p}.mlp.gate_proj.weight"),
+            mat(spec.ffn, spec.hidden, 1.0)?,
+        ));
+        hf.push((
+            format!("{p}.mlp.up_proj.weight"),
+            mat(spec.ffn, spec.hidden, 1.0)?,
+        ));
+        hf.push((
+            format!("{p}.mlp.down_proj.weight"),
+            mat(spec.hidden, spec.ffn, 1.0)?,
+        ));
+        hf.push((
+            format!("{p}.input_layernorm.weight"),
+            (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?,
+        ));
+        hf.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?,
+        ));
     }
-    hf.push(("model.norm.weight".into(), (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?));
+    hf.push((
+        "model.norm.weight".into(),
+        (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?,
+    ));
     if !spec.tied {
         hf.push(("lm_head.weight".into(), mat(vocab_size, spec.hidden, 1.0)?));
     }
@@ -201,8 +279,14 @@ pub fn write_test_model(out: &Path, spec: &TestModelSpec) -> anyhow::Result<Test
         "torch_dtype": "float32",
     });
     std::fs::write(hf_dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    std::fs::write(hf_dir.join("tokenizer.json"), serde_json::to_vec(&tokenizer_json())?)?;
-    std::fs::write(hf_dir.join("tokenizer_config.json"), serde_json::to_vec_pretty(&tokenizer_config_json())?)?;
+    std::fs::write(
+        hf_dir.join("tokenizer.json"),
+        serde_json::to_vec(&tokenizer_json())?,
+    )?;
+    std::fs::write(
+        hf_dir.join("tokenizer_config.json"),
+        serde_json::to_vec_pretty(&tokenizer_config_json())?,
+    )?;
 
     // --- GGUF (llama.cpp names; Q/K rows permuted to interleaved RoPE pairs) ---
     let gguf_name = |hf_name: &str| -> String {
@@ -254,7 +338,10 @@ pub fn write_test_model(out: &Path, spec: &TestModelSpec) -> anyhow::Result<Test
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(RMS_EPS)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens", strs(&tokens)),
-        ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect())),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
         ("tokenizer.ggml.merges", strs(&merges)),
         ("tokenizer.ggml.bos_token_id", Value::U32(0)),
         ("tokenizer.ggml.eos_token_id", Value::U32(3)),

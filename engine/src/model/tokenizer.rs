@@ -72,13 +72,24 @@ impl Tokenizer {
     /// chat template, BOS and EOS when present.
     pub fn from_hf_dir(dir: &Path) -> anyhow::Result<Self> {
         let tok_path = dir.join("tokenizer.json");
-        let json = std::fs::read(&tok_path).map_err(|source| ModelError::Io { path: tok_path.clone(), source })?;
+        let json = std::fs::read(&tok_path).map_err(|source| ModelError::Io {
+            path: tok_path.clone(),
+            source,
+        })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = match std::fs::read(&cfg_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| ModelError::Corrupt { path: cfg_path.clone(), reason: e.to_string() })?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ModelError::Corrupt {
+                path: cfg_path.clone(),
+                reason: e.to_string(),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Json::Null,
-            Err(source) => return Err(ModelError::Io { path: cfg_path, source }.into()),
+            Err(source) => {
+                return Err(ModelError::Io {
+                    path: cfg_path,
+                    source,
+                }
+                .into());
+            }
         };
         let token_text = |key: &str| -> Option<String> {
             match cfg.get(key)? {
@@ -112,7 +123,9 @@ impl Tokenizer {
         let string_list = |k: &str| -> Result<Vec<String>, ModelError> {
             let v = get(k).ok_or_else(|| tok_err(format!("missing metadata `{k}`")))?;
             let list = v.to_vec().map_err(tok_err)?;
-            list.iter().map(|x| x.to_string().cloned().map_err(tok_err)).collect()
+            list.iter()
+                .map(|x| x.to_string().cloned().map_err(tok_err))
+                .collect()
         };
         let model = get("tokenizer.ggml.model")
             .and_then(|v| v.to_string().ok())
@@ -120,7 +133,12 @@ impl Tokenizer {
             .clone();
         let tokens = string_list("tokenizer.ggml.tokens")?;
         let types: Vec<i32> = match get("tokenizer.ggml.token_type") {
-            Some(v) => v.to_vec().map_err(tok_err)?.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+            Some(v) => v
+                .to_vec()
+                .map_err(tok_err)?
+                .iter()
+                .map(|x| x.to_i32().unwrap_or(1))
+                .collect(),
             None => vec![1; tokens.len()],
         };
         let id_of = |k: &str| get(k).and_then(|v| v.to_u32().ok());
@@ -134,23 +152,37 @@ impl Tokenizer {
         let doc = match model.as_str() {
             "gpt2" => {
                 let merges = string_list("tokenizer.ggml.merges")?;
-                let pre = get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str);
+                let pre = get("tokenizer.ggml.pre")
+                    .and_then(|v| v.to_string().ok())
+                    .map(String::as_str);
                 gpt2_json(&tokens, &types, &merges, pre)
             }
             "llama" => {
                 let scores: Vec<f32> = match get("tokenizer.ggml.scores") {
-                    Some(v) => v.to_vec().map_err(tok_err)?.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect(),
+                    Some(v) => v
+                        .to_vec()
+                        .map_err(tok_err)?
+                        .iter()
+                        .map(|x| x.to_f32().unwrap_or(0.0))
+                        .collect(),
                     None => vec![0.0; tokens.len()],
                 };
                 let unk = id_of("tokenizer.ggml.unknown_token_id").unwrap_or(0);
                 spm_json(&tokens, &types, &scores, unk)
             }
-            other => return Err(tok_err(format!("unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama)")).into()),
+            other => {
+                return Err(tok_err(format!(
+                    "unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama)"
+                ))
+                .into());
+            }
         };
         let doc = with_bos(doc, add_bos.then(|| bos_id.zip(text_of(bos_id))).flatten());
         let bytes = serde_json::to_vec(&doc).map_err(tok_err)?;
 
-        let template = get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        let template = get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
         let eos = text_of(eos_id);
         let mut stops: Vec<&str> = eos.iter().map(String::as_str).collect();
         stops.extend(END_OF_TURN);
@@ -230,7 +262,8 @@ fn gpt2_json(tokens: &[String], types: &[i32], merges: &[String], pre: Option<&s
         .iter()
         .filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
         .collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let byte_level =
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     // llama.cpp's `smollm`/`starcoder` pre-tokenizers split every digit before the GPT-2 regex.
     let pre_tokenizer = match pre {
         Some("smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva") => json!({
@@ -270,7 +303,10 @@ fn spm_json(tokens: &[String], types: &[i32], scores: &[f32], unk: u32) -> Json 
     }
     // Higher score merges first; ties by the pieces' ids, as transformers' extractor does.
     merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.2.cmp(&y.2)).then(x.3.cmp(&y.3)));
-    let merges: Vec<Json> = merges.iter().map(|&(_, _, a, b)| json!([tokens[a], tokens[b]])).collect();
+    let merges: Vec<Json> = merges
+        .iter()
+        .map(|&(_, _, a, b)| json!([tokens[a], tokens[b]]))
+        .collect();
     let unk_text = tokens.get(unk as usize).cloned();
     json!({
         "version": "1.0",

@@ -9,8 +9,13 @@ use super::{ChatMessage, ModelError, Tokenizer};
 
 fn from_json() -> Tokenizer {
     let bytes = serde_json::to_vec(&testmodel::tokenizer_json()).expect("json");
-    Tokenizer::from_json_bytes(&bytes, Some(CHAT_TEMPLATE.into()), &["<|im_end|>", "</s>"], Some("<s>"))
-        .expect("tokenizer")
+    Tokenizer::from_json_bytes(
+        &bytes,
+        Some(CHAT_TEMPLATE.into()),
+        &["<|im_end|>", "</s>"],
+        Some("<s>"),
+    )
+    .expect("tokenizer")
 }
 
 fn gguf_content(model: &str) -> gguf_file::Content {
@@ -19,12 +24,18 @@ fn gguf_content(model: &str) -> gguf_file::Content {
     let strs = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
     metadata.insert("tokenizer.ggml.model".into(), Value::String(model.into()));
     metadata.insert("tokenizer.ggml.tokens".into(), strs(&tokens));
-    metadata.insert("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect()));
+    metadata.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(types.into_iter().map(Value::I32).collect()),
+    );
     metadata.insert("tokenizer.ggml.merges".into(), strs(&merges));
     metadata.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(0));
     metadata.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(3));
     metadata.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(false));
-    metadata.insert("tokenizer.chat_template".into(), Value::String(CHAT_TEMPLATE.into()));
+    metadata.insert(
+        "tokenizer.chat_template".into(),
+        Value::String(CHAT_TEMPLATE.into()),
+    );
     gguf_file::Content {
         magic: gguf_file::VersionedMagic::GgufV3,
         metadata,
@@ -69,7 +80,10 @@ fn special_tokens_in_text_are_single_ids_and_skipped_on_decode() {
 fn chat_template_renders_chatml() {
     let t = from_json();
     let out = t
-        .apply_chat_template(&[ChatMessage { role: "user".into(), content: "Hi".into() }])
+        .apply_chat_template(&[ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        }])
         .expect("render");
     assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
 }
@@ -79,7 +93,10 @@ fn missing_template_is_a_typed_error() {
     let bytes = serde_json::to_vec(&testmodel::tokenizer_json()).expect("json");
     let t = Tokenizer::from_json_bytes(&bytes, None, &[], None).expect("tokenizer");
     let err = t.apply_chat_template(&[]).expect_err("no template");
-    assert!(matches!(err.downcast_ref::<ModelError>(), Some(ModelError::NoChatTemplate)));
+    assert!(matches!(
+        err.downcast_ref::<ModelError>(),
+        Some(ModelError::NoChatTemplate)
+    ));
 }
 
 #[test]
@@ -97,12 +114,23 @@ fn gguf_llama_spm_encodes_with_byte_fallback() {
         tokens.push(p.into());
         types.push(1);
     }
-    let scores: Vec<f32> = (0..tokens.len()).map(|i| if i >= first { i as f32 } else { 0.0 }).collect();
+    let scores: Vec<f32> = (0..tokens.len())
+        .map(|i| if i >= first { i as f32 } else { 0.0 })
+        .collect();
     let mut c = gguf_content("llama");
     let md = &mut c.metadata;
-    md.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens.iter().cloned().map(Value::String).collect()));
-    md.insert("tokenizer.ggml.token_type".into(), Value::Array(types.into_iter().map(Value::I32).collect()));
-    md.insert("tokenizer.ggml.scores".into(), Value::Array(scores.into_iter().map(Value::F32).collect()));
+    md.insert(
+        "tokenizer.ggml.tokens".into(),
+        Value::Array(tokens.iter().cloned().map(Value::String).collect()),
+    );
+    md.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(types.into_iter().map(Value::I32).collect()),
+    );
+    md.insert(
+        "tokenizer.ggml.scores".into(),
+        Value::Array(scores.into_iter().map(Value::F32).collect()),
+    );
     md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
     md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(2));
     md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));

@@ -7,7 +7,11 @@ pub enum AdmissionError {
     #[error(
         "prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the model's context length of {context_length} tokens"
     )]
-    ContextTooLong { prompt: usize, max_tokens: usize, context_length: usize },
+    ContextTooLong {
+        prompt: usize,
+        max_tokens: usize,
+        context_length: usize,
+    },
     /// The request's KV reservation exceeds the whole pool, so it could never run.
     #[error(
         "prompt plus max_tokens needs {needed} bytes of KV cache but the pool holds only {pool} bytes; lower max_tokens or shorten the prompt"
@@ -63,7 +67,11 @@ pub(crate) fn check_fits(
         return Err(AdmissionError::EmptyPrompt);
     }
     if prompt.saturating_add(max_tokens) > context_length {
-        return Err(AdmissionError::ContextTooLong { prompt, max_tokens, context_length });
+        return Err(AdmissionError::ContextTooLong {
+            prompt,
+            max_tokens,
+            context_length,
+        });
     }
     let needed = reservation(prompt, max_tokens, kv_bytes_per_token);
     if needed > pool {

@@ -46,7 +46,13 @@ pub(super) struct Engine {
 
 impl Engine {
     pub(super) fn new(model: Arc<dyn Forward>, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Self {
-        Self { model, shared, metrics, running: Vec::new(), kv_reserved: 0 }
+        Self {
+            model,
+            shared,
+            metrics,
+            running: Vec::new(),
+            kv_reserved: 0,
+        }
     }
 
     pub(super) fn run(mut self) {
@@ -66,7 +72,9 @@ impl Engine {
                 };
             }
             self.admit(&mut q);
-            self.shared.running.store(self.running.len(), std::sync::atomic::Ordering::SeqCst);
+            self.shared
+                .running
+                .store(self.running.len(), std::sync::atomic::Ordering::SeqCst);
             drop(q);
             self.drop_cancelled();
             if !self.running.is_empty() {
@@ -88,7 +96,11 @@ impl Engine {
         let cfg = &shared.config;
         while self.running.len() < cfg.max_running {
             let Some(front) = q.waiting.front() else { break };
-            let need = reservation(front.prompt.len(), front.max_tokens, self.shared.kv_bytes_per_token);
+            let need = reservation(
+                front.prompt.len(),
+                front.max_tokens,
+                self.shared.kv_bytes_per_token,
+            );
             if self.kv_reserved.saturating_add(need) > cfg.kv_pool_bytes {
                 break;
             }
@@ -101,8 +113,17 @@ impl Engine {
     }
 
     fn start(&mut self, req: GenerationRequest, reserved: u64) {
-        let GenerationRequest { prompt, max_tokens, sampling, stop_token_ids, events, arrived } = req;
-        self.metrics.request_queue_time_seconds.observe(arrived.elapsed().as_secs_f64());
+        let GenerationRequest {
+            prompt,
+            max_tokens,
+            sampling,
+            stop_token_ids,
+            events,
+            arrived,
+        } = req;
+        self.metrics
+            .request_queue_time_seconds
+            .observe(arrived.elapsed().as_secs_f64());
         self.running.push(Sequence {
             prompt,
             generated: Vec::new(),
@@ -123,7 +144,9 @@ impl Engine {
         for s in &mut self.running {
             if s.events.is_closed() {
                 s.done = true;
-                self.metrics.e2e_request_latency_seconds.observe(s.arrived.elapsed().as_secs_f64());
+                self.metrics
+                    .e2e_request_latency_seconds
+                    .observe(s.arrived.elapsed().as_secs_f64());
             }
         }
         self.remove_done();
@@ -171,10 +194,19 @@ impl Engine {
         for (i, (s, p)) in self.running.iter_mut().zip(&plan).enumerate() {
             let Some((a, b)) = *p else { continue };
             let decoding = s.is_decoding();
-            let Sequence { prompt, generated, cache, .. } = s;
+            let Sequence {
+                prompt,
+                generated,
+                cache,
+                ..
+            } = s;
             let tokens = if decoding { &generated[a..b] } else { &prompt[a..b] };
             step_tokens += tokens.len();
-            chunks.push(SeqChunk { tokens, cache, want_logits: decoding || b == prompt.len() });
+            chunks.push(SeqChunk {
+                tokens,
+                cache,
+                want_logits: decoding || b == prompt.len(),
+            });
             owners.push((i, b - a));
         }
         let batch = chunks.len();
@@ -185,7 +217,11 @@ impl Engine {
         let logits = match result {
             Ok(l) if l.len() == owners.len() => l,
             Ok(l) => {
-                let msg = format!("model returned {} results for {} sequences", l.len(), owners.len());
+                let msg = format!(
+                    "model returned {} results for {} sequences",
+                    l.len(),
+                    owners.len()
+                );
                 return self.fail(&owners, &msg);
             }
             Err(e) => return self.fail(&owners, &format!("model forward failed: {e:#}")),
@@ -209,8 +245,14 @@ impl Engine {
             let token = s.sampler.sample(&logits);
             self.metrics.generation_tokens.inc();
             match s.last_token_at {
-                None => self.metrics.time_to_first_token_seconds.observe((now - s.arrived).as_secs_f64()),
-                Some(t) => self.metrics.inter_token_latency_seconds.observe((now - t).as_secs_f64()),
+                None => self
+                    .metrics
+                    .time_to_first_token_seconds
+                    .observe((now - s.arrived).as_secs_f64()),
+                Some(t) => self
+                    .metrics
+                    .inter_token_latency_seconds
+                    .observe((now - t).as_secs_f64()),
             }
             s.last_token_at = Some(now);
             let finish = if s.stop_token_ids.contains(&token) {
@@ -228,7 +270,9 @@ impl Engine {
                     prompt_tokens: s.prompt.len(),
                     completion_tokens: s.generated.len(),
                 });
-                self.metrics.e2e_request_latency_seconds.observe((now - s.arrived).as_secs_f64());
+                self.metrics
+                    .e2e_request_latency_seconds
+                    .observe((now - s.arrived).as_secs_f64());
             }
         }
         self.remove_done();
@@ -245,10 +289,14 @@ impl Engine {
     }
 
     fn update_gauges(&self) {
-        self.shared.running.store(self.running.len(), std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .running
+            .store(self.running.len(), std::sync::atomic::Ordering::SeqCst);
         self.metrics.num_requests_running.set(self.running.len() as i64);
         let pool = self.shared.config.kv_pool_bytes.max(1) as f64;
-        self.metrics.kv_cache_usage_perc.set(self.kv_reserved as f64 / pool);
+        self.metrics
+            .kv_cache_usage_perc
+            .set(self.kv_reserved as f64 / pool);
     }
 }
 

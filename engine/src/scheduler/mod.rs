@@ -26,7 +26,7 @@ use std::{
 };
 
 pub use admission::AdmissionError;
-pub use sampling::{SamplingParams, Sampler};
+pub use sampling::{Sampler, SamplingParams};
 use tokio::sync::mpsc;
 
 use crate::{metrics::Metrics, model::Forward};
@@ -83,7 +83,11 @@ pub enum Event {
     /// One generated token.
     Token(u32),
     /// Generation ended; no more events follow.
-    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     /// The model failed; no more events follow.
     Failed(String),
 }
@@ -152,13 +156,21 @@ impl Scheduler {
             running: Default::default(),
             config,
         });
-        metrics.num_requests_capacity.set(shared.config.max_running as i64);
+        metrics
+            .num_requests_capacity
+            .set(shared.config.max_running as i64);
         metrics.kv_pool_bytes.set(shared.config.kv_pool_bytes as i64);
-        let handle = SchedulerHandle { shared: shared.clone(), metrics: metrics.clone() };
+        let handle = SchedulerHandle {
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("bitscale-scheduler".into())
             .spawn(move || engine::Engine::new(model, shared, metrics).run())?;
-        Ok(Self { handle, thread: Some(thread) })
+        Ok(Self {
+            handle,
+            thread: Some(thread),
+        })
     }
 
     /// A handle to submit requests.
@@ -213,9 +225,14 @@ impl SchedulerHandle {
         }
         // Free places in the batch count as waiting room too: a request that will start at the
         // next step is not queued behind anything.
-        let free = s.config.max_running.saturating_sub(s.running.load(std::sync::atomic::Ordering::SeqCst));
+        let free = s
+            .config
+            .max_running
+            .saturating_sub(s.running.load(std::sync::atomic::Ordering::SeqCst));
         if q.waiting.len() >= s.config.max_waiting + free {
-            return Err(AdmissionError::QueueFull { max_waiting: s.config.max_waiting });
+            return Err(AdmissionError::QueueFull {
+                max_waiting: s.config.max_waiting,
+            });
         }
         if q.waiting_tokens + req.prompt.len() > s.config.max_waiting_tokens {
             return Err(AdmissionError::QueueTokensFull {

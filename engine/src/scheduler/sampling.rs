@@ -17,7 +17,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, top_k: 0, seed: None }
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+        }
     }
 }
 
@@ -105,14 +110,22 @@ mod tests {
 
     #[test]
     fn greedy_picks_max() {
-        let mut s = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&[0.1, 3.0, f32::NAN, 2.0]), 1);
     }
 
     #[test]
     fn seeded_is_reproducible_and_top_k_one_is_greedy() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = SamplingParams { temperature: 1.0, top_p: 0.9, top_k: 0, seed: Some(7) };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: 0,
+            seed: Some(7),
+        };
         let a: Vec<u32> = {
             let mut s = Sampler::new(p.clone());
             (0..20).map(|_| s.sample(&logits)).collect()
@@ -122,7 +135,11 @@ mod tests {
             (0..20).map(|_| s.sample(&logits)).collect()
         };
         assert_eq!(a, b);
-        let mut k1 = Sampler::new(SamplingParams { top_k: 1, seed: Some(1), ..Default::default() });
+        let mut k1 = Sampler::new(SamplingParams {
+            top_k: 1,
+            seed: Some(1),
+            ..Default::default()
+        });
         assert_eq!(k1.sample(&logits), argmax(&logits));
     }
 }

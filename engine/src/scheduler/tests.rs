@@ -1,6 +1,9 @@
 //! Scheduler tests over the fake model.
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::mpsc;
 
@@ -11,13 +14,20 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new(
-        InfoLabels { model: "fake".into(), quantization: "f32".into(), device: "cpu".into() },
+        InfoLabels {
+            model: "fake".into(),
+            quantization: "f32".into(),
+            device: "cpu".into(),
+        },
         0,
     ))
 }
 
 fn greedy() -> SamplingParams {
-    SamplingParams { temperature: 0.0, ..Default::default() }
+    SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    }
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenerationRequest, mpsc::UnboundedReceiver<Event>) {
@@ -34,7 +44,10 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (GenerationRequest, mpsc::Unb
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
-    tokio::time::timeout(WAIT, rx.recv()).await.expect("timed out").expect("channel closed")
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out")
+        .expect("channel closed")
 }
 
 /// Collects tokens until the end; returns them and the final event.
@@ -60,19 +73,36 @@ async fn generates_until_max_tokens_then_stop_token() {
     s.handle().submit(r).expect("admitted");
     let (toks, end) = finish(&mut rx).await;
     assert_eq!(toks, vec![4, 5, 6, 7]);
-    assert_eq!(end, Event::Finished { reason: FinishReason::Length, prompt_tokens: 3, completion_tokens: 4 });
+    assert_eq!(
+        end,
+        Event::Finished {
+            reason: FinishReason::Length,
+            prompt_tokens: 3,
+            completion_tokens: 4
+        }
+    );
 
     let (r, mut rx) = request(vec![7], 50);
     s.handle().submit(r).expect("admitted");
     let (toks, end) = finish(&mut rx).await;
     assert_eq!(toks, vec![8, 9]);
-    assert_eq!(end, Event::Finished { reason: FinishReason::Stop, prompt_tokens: 1, completion_tokens: 2 });
+    assert_eq!(
+        end,
+        Event::Finished {
+            reason: FinishReason::Stop,
+            prompt_tokens: 1,
+            completion_tokens: 2
+        }
+    );
 }
 
 #[tokio::test]
 async fn new_request_joins_running_batch_with_chunked_prefill() {
     let model = Arc::new(FakeModel::new(1000, 10_000).with_step_delay(Duration::from_millis(2)));
-    let config = SchedulerConfig { max_batch_tokens: 16, ..Default::default() };
+    let config = SchedulerConfig {
+        max_batch_tokens: 16,
+        ..Default::default()
+    };
     let s = spawn(model.clone(), config);
     let (a, mut rx_a) = request(vec![1], 500);
     s.handle().submit(a).expect("admitted");
@@ -83,20 +113,36 @@ async fn new_request_joins_running_batch_with_chunked_prefill() {
     s.handle().submit(b).expect("admitted");
     let (toks, end) = finish(&mut rx_b).await;
     assert_eq!(toks, vec![41, 42, 43]);
-    assert!(matches!(end, Event::Finished { reason: FinishReason::Length, .. }));
+    assert!(matches!(
+        end,
+        Event::Finished {
+            reason: FinishReason::Length,
+            ..
+        }
+    ));
     // A is still going: B did not wait for it to end.
     assert!(matches!(rx_a.try_recv(), Ok(Event::Token(_)) | Err(_)));
     drop(rx_a);
     let steps = model.steps();
     // Some step mixed A's decode token with a 15-token chunk of B's prompt (budget 16).
-    assert!(steps.iter().any(|st| st.len() == 2 && st.contains(&1) && st.contains(&15)), "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|st| st.len() == 2 && st.contains(&1) && st.contains(&15)),
+        "{steps:?}"
+    );
     assert!(steps.iter().all(|st| st.iter().sum::<usize>() <= 16));
 }
 
 #[tokio::test]
 async fn admission_limits_reject_at_once() {
     let model = Arc::new(FakeModel::new(1000, 10_000).with_step_delay(Duration::from_millis(2)));
-    let config = SchedulerConfig { max_running: 1, max_waiting: 1, max_waiting_tokens: 10, ..Default::default() };
+    let config = SchedulerConfig {
+        max_running: 1,
+        max_waiting: 1,
+        max_waiting_tokens: 10,
+        ..Default::default()
+    };
     let s = spawn(model, config);
     let h = s.handle();
     let (a, mut rx_a) = request(vec![1], 5000);
@@ -104,7 +150,12 @@ async fn admission_limits_reject_at_once() {
     assert!(matches!(next(&mut rx_a).await, Event::Token(_)));
     // Too many waiting prompt tokens.
     let (big, _rx) = request(vec![1; 11], 1);
-    assert_eq!(h.submit(big), Err(AdmissionError::QueueTokensFull { max_waiting_tokens: 10 }));
+    assert_eq!(
+        h.submit(big),
+        Err(AdmissionError::QueueTokensFull {
+            max_waiting_tokens: 10
+        })
+    );
     let (b, _rx_b) = request(vec![1], 1);
     h.submit(b).expect("waits");
     let (c, _rx_c) = request(vec![1], 1);
@@ -141,11 +192,20 @@ async fn disconnect_frees_sequence_within_one_step() {
 async fn kv_reservation_delays_then_rejects() {
     let model = Arc::new(FakeModel::new(1000, 10_000));
     // 64 bytes per token: room for 100 tokens.
-    let config = SchedulerConfig { kv_pool_bytes: 64 * 100, ..Default::default() };
+    let config = SchedulerConfig {
+        kv_pool_bytes: 64 * 100,
+        ..Default::default()
+    };
     let s = spawn(model, config);
     let h = s.handle();
     let (never, _rx) = request(vec![1; 10], 91);
-    assert_eq!(h.submit(never), Err(AdmissionError::NeverFits { needed: 64 * 101, pool: 64 * 100 }));
+    assert_eq!(
+        h.submit(never),
+        Err(AdmissionError::NeverFits {
+            needed: 64 * 101,
+            pool: 64 * 100
+        })
+    );
     let (a, mut rx_a) = request(vec![1; 10], 50);
     let (b, mut rx_b) = request(vec![1; 10], 50);
     h.submit(a).expect("admitted");
@@ -155,5 +215,13 @@ async fn kv_reservation_delays_then_rejects() {
     // B could only start once A's reservation was released, so all its events come after A's end.
     let (toks, _) = finish(&mut rx_b).await;
     assert_eq!(toks.len(), 50);
-    assert_eq!(s.handle().shared.state.lock().map(|q| q.waiting.len()).unwrap_or(9), 0);
+    assert_eq!(
+        s.handle()
+            .shared
+            .state
+            .lock()
+            .map(|q| q.waiting.len())
+            .unwrap_or(9),
+        0
+    );
 }

@@ -16,7 +16,9 @@ impl Detokenizer {
     /// Adds a token; returns the newly completed text (maybe empty).
     pub fn push(&mut self, codec: &dyn TextCodec, id: u32) -> String {
         self.ids.push(id);
-        let prefix = codec.decode(&self.ids[self.prefix_offset..self.read_offset]).unwrap_or_default();
+        let prefix = codec
+            .decode(&self.ids[self.prefix_offset..self.read_offset])
+            .unwrap_or_default();
         let full = codec.decode(&self.ids[self.prefix_offset..]).unwrap_or_default();
         if full.len() > prefix.len()
             && !full.ends_with('\u{FFFD}')
@@ -32,7 +34,9 @@ impl Detokenizer {
 
     /// The text still held back (an incomplete character at the end), at the end of generation.
     pub fn flush(&mut self, codec: &dyn TextCodec) -> String {
-        let prefix = codec.decode(&self.ids[self.prefix_offset..self.read_offset]).unwrap_or_default();
+        let prefix = codec
+            .decode(&self.ids[self.prefix_offset..self.read_offset])
+            .unwrap_or_default();
         let full = codec.decode(&self.ids[self.prefix_offset..]).unwrap_or_default();
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
@@ -48,14 +52,22 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops, pending: String::new() }
+        Self {
+            stops,
+            pending: String::new(),
+        }
     }
 
     /// Adds text; returns what may be released and whether a stop string matched (the stop string
     /// and everything after it are dropped).
     pub fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let out = self.pending[..pos].to_string();
             self.pending.clear();
             return (out, true);

@@ -34,7 +34,10 @@ impl ApiError {
 
     /// 400 about the body as a whole (malformed JSON).
     pub fn invalid_body(message: impl Into<String>) -> Self {
-        Self { param: None, ..Self::invalid("", message) }
+        Self {
+            param: None,
+            ..Self::invalid("", message)
+        }
     }
 
     /// Adds an error code.
@@ -108,7 +111,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

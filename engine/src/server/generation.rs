@@ -12,7 +12,10 @@ use crate::scheduler::{Event, FinishReason};
 pub enum Delta {
     Text(String),
     /// The end, with the last text (maybe empty).
-    End { text: String, reason: FinishReason },
+    End {
+        text: String,
+        reason: FinishReason,
+    },
     Failed(String),
 }
 
@@ -69,7 +72,11 @@ impl Generation {
                         return Some(Delta::Text(text));
                     }
                 }
-                Some(Event::Finished { reason, completion_tokens, .. }) => {
+                Some(Event::Finished {
+                    reason,
+                    completion_tokens,
+                    ..
+                }) => {
                     self.completion_tokens = completion_tokens;
                     let tail = self.detok.flush(codec.as_ref());
                     let (mut text, stopped) = self.stops.push(&tail);

@@ -28,11 +28,15 @@ use crate::scheduler::{AdmissionError, GenerationRequest, SamplingParams};
 const DEFAULT_COMPLETION_TOKENS: usize = 16;
 
 pub(super) async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Completions).await.unwrap_or_else(IntoResponse::into_response)
+    generate(app, body, Endpoint::Completions)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(super) async fn chat_completions(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Chat).await.unwrap_or_else(IntoResponse::into_response)
+    generate(app, body, Endpoint::Chat)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(super) async fn models(State(app): State<Arc<AppState>>) -> Json<Value> {
@@ -54,7 +58,11 @@ pub(super) async fn health() -> &'static str {
 
 pub(super) async fn ready(State(app): State<Arc<AppState>>) -> Response {
     if app.draining.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
     } else {
         Json(json!({"status": "ready"})).into_response()
     }
@@ -62,7 +70,10 @@ pub(super) async fn ready(State(app): State<Arc<AppState>>) -> Response {
 
 pub(super) async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.metrics.encode(),
     )
         .into_response()
@@ -73,7 +84,10 @@ pub(super) async fn not_found(uri: Uri) -> ApiError {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn request_id(endpoint: Endpoint) -> String {
@@ -96,7 +110,10 @@ async fn generate(app: Arc<AppState>, body: Bytes, endpoint: Endpoint) -> Result
     {
         return Err(ApiError::invalid(
             "model",
-            format!("the model `{m}` does not exist; this server serves `{}`", app.model_name),
+            format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                app.model_name
+            ),
         )
         .with_code("model_not_found"));
     }
@@ -105,7 +122,11 @@ async fn generate(app: Arc<AppState>, body: Bytes, endpoint: Endpoint) -> Result
     let (tx, rx) = mpsc::unbounded_channel();
     let inflight = InflightGuard::new(app.clone());
     let prompt_tokens = prompt.len();
-    let stop_token_ids = if req.ignore_eos { Vec::new() } else { app.codec.stop_token_ids().to_vec() };
+    let stop_token_ids = if req.ignore_eos {
+        Vec::new()
+    } else {
+        app.codec.stop_token_ids().to_vec()
+    };
     app.scheduler
         .submit(GenerationRequest {
             prompt,
@@ -122,7 +143,12 @@ async fn generate(app: Arc<AppState>, body: Bytes, endpoint: Endpoint) -> Result
         })
         .map_err(|e| admission_error(&app, e))?;
     let generation = Generation::new(app.clone(), rx, req.stop.clone(), prompt_tokens, inflight);
-    let shape = Shape { endpoint, id: request_id(endpoint), created: now_secs(), model: app.model_name.clone() };
+    let shape = Shape {
+        endpoint,
+        id: request_id(endpoint),
+        created: now_secs(),
+        model: app.model_name.clone(),
+    };
     if req.stream {
         Ok(stream(generation, shape, req.include_usage))
     } else {
@@ -130,13 +156,17 @@ async fn generate(app: Arc<AppState>, body: Bytes, endpoint: Endpoint) -> Result
     }
 }
 
-async fn tokenize(app: &Arc<AppState>, req: &ParsedRequest, endpoint: Endpoint) -> Result<Vec<u32>, ApiError> {
+async fn tokenize(
+    app: &Arc<AppState>,
+    req: &ParsedRequest,
+    endpoint: Endpoint,
+) -> Result<Vec<u32>, ApiError> {
     let (text, param) = match &req.input {
         Input::Prompt(p) => (p.clone(), "prompt"),
         Input::Messages(m) => (
-            app.codec
-                .apply_chat_template(m)
-                .map_err(|e| ApiError::invalid("messages", format!("cannot apply the chat template: {e:#}")))?,
+            app.codec.apply_chat_template(m).map_err(|e| {
+                ApiError::invalid("messages", format!("cannot apply the chat template: {e:#}"))
+            })?,
             "messages",
         ),
     };
@@ -164,7 +194,12 @@ async fn tokenize(app: &Arc<AppState>, req: &ParsedRequest, endpoint: Endpoint) 
     Ok(ids)
 }
 
-fn max_tokens(app: &AppState, req: &ParsedRequest, endpoint: Endpoint, prompt: usize) -> Result<usize, ApiError> {
+fn max_tokens(
+    app: &AppState,
+    req: &ParsedRequest,
+    endpoint: Endpoint,
+    prompt: usize,
+) -> Result<usize, ApiError> {
     let room = app.context_length - prompt;
     match req.max_tokens {
         Some(n) if n > room => Err(ApiError::invalid(
@@ -302,7 +337,13 @@ fn stream(g: Generation, shape: Shape, include_usage: bool) -> Response {
     if shape.endpoint == Endpoint::Chat {
         out.push_back(shape.chunk(Some(""), None, true, include_usage).to_string());
     }
-    let st = Streaming { g, shape, include_usage, out, done: false };
+    let st = Streaming {
+        g,
+        shape,
+        include_usage,
+        out,
+        done: false,
+    };
     let s = futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(frame) = st.out.pop_front() {
@@ -313,10 +354,13 @@ fn stream(g: Generation, shape: Shape, include_usage: bool) -> Response {
             }
             let u = st.include_usage;
             match st.g.next().await {
-                Some(Delta::Text(t)) => st.out.push_back(st.shape.chunk(Some(&t), None, false, u).to_string()),
+                Some(Delta::Text(t)) => st
+                    .out
+                    .push_back(st.shape.chunk(Some(&t), None, false, u).to_string()),
                 Some(Delta::End { text, reason }) => {
                     if !text.is_empty() {
-                        st.out.push_back(st.shape.chunk(Some(&text), None, false, u).to_string());
+                        st.out
+                            .push_back(st.shape.chunk(Some(&text), None, false, u).to_string());
                     }
                     let last = match st.shape.endpoint {
                         Endpoint::Completions => st.shape.chunk(Some(""), Some(reason.as_str()), false, u),
@@ -324,7 +368,11 @@ fn stream(g: Generation, shape: Shape, include_usage: bool) -> Response {
                     };
                     st.out.push_back(last.to_string());
                     if u {
-                        st.out.push_back(st.shape.usage_chunk(st.g.prompt_tokens, st.g.completion_tokens).to_string());
+                        st.out.push_back(
+                            st.shape
+                                .usage_chunk(st.g.prompt_tokens, st.g.completion_tokens)
+                                .to_string(),
+                        );
                     }
                     st.out.push_back("[DONE]".into());
                     st.done = true;

@@ -24,7 +24,12 @@ pub async fn serve_loading(host: IpAddr, port: u16) -> anyhow::Result<LoadingSer
         .route("/health", get(|| async { "ok" }))
         .route(
             "/ready",
-            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading"}))) }),
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"status": "loading"})),
+                )
+            }),
         )
         .fallback(|| async {
             let mut e = ApiError::unavailable("the model is still loading");
@@ -34,7 +39,9 @@ pub async fn serve_loading(host: IpAddr, port: u16) -> anyhow::Result<LoadingSer
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned()).await
+        axum::serve(listener, router)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
     });
     Ok(LoadingServer { addr, stop, task })
 }

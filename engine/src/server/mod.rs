@@ -76,6 +76,8 @@ pub struct ServerConfig {
     /// Labels of `bitscale_engine_info`.
     pub quantization: String,
     pub device: String,
+    /// Caps the context below the model's own (`--context-length`); `None` keeps the model's.
+    pub max_context: Option<usize>,
     pub scheduler: SchedulerConfig,
 }
 
@@ -141,7 +143,9 @@ pub async fn start(
         codec,
         metrics,
         model_name: config.served_model_name.clone(),
-        context_length: info.context_length,
+        context_length: config
+            .max_context
+            .map_or(info.context_length, |c| c.min(info.context_length)),
         kv_bytes_per_token: info.kv_bytes_per_token,
         draining: AtomicBool::new(false),
         inflight: AtomicUsize::new(0),
@@ -153,10 +157,18 @@ pub async fn start(
     let router = router(app.clone());
     let stop = stop_http.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
     });
     tracing::info!(%addr, model = %config.served_model_name, "serving");
-    Ok(RunningServer { addr, app, stop_http, task, scheduler })
+    Ok(RunningServer {
+        addr,
+        app,
+        stop_http,
+        task,
+        scheduler,
+    })
 }
 
 fn router(app: Arc<AppState>) -> Router {

@@ -63,7 +63,10 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError>
     };
     let temperature = opt_num(&obj, "temperature")?.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", "temperature must be between 0 and 2"));
+        return Err(ApiError::invalid(
+            "temperature",
+            "temperature must be between 0 and 2",
+        ));
     }
     let top_p = opt_num(&obj, "top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -86,7 +89,12 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError>
         Some(Value::Object(o)) => opt_bool(o, "include_usage")
             .map_err(|_| ApiError::invalid("stream_options.include_usage", "must be a boolean"))?
             .unwrap_or(false),
-        Some(_) => return Err(ApiError::invalid("stream_options", "stream_options must be an object")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "stream_options must be an object",
+            ));
+        }
     };
     let ignore_eos = opt_bool(&obj, "ignore_eos")?.unwrap_or(false);
     Ok(ParsedRequest {
@@ -168,7 +176,12 @@ fn prompt(obj: &Map<String, Value>) -> Result<String, ApiError> {
             [Value::String(s)] => s.clone(),
             [] => return Err(ApiError::invalid("prompt", "prompt must not be empty")),
             [_] => return Err(type_error("prompt", "a string or an array of one string")),
-            _ => return Err(ApiError::invalid("prompt", "only one prompt per request is supported")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "only one prompt per request is supported",
+                ));
+            }
         },
         Some(_) => return Err(type_error("prompt", "a string or an array of one string")),
     };
@@ -197,7 +210,12 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
             };
             let role = match field(m, "role") {
                 Some(Value::String(r)) => r.clone(),
-                _ => return Err(ApiError::invalid(&format!("messages[{i}].role"), "role must be a string")),
+                _ => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        "role must be a string",
+                    ));
+                }
             };
             let content = match field(m, "content") {
                 None => String::new(),
@@ -242,12 +260,19 @@ fn stop(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| type_error("stop", "a string or an array of strings")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| type_error("stop", "a string or an array of strings"))
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(type_error("stop", "a string or an array of strings")),
     };
     if stops.len() > MAX_STOPS {
-        return Err(ApiError::invalid("stop", format!("at most {MAX_STOPS} stop strings are supported")));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most {MAX_STOPS} stop strings are supported"),
+        ));
     }
     Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
 }
@@ -266,17 +291,35 @@ mod tests {
     fn names_the_field() {
         let c = Endpoint::Completions;
         assert_eq!(param("{", c), None);
-        assert_eq!(param(r#"{"prompt":"x","temperature":"hot"}"#, c).as_deref(), Some("temperature"));
-        assert_eq!(param(r#"{"prompt":"x","temperature":3}"#, c).as_deref(), Some("temperature"));
+        assert_eq!(
+            param(r#"{"prompt":"x","temperature":"hot"}"#, c).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param(r#"{"prompt":"x","temperature":3}"#, c).as_deref(),
+            Some("temperature")
+        );
         assert_eq!(param(r#"{"prompt":"x","top_p":0}"#, c).as_deref(), Some("top_p"));
         assert_eq!(param(r#"{"prompt":"x","n":2}"#, c).as_deref(), Some("n"));
-        assert_eq!(param(r#"{"prompt":"x","max_tokens":-1}"#, c).as_deref(), Some("max_tokens"));
-        assert_eq!(param(r#"{"prompt":"x","max_tokens":0}"#, c).as_deref(), Some("max_tokens"));
+        assert_eq!(
+            param(r#"{"prompt":"x","max_tokens":-1}"#, c).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param(r#"{"prompt":"x","max_tokens":0}"#, c).as_deref(),
+            Some("max_tokens")
+        );
         assert_eq!(param(r#"{"prompt":""}"#, c).as_deref(), Some("prompt"));
         assert_eq!(param(r#"{"prompt":5}"#, c).as_deref(), Some("prompt"));
         assert_eq!(param(r#"{"prompt":"x","stop":[1]}"#, c).as_deref(), Some("stop"));
-        assert_eq!(param(r#"{"messages":[{"role":1}]}"#, Endpoint::Chat).as_deref(), Some("messages[0].role"));
-        assert_eq!(param(r#"{"model":"m"}"#, Endpoint::Chat).as_deref(), Some("messages"));
+        assert_eq!(
+            param(r#"{"messages":[{"role":1}]}"#, Endpoint::Chat).as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param(r#"{"model":"m"}"#, Endpoint::Chat).as_deref(),
+            Some("messages")
+        );
     }
 
     #[test]
@@ -288,13 +331,18 @@ mod tests {
         )
         .expect("valid");
         assert!(matches!(&r.input, Input::Prompt(p) if p == "hi"));
-        assert_eq!((r.max_tokens, r.stop.clone(), r.stream, r.include_usage), (Some(5), vec!["\n".into()], true, true));
+        assert_eq!(
+            (r.max_tokens, r.stop.clone(), r.stream, r.include_usage),
+            (Some(5), vec!["\n".into()], true, true)
+        );
         let r = parse(
             br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_completion_tokens":2}"#,
             Endpoint::Chat,
         )
         .expect("valid");
-        assert!(matches!(&r.input, Input::Messages(m) if m.len() == 1 && m[0].role == "user" && m[0].content == "ab"));
+        assert!(
+            matches!(&r.input, Input::Messages(m) if m.len() == 1 && m[0].role == "user" && m[0].content == "ab")
+        );
         assert_eq!(r.max_tokens, Some(2));
     }
 

@@ -18,7 +18,11 @@ pub fn greedy(model: &dyn Forward, prompt: &[u32], max_new: usize, stop: &[u32])
     let mut cache: KvCache = model.new_cache();
     let mut out = Vec::new();
     let mut next = {
-        let mut batch = [SeqChunk { tokens: prompt, cache: &mut cache, want_logits: true }];
+        let mut batch = [SeqChunk {
+            tokens: prompt,
+            cache: &mut cache,
+            want_logits: true,
+        }];
         let logits = model.forward(&mut batch).expect("prefill");
         argmax(logits[0].as_ref().expect("logits"))
     };
@@ -28,7 +32,11 @@ pub fn greedy(model: &dyn Forward, prompt: &[u32], max_new: usize, stop: &[u32])
         }
         out.push(next);
         let tok = [next];
-        let mut batch = [SeqChunk { tokens: &tok, cache: &mut cache, want_logits: true }];
+        let mut batch = [SeqChunk {
+            tokens: &tok,
+            cache: &mut cache,
+            want_logits: true,
+        }];
         let logits = model.forward(&mut batch).expect("decode");
         next = argmax(logits[0].as_ref().expect("logits"));
     }

@@ -19,7 +19,11 @@ use k8s_openapi::{
     },
 };
 
-use super::{BuildInput, labels::*, model::{model_mount, pull_container}};
+use super::{
+    BuildInput,
+    labels::*,
+    model::{model_mount, pull_container},
+};
 use crate::decision::priors::DEFAULT_MAX_RUNNING;
 
 /// Name of the engine container.
@@ -38,14 +42,23 @@ pub fn deployment_name(owner_name: &str, variant_label: &str) -> String {
 
 /// Builds the Deployment of the decided variant.
 pub fn deployment(input: &BuildInput<'_>) -> Deployment {
-    let BuildInput { owner, model, engine, class, decision, images } = input;
+    let BuildInput {
+        owner,
+        model,
+        engine,
+        class,
+        decision,
+        images,
+    } = input;
     let variant = variant_label(&decision.variant);
     let selector = variant_selector(&owner.name, &variant);
     let mut labels = common_labels(&owner.name);
     labels.insert(LABEL_VARIANT.to_owned(), variant.clone());
 
     let spec = &class.spec;
-    let threads = spec.threads.unwrap_or_else(|| cpu_cores(&spec.resources.cpu).max(1));
+    let threads = spec
+        .threads
+        .unwrap_or_else(|| cpu_cores(&spec.resources.cpu).max(1));
     let max_running = engine.max_running.unwrap_or(DEFAULT_MAX_RUNNING);
     let mount = model_mount(&model.source);
     let image = engine.image.clone().unwrap_or_else(|| match spec.device {
@@ -86,7 +99,11 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         quantities.insert(acc.resource_name.clone(), Quantity(acc.count.to_string()));
     }
 
-    let mut mounts = vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
     let mut volumes = vec![Volume {
         name: "tmp".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -129,9 +146,15 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         volume_mounts: Some(mounts),
         ..Container::default()
     };
-    let init_containers = mount
-        .fetch
-        .then(|| vec![pull_container(&image, &model.source, model.sha256.as_deref(), &mount, &container)]);
+    let init_containers = mount.fetch.then(|| {
+        vec![pull_container(
+            &image,
+            &model.source,
+            model.sha256.as_deref(),
+            &mount,
+            &container,
+        )]
+    });
 
     Deployment {
         metadata: ObjectMeta {
@@ -143,7 +166,10 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         },
         spec: DeploymentSpec {
             replicas: Some(decision.replicas),
-            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -152,7 +178,10 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     init_containers,
@@ -195,7 +224,10 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 fn runtime_default() -> SeccompProfile {
-    SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
 }
 
 fn restricted_container() -> SecurityContext {
@@ -203,7 +235,10 @@ fn restricted_container() -> SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
         seccomp_profile: Some(runtime_default()),
         ..SecurityContext::default()
     }
@@ -230,7 +265,11 @@ mod tests {
     fn build(class: &bitscale_api::v1alpha1::HardwareClass, level: QuantLevel, replicas: i32) -> Deployment {
         let isvc = smol();
         let owner = owner();
-        let decision = decision(level, class.metadata.name.as_deref().unwrap_or_default(), replicas);
+        let decision = decision(
+            level,
+            class.metadata.name.as_deref().unwrap_or_default(),
+            replicas,
+        );
         let images = images();
         deployment(&BuildInput {
             owner: &owner,
@@ -247,7 +286,11 @@ mod tests {
     }
 
     fn engine(d: &Deployment) -> &Container {
-        pod(d).containers.iter().find(|c| c.name == ENGINE_CONTAINER).expect("engine container")
+        pod(d)
+            .containers
+            .iter()
+            .find(|c| c.name == ENGINE_CONTAINER)
+            .expect("engine container")
     }
 
     #[test]
@@ -259,9 +302,17 @@ mod tests {
         assert_eq!(spec.replicas, Some(2));
         let selector = spec.selector.match_labels.as_ref().expect("selector");
         assert_eq!(selector.get(LABEL_INSTANCE).map(String::as_str), Some("chat"));
-        assert_eq!(selector.get(LABEL_VARIANT).map(String::as_str), Some("q4_k.cpu-standard"));
+        assert_eq!(
+            selector.get(LABEL_VARIANT).map(String::as_str),
+            Some("q4_k.cpu-standard")
+        );
         // The pod template carries every selector label.
-        let template_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref()).expect("labels");
+        let template_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("labels");
         assert!(selector.iter().all(|(k, v)| template_labels.get(k) == Some(v)));
 
         let c = engine(&d);
@@ -272,15 +323,31 @@ mod tests {
             "serve --model /models/smol.gguf --quantization q4_k --device cpu --port 8000 --threads 4 \
              --max-running 4 --context-length 2048 --kv-cache-tokens 8192 --log-format json"
         );
-        let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref()).expect("limits");
+        let limits = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits");
         assert_eq!(limits.get("cpu"), Some(&Quantity("4".into())));
         assert_eq!(limits.get("memory"), Some(&Quantity("8Gi".into())));
-        assert_eq!(c.resources.as_ref().and_then(|r| r.requests.as_ref()), Some(limits));
+        assert_eq!(
+            c.resources.as_ref().and_then(|r| r.requests.as_ref()),
+            Some(limits)
+        );
 
         let p = pod(&d);
-        assert_eq!(p.node_selector.as_ref().and_then(|n| n.get("bitscale.dev/pool")).map(String::as_str), Some("cpu"));
+        assert_eq!(
+            p.node_selector
+                .as_ref()
+                .and_then(|n| n.get("bitscale.dev/pool"))
+                .map(String::as_str),
+            Some("cpu")
+        );
         assert!(p.tolerations.is_none());
-        assert_eq!(d.metadata.owner_references.as_ref().map(|o| o[0].uid.as_str()), Some("11111111-2222-3333-4444-555555555555"));
+        assert_eq!(
+            d.metadata.owner_references.as_ref().map(|o| o[0].uid.as_str()),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
     }
 
     #[test]
@@ -288,16 +355,36 @@ mod tests {
         let d = build(&gpu_class(), QuantLevel::Q8_0, 1);
         let c = engine(&d);
         assert_eq!(c.image.as_deref(), Some("engine:cuda"));
-        assert!(c.args.as_ref().expect("args").windows(2).any(|w| w == ["--device", "cuda"]));
-        let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref()).expect("limits");
+        assert!(
+            c.args
+                .as_ref()
+                .expect("args")
+                .windows(2)
+                .any(|w| w == ["--device", "cuda"])
+        );
+        let limits = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits");
         assert_eq!(limits.get("nvidia.com/gpu"), Some(&Quantity("1".into())));
         let p = pod(&d);
         let tolerations = p.tolerations.as_ref().expect("tolerations");
         assert_eq!(tolerations[0].key.as_deref(), Some("nvidia.com/gpu"));
-        assert_eq!(p.node_selector.as_ref().and_then(|n| n.get("bitscale.dev/pool")).map(String::as_str), Some("gpu"));
+        assert_eq!(
+            p.node_selector
+                .as_ref()
+                .and_then(|n| n.get("bitscale.dev/pool"))
+                .map(String::as_str),
+            Some("gpu")
+        );
         // The download needs no GPU.
         let init = &p.init_containers.as_ref().expect("pull init container")[0];
-        let init_limits = init.resources.as_ref().and_then(|r| r.limits.as_ref()).expect("limits");
+        let init_limits = init
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits");
         assert!(!init_limits.contains_key("nvidia.com/gpu"));
     }
 
@@ -310,7 +397,13 @@ mod tests {
             "pull hf://HuggingFaceTB/SmolLM2-135M-Instruct@main/smol.gguf --dest /models/smol.gguf"
         );
         assert_eq!(init.image.as_deref(), Some("engine:cpu"));
-        assert!(init.volume_mounts.as_ref().expect("mounts").iter().any(|m| m.mount_path == "/models"));
+        assert!(
+            init.volume_mounts
+                .as_ref()
+                .expect("mounts")
+                .iter()
+                .any(|m| m.mount_path == "/models")
+        );
     }
 
     #[test]
@@ -319,16 +412,26 @@ mod tests {
         let p = pod(&d);
         let psc = p.security_context.as_ref().expect("pod security context");
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
         for c in p.containers.iter().chain(p.init_containers.iter().flatten()) {
             let sc = c.security_context.as_ref().expect("container security context");
             assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
             assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
-            assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]));
+            assert_eq!(
+                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_owned()])
+            );
         }
         assert_eq!(p.termination_grace_period_seconds, Some(60));
         let c = engine(&d);
-        let path = |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
         assert_eq!(path(&c.liveness_probe).as_deref(), Some("/health"));
         assert_eq!(path(&c.readiness_probe).as_deref(), Some("/ready"));
     }

@@ -79,7 +79,10 @@ pub(crate) fn owner() -> Owner {
 
 pub(crate) fn decision(level: QuantLevel, class: &str, replicas: i32) -> Decision {
     Decision {
-        variant: Variant { level, hardware_class: class.into() },
+        variant: Variant {
+            level,
+            hardware_class: class.into(),
+        },
         replicas,
         reason: "test".into(),
         basis: "test".into(),
@@ -97,5 +100,8 @@ pub(crate) fn decision(level: QuantLevel, class: &str, replicas: i32) -> Decisio
 }
 
 pub(crate) fn images() -> EngineImages {
-    EngineImages { cpu: "engine:cpu".into(), cuda: "engine:cuda".into() }
+    EngineImages {
+        cpu: "engine:cpu".into(),
+        cuda: "engine:cuda".into(),
+    }
 }

@@ -31,7 +31,9 @@ pub fn shorten(value: &str, max: usize, separator: char) -> String {
 }
 
 fn fnv1a(value: &str) -> u64 {
-    value.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    value.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Labels every child of the InferenceService `name` carries.
@@ -39,7 +41,10 @@ pub fn common_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "bitscale-engine".to_owned()),
         ("app.kubernetes.io/instance".to_owned(), shorten(name, 63, '-')),
-        ("app.kubernetes.io/managed-by".to_owned(), "bitscale-operator".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "bitscale-operator".to_owned(),
+        ),
         (LABEL_INSTANCE.to_owned(), shorten(name, 63, '-')),
     ])
 }
@@ -58,7 +63,11 @@ pub fn variant_selector(name: &str, variant_label: &str) -> BTreeMap<String, Str
 
 /// Renders a selector as a label-selector string (`a=b,c=d`).
 pub fn selector_string(selector: &BTreeMap<String, String>) -> String {
-    selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -69,10 +78,19 @@ mod tests {
 
     #[test]
     fn variant_labels_are_valid_label_values() {
-        let short = Variant { level: QuantLevel::Q4K, hardware_class: "cpu-standard".into() };
+        let short = Variant {
+            level: QuantLevel::Q4K,
+            hardware_class: "cpu-standard".into(),
+        };
         assert_eq!(variant_label(&short), "q4_k.cpu-standard");
-        let long = Variant { level: QuantLevel::Q4K, hardware_class: "x".repeat(100) };
-        let other = Variant { level: QuantLevel::Q4K, hardware_class: format!("{}y", "x".repeat(99)) };
+        let long = Variant {
+            level: QuantLevel::Q4K,
+            hardware_class: "x".repeat(100),
+        };
+        let other = Variant {
+            level: QuantLevel::Q4K,
+            hardware_class: format!("{}y", "x".repeat(99)),
+        };
         assert_eq!(variant_label(&long).len(), 63);
         assert_ne!(variant_label(&long), variant_label(&other));
     }

@@ -14,7 +14,9 @@ use k8s_openapi::{
 };
 
 pub use self::{
-    deployment::{ENGINE_CONTAINER, ENGINE_PORT, cpu_cores as deployment_cpu_cores, deployment, deployment_name},
+    deployment::{
+        ENGINE_CONTAINER, ENGINE_PORT, cpu_cores as deployment_cpu_cores, deployment, deployment_name,
+    },
     labels::*,
     model::{ModelMount, model_mount},
     pdb::pod_disruption_budget,

@@ -25,7 +25,10 @@ pub struct ModelMount {
 /// the CRD's pattern, so only the four schemes reach here; anything else is treated as a path.
 pub fn model_mount(source: &str) -> ModelMount {
     if let Some(path) = source.strip_prefix("file://") {
-        return ModelMount { path: path.to_owned(), ..ModelMount::default() };
+        return ModelMount {
+            path: path.to_owned(),
+            ..ModelMount::default()
+        };
     }
     if let Some(rest) = source.strip_prefix("pvc://") {
         let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -71,8 +74,19 @@ pub fn model_mount(source: &str) -> ModelMount {
 }
 
 /// The init container that downloads the weights into the cache volume.
-pub(crate) fn pull_container(image: &str, source: &str, sha256: Option<&str>, mount: &ModelMount, base: &Container) -> Container {
-    let mut args = vec!["pull".to_owned(), source.to_owned(), "--dest".to_owned(), mount.path.clone()];
+pub(crate) fn pull_container(
+    image: &str,
+    source: &str,
+    sha256: Option<&str>,
+    mount: &ModelMount,
+    base: &Container,
+) -> Container {
+    let mut args = vec![
+        "pull".to_owned(),
+        source.to_owned(),
+        "--dest".to_owned(),
+        mount.path.clone(),
+    ];
     if let Some(sha) = sha256 {
         args.extend(["--sha256".to_owned(), sha.to_owned()]);
     }
@@ -109,7 +123,10 @@ mod tests {
     fn pvc_sources_mount_the_claim_read_only() {
         let m = model_mount("pvc://weights/llama/q4.gguf");
         assert_eq!(m.path, "/models/llama/q4.gguf");
-        let pvc = m.volume.and_then(|v| v.persistent_volume_claim).expect("pvc volume");
+        let pvc = m
+            .volume
+            .and_then(|v| v.persistent_volume_claim)
+            .expect("pvc volume");
         assert_eq!((pvc.claim_name.as_str(), pvc.read_only), ("weights", Some(true)));
         assert!(!m.fetch);
     }
@@ -120,6 +137,9 @@ mod tests {
         assert_eq!(m.path, "/models/smol.Q4_1.gguf");
         assert!(m.fetch);
         assert!(m.volume.and_then(|v| v.empty_dir).is_some());
-        assert_eq!(model_mount("https://example.com/a/b.gguf?download=1").path, "/models/b.gguf");
+        assert_eq!(
+            model_mount("https://example.com/a/b.gguf?download=1").path,
+            "/models/b.gguf"
+        );
     }
 }

@@ -42,7 +42,11 @@ where
 /// Order: the Deployment first, so the Service never selects pods that do not exist yet; then
 /// the Service; the PDB last, since it only guards what is running.
 pub async fn apply(client: &Client, owner: &Owner, desired: &Desired) -> Result<Applied> {
-    let Desired { deployment, service, pdb } = desired;
+    let Desired {
+        deployment,
+        service,
+        pdb,
+    } = desired;
     let deployment = apply_one::<Deployment>(client, &owner.namespace, deployment).await?;
     apply_one::<Service>(client, &owner.namespace, service).await?;
     apply_one::<PodDisruptionBudget>(client, &owner.namespace, pdb).await?;
@@ -53,7 +57,10 @@ pub async fn apply(client: &Client, owner: &Owner, desired: &Desired) -> Result<
 pub async fn variant_deployments(client: &Client, owner: &Owner) -> Result<Vec<(String, Deployment)>> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), &owner.namespace);
     let list = api
-        .list(&ListParams::default().labels(&format!("{LABEL_INSTANCE}={}", crate::build::shorten(&owner.name, 63, '-'))))
+        .list(&ListParams::default().labels(&format!(
+            "{LABEL_INSTANCE}={}",
+            crate::build::shorten(&owner.name, 63, '-')
+        )))
         .await?;
     Ok(list
         .items
@@ -85,7 +92,10 @@ pub async fn delete_other_variants(
     let api: Api<Deployment> = Api::namespaced(client.clone(), &owner.namespace);
     for (variant, deployment) in existing.iter().filter(|(v, _)| v != keep) {
         tracing::info!(variant, "removing a variant that no longer serves");
-        match api.delete(&deployment.name_any(), &DeleteParams::background()).await {
+        match api
+            .delete(&deployment.name_any(), &DeleteParams::background())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -103,6 +113,7 @@ pub async fn apply_status(client: &Client, owner: &Owner, status: &InferenceServ
         "metadata": { "name": owner.name },
         "status": status,
     });
-    api.patch_status(&owner.name, &params(), &Patch::Apply(&body)).await?;
+    api.patch_status(&owner.name, &params(), &Patch::Apply(&body))
+        .await?;
     Ok(())
 }

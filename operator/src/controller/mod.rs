@@ -32,7 +32,7 @@ use kube::{
 };
 
 use crate::{
-    build::{self, BuildInput, EngineImages, ENGINE_PORT, variant_label, variant_selector, selector_string},
+    build::{self, BuildInput, ENGINE_PORT, EngineImages, selector_string, variant_label, variant_selector},
     decision,
     error::{Error, Result},
     metrics::Metrics,
@@ -85,8 +85,16 @@ pub async fn run(client: Client, config: Config, metrics: Metrics) -> anyhow::Re
     };
     let (deployments, services, pdbs): (Api<Deployment>, Api<Service>, Api<PodDisruptionBudget>) =
         match &config.namespace {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
         };
     let classes: Api<HardwareClass> = Api::all(client.clone());
     // Any HardwareClass change may change any decision.
@@ -131,7 +139,14 @@ async fn reconcile(guard: Arc<DeserializeGuard<InferenceService>>, ctx: Arc<Cont
             let error = Error::InvalidObject(invalid.error.clone());
             ctx.metrics.failure(error.category());
             tracing::warn!(%error, "skipping an object that does not deserialize");
-            publish(&ctx, &guard.object_ref(&()), EventType::Warning, error.reason(), &error.to_string()).await;
+            publish(
+                &ctx,
+                &guard.object_ref(&()),
+                EventType::Warning,
+                error.reason(),
+                &error.to_string(),
+            )
+            .await;
             return Ok(Action::await_change());
         }
     };
@@ -156,7 +171,10 @@ async fn reconcile(guard: Arc<DeserializeGuard<InferenceService>>, ctx: Arc<Cont
 
 async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
-    let classes = Api::<HardwareClass>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let classes = Api::<HardwareClass>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
     let valid = validate::validate(isvc, &classes)?;
     let outcome = decision::decide(&valid.inputs)?;
     let decided = outcome.decision;
@@ -198,7 +216,10 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     }
 
     let selector = selector_string(&variant_selector(&valid.owner.name, &serving));
-    let endpoint = format!("http://{}.{}.svc:{ENGINE_PORT}", valid.owner.name, valid.owner.namespace);
+    let endpoint = format!(
+        "http://{}.{}.svc:{ENGINE_PORT}",
+        valid.owner.name, valid.owner.namespace
+    );
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::healthy(
         isvc.status.as_ref(),
@@ -211,9 +232,20 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         &now,
     );
     if isvc.status.as_ref() != Some(&new_status) {
-        let previous = isvc.status.as_ref().and_then(|s| s.decision.as_ref()).map(|d| d.variant.clone());
+        let previous = isvc
+            .status
+            .as_ref()
+            .and_then(|s| s.decision.as_ref())
+            .map(|d| d.variant.clone());
         if previous.as_ref() != Some(&decided.variant) {
-            publish(ctx, &isvc.object_ref(&()), EventType::Normal, "Decided", &decided.reason).await;
+            publish(
+                ctx,
+                &isvc.object_ref(&()),
+                EventType::Normal,
+                "Decided",
+                &decided.reason,
+            )
+            .await;
         }
         apply::apply_status(client, &valid.owner, &new_status).await?;
     }
@@ -231,13 +263,28 @@ async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error)
     };
     let message = error.to_string();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::failed(isvc.status.as_ref(), isvc.metadata.generation, error.reason(), &message, &now);
+    let new_status = status::failed(
+        isvc.status.as_ref(),
+        isvc.metadata.generation,
+        error.reason(),
+        &message,
+        &now,
+    );
     if isvc.status.as_ref() != Some(&new_status) {
-        publish(ctx, &isvc.object_ref(&()), EventType::Warning, error.reason(), &message).await;
+        publish(
+            ctx,
+            &isvc.object_ref(&()),
+            EventType::Warning,
+            error.reason(),
+            &message,
+        )
+        .await;
         let owner = build::Owner {
             name,
             namespace,
-            reference: isvc.controller_owner_ref(&()).ok_or(Error::MissingObjectKey("metadata.uid"))?,
+            reference: isvc
+                .controller_owner_ref(&())
+                .ok_or(Error::MissingObjectKey("metadata.uid"))?,
         };
         apply::apply_status(&ctx.client, &owner, &new_status).await?;
     }

@@ -89,12 +89,19 @@ pub fn healthy(
     let g = generation;
     let variant = decision.variant.to_string();
     let (ready, ready_reason, ready_message) = if observed.desired_replicas == 0 && observed.switched {
-        (true, reasons::SCALED_TO_ZERO, "the decision calls for zero replicas".to_owned())
+        (
+            true,
+            reasons::SCALED_TO_ZERO,
+            "the decision calls for zero replicas".to_owned(),
+        )
     } else if observed.ready() && observed.switched {
         (
             true,
             reasons::AVAILABLE,
-            format!("{}/{} replicas of {variant} available", observed.available_replicas, observed.desired_replicas),
+            format!(
+                "{}/{} replicas of {variant} available",
+                observed.available_replicas, observed.desired_replicas
+            ),
         )
     } else {
         (
@@ -106,14 +113,22 @@ pub fn healthy(
             ),
         )
     };
-    set(&mut conditions, condition(conditions::READY, ready, ready_reason, ready_message, g), now);
+    set(
+        &mut conditions,
+        condition(conditions::READY, ready, ready_reason, ready_message, g),
+        now,
+    );
     let progressing = !(observed.ready() && observed.switched);
     set(
         &mut conditions,
         condition(
             conditions::PROGRESSING,
             progressing,
-            if progressing { reasons::ROLLING_OUT } else { reasons::STABLE },
+            if progressing {
+                reasons::ROLLING_OUT
+            } else {
+                reasons::STABLE
+            },
             if progressing {
                 format!("rolling out {variant}")
             } else {
@@ -132,7 +147,13 @@ pub fn healthy(
             g,
         )
     } else {
-        condition(conditions::DEGRADED, false, reasons::AS_EXPECTED, "serving as planned".to_owned(), g)
+        condition(
+            conditions::DEGRADED,
+            false,
+            reasons::AS_EXPECTED,
+            "serving as planned".to_owned(),
+            g,
+        )
     };
     set(&mut conditions, degraded, now);
 
@@ -140,7 +161,10 @@ pub fn healthy(
     let (replicas, ready_replicas) = if observed.switched {
         (observed.desired_replicas, observed.available_replicas)
     } else {
-        (current.map_or(0, |s| s.replicas), current.map_or(0, |s| s.ready_replicas))
+        (
+            current.map_or(0, |s| s.replicas),
+            current.map_or(0, |s| s.ready_replicas),
+        )
     };
     InferenceServiceStatus {
         observed_generation: g,
@@ -169,13 +193,27 @@ pub fn failed(
 ) -> InferenceServiceStatus {
     let mut status = current.cloned().unwrap_or_default();
     let g = generation;
-    set(&mut status.conditions, condition(conditions::READY, false, reason, message.to_owned(), g), now);
     set(
         &mut status.conditions,
-        condition(conditions::PROGRESSING, false, reason, "waiting for the spec or a HardwareClass to change".to_owned(), g),
+        condition(conditions::READY, false, reason, message.to_owned(), g),
         now,
     );
-    set(&mut status.conditions, condition(conditions::DEGRADED, true, reason, message.to_owned(), g), now);
+    set(
+        &mut status.conditions,
+        condition(
+            conditions::PROGRESSING,
+            false,
+            reason,
+            "waiting for the spec or a HardwareClass to change".to_owned(),
+            g,
+        ),
+        now,
+    );
+    set(
+        &mut status.conditions,
+        condition(conditions::DEGRADED, true, reason, message.to_owned(), g),
+        now,
+    );
     status.observed_generation = g;
     status
 }
@@ -196,8 +234,11 @@ fn condition(type_: &str, status: bool, reason: &str, message: String, generatio
 pub fn set(conditions: &mut Vec<Condition>, mut new: Condition, now: &Time) {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
-            new.last_transition_time =
-                if old.status == new.status { old.last_transition_time.clone() } else { now.clone() };
+            new.last_transition_time = if old.status == new.status {
+                old.last_transition_time.clone()
+            } else {
+                now.clone()
+            };
             *old = new;
         }
         None => {
@@ -230,16 +271,37 @@ mod tests {
     }
 
     fn ready_of(s: &InferenceServiceStatus) -> &Condition {
-        s.conditions.iter().find(|c| c.type_ == conditions::READY).expect("Ready")
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY)
+            .expect("Ready")
     }
 
     #[test]
     fn ready_once_every_replica_is_available() {
         let d = decision(QuantLevel::Q4K, "cpu-standard", 2);
-        let starting = healthy(None, Some(1), &d, &observed(1, false, true), "s".into(), "e".into(), false, &at(10));
+        let starting = healthy(
+            None,
+            Some(1),
+            &d,
+            &observed(1, false, true),
+            "s".into(),
+            "e".into(),
+            false,
+            &at(10),
+        );
         assert_eq!(ready_of(&starting).status, "False");
         assert_eq!(ready_of(&starting).observed_generation, Some(1));
-        let ready = healthy(Some(&starting), Some(1), &d, &observed(2, true, true), "s".into(), "e".into(), false, &at(20));
+        let ready = healthy(
+            Some(&starting),
+            Some(1),
+            &d,
+            &observed(2, true, true),
+            "s".into(),
+            "e".into(),
+            false,
+            &at(20),
+        );
         assert_eq!(ready_of(&ready).status, "True");
         assert_eq!(ready_of(&ready).last_transition_time, at(20));
         assert_eq!(ready.replicas, 2);
@@ -250,19 +312,52 @@ mod tests {
     #[test]
     fn unchanged_status_is_equal_so_nothing_is_written() {
         let d = decision(QuantLevel::Q4K, "cpu-standard", 2);
-        let first = healthy(None, Some(1), &d, &observed(2, true, true), "s".into(), "e".into(), false, &at(10));
-        let again = healthy(Some(&first), Some(1), &d, &observed(2, true, true), "s".into(), "e".into(), false, &at(99));
-        assert_eq!(first, again, "same inputs at a later time must not produce a different status");
+        let first = healthy(
+            None,
+            Some(1),
+            &d,
+            &observed(2, true, true),
+            "s".into(),
+            "e".into(),
+            false,
+            &at(10),
+        );
+        let again = healthy(
+            Some(&first),
+            Some(1),
+            &d,
+            &observed(2, true, true),
+            "s".into(),
+            "e".into(),
+            false,
+            &at(99),
+        );
+        assert_eq!(
+            first, again,
+            "same inputs at a later time must not produce a different status"
+        );
     }
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let mut conds = Vec::new();
-        set(&mut conds, condition("Ready", false, "A", "m1".into(), Some(1)), &at(1));
-        set(&mut conds, condition("Ready", false, "B", "m2".into(), Some(2)), &at(2));
+        set(
+            &mut conds,
+            condition("Ready", false, "A", "m1".into(), Some(1)),
+            &at(1),
+        );
+        set(
+            &mut conds,
+            condition("Ready", false, "B", "m2".into(), Some(2)),
+            &at(2),
+        );
         assert_eq!(conds[0].last_transition_time, at(1));
         assert_eq!(conds[0].reason, "B");
-        set(&mut conds, condition("Ready", true, "C", "m3".into(), Some(2)), &at(3));
+        set(
+            &mut conds,
+            condition("Ready", true, "C", "m3".into(), Some(2)),
+            &at(3),
+        );
         assert_eq!(conds[0].last_transition_time, at(3));
         assert_eq!(conds.len(), 1);
     }
@@ -276,18 +371,40 @@ mod tests {
             ready_replicas: 3,
             ..Default::default()
         };
-        current = healthy(Some(&current), Some(2), &d, &observed(0, false, false), "s".into(), "e".into(), false, &at(5));
+        current = healthy(
+            Some(&current),
+            Some(2),
+            &d,
+            &observed(0, false, false),
+            "s".into(),
+            "e".into(),
+            false,
+            &at(5),
+        );
         assert_eq!(current.variant.as_deref(), Some("q4_k/cpu-standard"));
         assert_eq!(current.replicas, 3);
-        let progressing = current.conditions.iter().find(|c| c.type_ == conditions::PROGRESSING).expect("Progressing");
+        let progressing = current
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::PROGRESSING)
+            .expect("Progressing");
         assert_eq!(progressing.status, "True");
     }
 
     #[test]
     fn permanent_errors_set_ready_false_with_the_reason() {
-        let s = failed(None, Some(4), "UnknownHardwareClass", "HardwareClass not found: x", &at(1));
+        let s = failed(
+            None,
+            Some(4),
+            "UnknownHardwareClass",
+            "HardwareClass not found: x",
+            &at(1),
+        );
         let ready = ready_of(&s);
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "UnknownHardwareClass"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "UnknownHardwareClass")
+        );
         assert_eq!(s.observed_generation, Some(4));
     }
 }

@@ -3,7 +3,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use bitscale_api::v1alpha1::{Device, HardwareClass, InferenceService, QuantLevel, ReplicasOwner, parse_rate};
+use bitscale_api::v1alpha1::{
+    Device, HardwareClass, InferenceService, QuantLevel, ReplicasOwner, parse_rate,
+};
 use kube::Resource;
 
 use crate::{
@@ -27,9 +29,19 @@ pub struct Validated {
 
 /// Validates `isvc` against the existing HardwareClasses.
 pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Result<Validated> {
-    let name = isvc.metadata.name.clone().ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let namespace = isvc.metadata.namespace.clone().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let reference = isvc.controller_owner_ref(&()).ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let name = isvc
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let namespace = isvc
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let reference = isvc
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let spec = &isvc.spec;
 
     let by_name: BTreeMap<String, &HardwareClass> = all_classes
@@ -44,17 +56,27 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
     } else {
         spec.placement.hardware_classes.clone()
     };
-    let missing: Vec<String> = wanted.iter().filter(|n| !by_name.contains_key(*n)).cloned().collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|n| !by_name.contains_key(*n))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
         return Err(Error::UnknownHardwareClass(missing));
     }
     let classes: BTreeMap<String, HardwareClass> =
         wanted.iter().map(|n| (n.clone(), by_name[n].clone())).collect();
-    let decision_classes = classes.iter().map(|(n, c)| class_inputs(n, c)).collect::<Result<Vec<_>>>()?;
+    let decision_classes = classes
+        .iter()
+        .map(|(n, c)| class_inputs(n, c))
+        .collect::<Result<Vec<_>>>()?;
 
     let parameters_text = spec.model.parameters.as_deref().ok_or(Error::ModelSizeUnknown)?;
-    let parameters = parse_parameters(parameters_text)
-        .ok_or_else(|| Error::InvalidSpec(format!("spec.model.parameters {parameters_text:?} is not a count")))?;
+    let parameters = parse_parameters(parameters_text).ok_or_else(|| {
+        Error::InvalidSpec(format!(
+            "spec.model.parameters {parameters_text:?} is not a count"
+        ))
+    })?;
 
     let q = &spec.quantization;
     let (levels, pinned) = match q.pinned {
@@ -65,13 +87,20 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
     let duration = |field: &str, value: &Option<String>| -> Result<Option<Duration>> {
         value
             .as_deref()
-            .map(|v| parse_duration(v).ok_or_else(|| Error::InvalidSpec(format!("{field} {v:?} is not a duration"))))
+            .map(|v| {
+                parse_duration(v)
+                    .ok_or_else(|| Error::InvalidSpec(format!("{field} {v:?} is not a duration")))
+            })
             .transpose()
     };
 
     let scaling = &spec.scaling;
     Ok(Validated {
-        owner: Owner { name, namespace, reference },
+        owner: Owner {
+            name,
+            namespace,
+            reference,
+        },
         generation: isvc.metadata.generation,
         inputs: Inputs {
             parameters,
@@ -101,27 +130,37 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
 
 fn class_inputs(name: &str, class: &HardwareClass) -> Result<Class> {
     let spec = &class.spec;
-    let invalid = |reason: String| Error::InvalidHardwareClass { name: name.to_owned(), reason };
-    let memory_bytes = parse_quantity(&spec.resources.memory.0)
-        .ok_or_else(|| invalid(format!("resources.memory {:?} is not a quantity", spec.resources.memory.0)))?;
+    let invalid = |reason: String| Error::InvalidHardwareClass {
+        name: name.to_owned(),
+        reason,
+    };
+    let memory_bytes = parse_quantity(&spec.resources.memory.0).ok_or_else(|| {
+        invalid(format!(
+            "resources.memory {:?} is not a quantity",
+            spec.resources.memory.0
+        ))
+    })?;
     let accelerator_memory_bytes = match &spec.resources.accelerator {
         Some(acc) => Some(
-            parse_quantity(&acc.memory.0)
-                .ok_or_else(|| invalid(format!("resources.accelerator.memory {:?} is not a quantity", acc.memory.0)))?
-                * f64::from(acc.count),
+            parse_quantity(&acc.memory.0).ok_or_else(|| {
+                invalid(format!(
+                    "resources.accelerator.memory {:?} is not a quantity",
+                    acc.memory.0
+                ))
+            })? * f64::from(acc.count),
         ),
         None => None,
     };
     let bandwidth = parse_rate(&spec.memory_bandwidth)
         .ok_or_else(|| invalid(format!("memoryBandwidth {} is not a rate", spec.memory_bandwidth)))?;
-    let threads = spec.threads.unwrap_or_else(|| deployment_cpu_cores(&spec.resources.cpu));
+    let threads = spec
+        .threads
+        .unwrap_or_else(|| deployment_cpu_cores(&spec.resources.cpu));
     let flops = match &spec.peak_flops {
         Some(v) => parse_rate(v).ok_or_else(|| invalid(format!("peakFlops {v} is not a rate")))?,
         None => match spec.device {
             Device::Cpu => f64::from(threads) * CPU_FLOPS_PER_THREAD,
-            Device::Cuda => {
-                GPU_FLOPS * f64::from(spec.resources.accelerator.as_ref().map_or(1, |a| a.count))
-            }
+            Device::Cuda => GPU_FLOPS * f64::from(spec.resources.accelerator.as_ref().map_or(1, |a| a.count)),
         },
     };
     if !spec.cost_per_hour.is_finite() || spec.cost_per_hour < 0.0 {
@@ -175,7 +214,9 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let (number, tail) = rest.split_at(split);
         let number: f64 = number.parse().ok()?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
         let seconds = match unit {
             "ns" => 1e-9,
@@ -216,7 +257,12 @@ mod tests {
         assert_eq!(v.inputs.max_running, 4);
         assert_eq!(v.inputs.levels.len(), QuantLevel::ALL.len());
         assert_eq!(v.inputs.classes.len(), 2);
-        let gpu = v.inputs.classes.iter().find(|c| c.name == "gpu-small").expect("gpu");
+        let gpu = v
+            .inputs
+            .classes
+            .iter()
+            .find(|c| c.name == "gpu-small")
+            .expect("gpu");
         assert_eq!(gpu.accelerator_memory_bytes, Some(24.0 * 1_073_741_824.0));
         assert_eq!(gpu.bandwidth, 300e9);
     }
@@ -232,12 +278,18 @@ mod tests {
 
         let mut isvc = smol();
         isvc.spec.model.parameters = None;
-        assert!(matches!(validate(&isvc, &[cpu_class()]), Err(Error::ModelSizeUnknown)));
+        assert!(matches!(
+            validate(&isvc, &[cpu_class()]),
+            Err(Error::ModelSizeUnknown)
+        ));
         assert!(matches!(validate(&smol(), &[]), Err(Error::NoHardwareClass)));
 
         let mut isvc = smol();
         isvc.metadata.uid = None;
-        assert!(matches!(validate(&isvc, &[cpu_class()]), Err(Error::MissingObjectKey("metadata.uid"))));
+        assert!(matches!(
+            validate(&isvc, &[cpu_class()]),
+            Err(Error::MissingObjectKey("metadata.uid"))
+        ));
     }
 
     #[test]

@@ -205,7 +205,10 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
 }
 
 fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -> Candidate {
-    let variant = Variant { level, hardware_class: class.name.clone() };
+    let variant = Variant {
+        level,
+        hardware_class: class.name.clone(),
+    };
     let weights = inputs.parameters * level.bits_per_weight() / 8.0;
     let kv_per_token = kv_bytes_per_token(inputs.parameters);
     let kv_pool = f64::from(inputs.context_length) * f64::from(inputs.max_running) * kv_per_token;
@@ -242,10 +245,17 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
             let on_device = weights + kv_pool + scratch;
             (
                 on_device <= accelerator && OVERHEAD_BYTES <= class.memory_bytes,
-                format!("needs {} of accelerator memory, has {}", gib(on_device), gib(accelerator)),
+                format!(
+                    "needs {} of accelerator memory, has {}",
+                    gib(on_device),
+                    gib(accelerator)
+                ),
             )
         }
-        _ => (memory <= class.memory_bytes, format!("needs {} of memory, has {}", gib(memory), gib(class.memory_bytes))),
+        _ => (
+            memory <= class.memory_bytes,
+            format!("needs {} of memory, has {}", gib(memory), gib(class.memory_bytes)),
+        ),
     };
 
     let demand_replicas = match (inputs.external, inputs.demand) {
@@ -261,7 +271,11 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
         Some(d) => d.min(f64::from(replicas) * capacity),
         None => f64::from(replicas) * capacity * TARGET_UTILISATION,
     };
-    let cost_per_million = if rate > 0.0 { cost_per_hour / (rate * 3600.0) * 1e6 } else { 0.0 };
+    let cost_per_million = if rate > 0.0 {
+        cost_per_hour / (rate * 3600.0) * 1e6
+    } else {
+        0.0
+    };
 
     let excluded = if !memory_ok {
         Some(Exclusion::Memory(memory_reason))
@@ -278,7 +292,11 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
             ms(limit)
         )))
     } else if let Some(limit) = inputs.ttft_slo.map(|d| d.as_secs_f64()).filter(|l| ttft > *l) {
-        Some(Exclusion::Latency(format!("time to first token {} exceeds the SLO {}", ms(ttft), ms(limit))))
+        Some(Exclusion::Latency(format!(
+            "time to first token {} exceeds the SLO {}",
+            ms(ttft),
+            ms(limit)
+        )))
     } else if !inputs.external && demand_replicas > inputs.max_replicas {
         Some(Exclusion::Capacity {
             reason: format!(
@@ -292,7 +310,14 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
     } else {
         None
     };
-    Candidate { variant, estimate, replicas, cost_per_hour, cost_per_million, excluded }
+    Candidate {
+        variant,
+        estimate,
+        replicas,
+        cost_per_hour,
+        cost_per_million,
+        excluded,
+    }
 }
 
 fn lost_to(loser: &Candidate, winner: &Candidate) -> String {
@@ -335,7 +360,10 @@ fn explain(inputs: &Inputs, chosen: &Candidate, overloaded: bool) -> String {
     };
     let replicas = match (inputs.external, inputs.demand) {
         (true, _) => "replicas set externally".to_owned(),
-        (false, Some(d)) => format!("{d:.1} tok/s of demand at {:.0}% utilisation", TARGET_UTILISATION * 100.0),
+        (false, Some(d)) => format!(
+            "{d:.1} tok/s of demand at {:.0}% utilisation",
+            TARGET_UTILISATION * 100.0
+        ),
         (false, None) => "no demand given, so one replica to start".to_owned(),
     };
     format!(

@@ -18,13 +18,13 @@ pub fn quality_loss_prior(level: QuantLevel) -> f64 {
         QuantLevel::F16 => 0.0020,
         QuantLevel::Q8_0 => 0.0026,
         QuantLevel::Q6K => 0.0217,
-        QuantLevel::Q5K => 0.0569,  // Q5_K_M
+        QuantLevel::Q5K => 0.0569, // Q5_K_M
         QuantLevel::Q5_1 => 0.1062,
         QuantLevel::Q5_0 => 0.1316,
-        QuantLevel::Q4K => 0.1754,  // Q4_K_M
+        QuantLevel::Q4K => 0.1754, // Q4_K_M
         QuantLevel::Q4_1 => 0.4511,
         QuantLevel::Q4_0 => 0.4685,
-        QuantLevel::Q3K => 0.6569,  // Q3_K_M
+        QuantLevel::Q3K => 0.6569, // Q3_K_M
         QuantLevel::Q2K => 3.5199,
     };
     delta_ppl / F16_PPL
@@ -80,7 +80,11 @@ pub fn parse_parameters(value: &str) -> Option<f64> {
         'T' => (&value[..value.len() - 1], 1e12),
         _ => (value, 1.0),
     };
-    number.parse::<f64>().ok().map(|n| n * multiplier).filter(|n| *n > 0.0)
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * multiplier)
+        .filter(|n| *n > 0.0)
 }
 
 #[cfg(test)]
@@ -89,9 +93,19 @@ mod tests {
 
     #[test]
     fn quality_prior_grows_as_bits_shrink_among_k_quants() {
-        let order = [QuantLevel::Q8_0, QuantLevel::Q6K, QuantLevel::Q5K, QuantLevel::Q4K, QuantLevel::Q3K, QuantLevel::Q2K];
+        let order = [
+            QuantLevel::Q8_0,
+            QuantLevel::Q6K,
+            QuantLevel::Q5K,
+            QuantLevel::Q4K,
+            QuantLevel::Q3K,
+            QuantLevel::Q2K,
+        ];
         for pair in order.windows(2) {
-            assert!(quality_loss_prior(pair[0]) < quality_loss_prior(pair[1]), "{pair:?}");
+            assert!(
+                quality_loss_prior(pair[0]) < quality_loss_prior(pair[1]),
+                "{pair:?}"
+            );
         }
         assert!(quality_loss_prior(QuantLevel::Q8_0) < 0.001);
         assert!(quality_loss_prior(QuantLevel::Q2K) > 0.5);

@@ -83,12 +83,20 @@ fn cheapest_class_wins_and_smaller_levels_break_the_tie_by_throughput() {
 #[test]
 fn quality_budget_excludes_low_levels() {
     let outcome = decide(&smol()).expect("feasible");
-    for level in [QuantLevel::Q2K, QuantLevel::Q3K, QuantLevel::Q4_0, QuantLevel::Q4_1] {
+    for level in [
+        QuantLevel::Q2K,
+        QuantLevel::Q3K,
+        QuantLevel::Q4_0,
+        QuantLevel::Q4_1,
+    ] {
         let reason = reason_for(&outcome, level, "cpu-standard");
         assert!(reason.contains("exceeds the budget 5.00%"), "{level}: {reason}");
     }
 
-    let strict = Inputs { max_quality_loss: 0.001, ..smol() };
+    let strict = Inputs {
+        max_quality_loss: 0.001,
+        ..smol()
+    };
     let outcome = decide(&strict).expect("feasible");
     assert!(outcome.decision.estimate.quality_loss <= 0.001);
     assert_eq!(outcome.decision.variant.level, QuantLevel::Q8_0);
@@ -97,14 +105,21 @@ fn quality_budget_excludes_low_levels() {
 #[test]
 fn quality_is_measured_against_the_best_allowed_level() {
     // With only 4-bit levels allowed, q4_k is the reference and q4_0 loses ~4.7%: within 5%.
-    let inputs = Inputs { levels: vec![QuantLevel::Q4K, QuantLevel::Q4_0], ..smol() };
+    let inputs = Inputs {
+        levels: vec![QuantLevel::Q4K, QuantLevel::Q4_0],
+        ..smol()
+    };
     let outcome = decide(&inputs).expect("feasible");
     assert!(!reason_for(&outcome, QuantLevel::Q4_0, "cpu-standard").contains("budget"));
 }
 
 #[test]
 fn pinned_level_ignores_the_quality_budget() {
-    let inputs = Inputs { levels: vec![QuantLevel::Q2K], pinned: true, ..smol() };
+    let inputs = Inputs {
+        levels: vec![QuantLevel::Q2K],
+        pinned: true,
+        ..smol()
+    };
     let outcome = decide(&inputs).expect("feasible");
     assert_eq!(outcome.decision.variant.level, QuantLevel::Q2K);
     assert!(outcome.decision.reason.contains("(pinned)"));
@@ -126,7 +141,11 @@ fn memory_excludes_classes_that_are_too_small() {
 
 #[test]
 fn nothing_fits_is_an_error_listing_every_candidate() {
-    let inputs = Inputs { parameters: 400e9, levels: vec![QuantLevel::Q4K], ..smol() };
+    let inputs = Inputs {
+        parameters: 400e9,
+        levels: vec![QuantLevel::Q4K],
+        ..smol()
+    };
     let err = decide(&inputs).expect_err("nothing fits");
     assert_eq!(err.alternatives.len(), 2);
     let text = err.to_string();
@@ -146,9 +165,15 @@ fn latency_slo_excludes_slow_variants() {
     let outcome = decide(&inputs).expect("the GPU is fast enough");
     assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
     let reason = reason_for(&outcome, QuantLevel::Q8_0, "cpu-standard");
-    assert!(reason.contains("inter-token latency") && reason.contains("SLO 50.0ms"), "{reason}");
+    assert!(
+        reason.contains("inter-token latency") && reason.contains("SLO 50.0ms"),
+        "{reason}"
+    );
 
-    let ttft = Inputs { ttft_slo: Some(Duration::from_millis(1)), ..smol() };
+    let ttft = Inputs {
+        ttft_slo: Some(Duration::from_millis(1)),
+        ..smol()
+    };
     let err = decide(&ttft).expect_err("nothing prefills in 1ms");
     assert!(err.to_string().contains("time to first token"), "{err}");
 }
@@ -158,15 +183,26 @@ fn demand_sets_replicas_within_bounds() {
     let base = decide(&smol()).expect("feasible");
     let per_replica = base.decision.estimate.tokens_per_second;
 
-    let two = Inputs { demand: Some(per_replica * 1.2), ..smol() };
+    let two = Inputs {
+        demand: Some(per_replica * 1.2),
+        ..smol()
+    };
     assert_eq!(decide(&two).expect("feasible").decision.replicas, 2);
 
-    let idle = Inputs { demand: Some(0.0), min_replicas: 0, ..smol() };
+    let idle = Inputs {
+        demand: Some(0.0),
+        min_replicas: 0,
+        ..smol()
+    };
     let outcome = decide(&idle).expect("feasible");
     assert_eq!(outcome.decision.replicas, 0);
     assert_eq!(outcome.decision.cost_per_hour, 0.0);
 
-    let floor = Inputs { demand: Some(0.0), min_replicas: 2, ..smol() };
+    let floor = Inputs {
+        demand: Some(0.0),
+        min_replicas: 2,
+        ..smol()
+    };
     assert_eq!(decide(&floor).expect("feasible").decision.replicas, 2);
 }
 
@@ -175,13 +211,19 @@ fn demand_beyond_max_replicas_moves_to_bigger_hardware_or_overloads() {
     let base = decide(&smol()).expect("feasible");
     let per_replica = base.decision.estimate.tokens_per_second;
     // More than 4 CPU replicas can carry, but within one GPU replica's capacity.
-    let inputs = Inputs { demand: Some(per_replica * 4.0), ..smol() };
+    let inputs = Inputs {
+        demand: Some(per_replica * 4.0),
+        ..smol()
+    };
     let outcome = decide(&inputs).expect("feasible");
     assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
     assert!(!outcome.overloaded);
     assert!(reason_for(&outcome, QuantLevel::Q4K, "cpu-standard").contains("maxReplicas is 4"));
 
-    let huge = Inputs { demand: Some(1e9), ..smol() };
+    let huge = Inputs {
+        demand: Some(1e9),
+        ..smol()
+    };
     let outcome = decide(&huge).expect("overloaded is not an error");
     assert!(outcome.overloaded);
     assert_eq!(outcome.decision.replicas, 4);
@@ -190,7 +232,12 @@ fn demand_beyond_max_replicas_moves_to_bigger_hardware_or_overloads() {
 
 #[test]
 fn external_owner_keeps_its_replica_count_within_bounds() {
-    let inputs = Inputs { external: true, external_replicas: Some(9), demand: Some(1e9), ..smol() };
+    let inputs = Inputs {
+        external: true,
+        external_replicas: Some(9),
+        demand: Some(1e9),
+        ..smol()
+    };
     let outcome = decide(&inputs).expect("feasible");
     assert_eq!(outcome.decision.replicas, 4);
     assert!(!outcome.overloaded);

@@ -62,41 +62,12 @@ pub struct ServeArgs {
 
 /// Parses a quantization level name (GGUF spelling, case-insensitive).
 pub fn parse_quant(s: &str) -> Result<QuantLevel, String> {
-    Ok(match s.to_ascii_lowercase().replace('-', "_").as_str() {
-        "f32" => QuantLevel::F32,
-        "f16" => QuantLevel::F16,
-        "bf16" => QuantLevel::Bf16,
-        "q8_0" => QuantLevel::Q8_0,
-        "q6_k" | "q6k" => QuantLevel::Q6K,
-        "q5_k" | "q5k" | "q5_k_m" => QuantLevel::Q5K,
-        "q5_0" => QuantLevel::Q5_0,
-        "q5_1" => QuantLevel::Q5_1,
-        "q4_k" | "q4k" | "q4_k_m" => QuantLevel::Q4K,
-        "q4_0" => QuantLevel::Q4_0,
-        "q4_1" => QuantLevel::Q4_1,
-        "q3_k" | "q3k" => QuantLevel::Q3K,
-        "q2_k" | "q2k" => QuantLevel::Q2K,
-        _ => return Err(format!("unknown quantization level `{s}`")),
-    })
+    s.parse().map_err(|e: crate::model::ModelError| e.to_string())
 }
 
 /// The label a level is reported under (`bitscale_engine_info{quantization}`).
 pub fn quant_name(q: QuantLevel) -> &'static str {
-    match q {
-        QuantLevel::F32 => "f32",
-        QuantLevel::F16 => "f16",
-        QuantLevel::Bf16 => "bf16",
-        QuantLevel::Q8_0 => "q8_0",
-        QuantLevel::Q6K => "q6_k",
-        QuantLevel::Q5K => "q5_k",
-        QuantLevel::Q5_0 => "q5_0",
-        QuantLevel::Q5_1 => "q5_1",
-        QuantLevel::Q4K => "q4_k",
-        QuantLevel::Q4_0 => "q4_0",
-        QuantLevel::Q4_1 => "q4_1",
-        QuantLevel::Q3K => "q3_k",
-        QuantLevel::Q2K => "q2_k",
-    }
+    q.as_str()
 }
 
 fn parse_device(s: &str) -> Result<DeviceKind, String> {

@@ -280,31 +280,13 @@ async fn saturation_answers_429_with_retry_after() {
 async fn drain_turns_ready_false_and_finishes_in_flight() {
     let model = fake().with_step_delay(Duration::from_millis(5));
     let (s, base) = server(model, SchedulerConfig::default()).await;
-    assert_eq!(
-        reqwest::get(format!("{base}/ready"))
-            .await
-            .expect("ready")
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&base, "/ready").await, 200);
     let body = r#"{"prompt":"a","max_tokens":40,"temperature":0,"stream":true,"ignore_eos":true}"#;
     let inflight = post(&base, "/v1/completions", body).await;
     assert_eq!(inflight.status(), 200);
     s.begin_drain();
-    assert_eq!(
-        reqwest::get(format!("{base}/ready"))
-            .await
-            .expect("ready")
-            .status(),
-        503
-    );
-    assert_eq!(
-        reqwest::get(format!("{base}/health"))
-            .await
-            .expect("health")
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&base, "/ready").await, 503);
+    assert_eq!(get_status(&base, "/health").await, 200);
     assert_eq!(post(&base, "/v1/completions", body).await.status(), 503);
     let drain = tokio::spawn(s.drain(Duration::from_secs(20)));
     let frames = sse_frames(inflight).await;
@@ -469,20 +451,8 @@ async fn loading_placeholder_is_alive_but_not_ready() {
         .await
         .expect("bind");
     let base = format!("http://{}", p.local_addr());
-    assert_eq!(
-        reqwest::get(format!("{base}/health"))
-            .await
-            .expect("health")
-            .status(),
-        200
-    );
-    assert_eq!(
-        reqwest::get(format!("{base}/ready"))
-            .await
-            .expect("ready")
-            .status(),
-        503
-    );
+    assert_eq!(get_status(&base, "/health").await, 200);
+    assert_eq!(get_status(&base, "/ready").await, 503);
     assert_eq!(
         post(&base, "/v1/completions", r#"{"prompt":"a"}"#).await.status(),
         503
@@ -502,12 +472,11 @@ async fn loading_placeholder_is_alive_but_not_ready() {
     let s = start(Arc::new(fake()), Arc::new(ByteCodec::default()), config)
         .await
         .expect("rebind");
-    assert_eq!(
-        reqwest::get(format!("{base}/ready"))
-            .await
-            .expect("ready")
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&base, "/ready").await, 200);
     s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+/// The status of `GET {base}{path}`.
+async fn get_status(base: &str, path: &str) -> reqwest::StatusCode {
+    reqwest::get(format!("{base}{path}")).await.expect(path).status()
 }

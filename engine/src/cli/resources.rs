@@ -65,13 +65,18 @@ pub fn default_kv_pool(limit: u64, weight_bytes: u64) -> u64 {
     limit.saturating_sub(weight_bytes).saturating_sub(headroom)
 }
 
+/// Splits `512MiB` into `("512", "MiB")`.
+fn split_unit(s: &str) -> (&str, &str) {
+    s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    )
+}
+
 /// Parses a byte size: `1073741824`, `512MiB`, `512Mi`, `2GiB`, `2G` (10^9), `64k`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
+    let (num, unit) = split_unit(s);
     let n: f64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a size (e.g. 2GiB, 512MiB, 1000000)"))?;
@@ -93,10 +98,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses a duration: `30s`, `500ms`, `2m`, `1h`, or bare seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
+    let (num, unit) = split_unit(s);
     let n: f64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 500ms, 2m)"))?;

@@ -157,13 +157,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
     });
 
     Deployment {
-        metadata: ObjectMeta {
-            name: Some(deployment_name(&owner.name, &variant)),
-            namespace: Some(owner.namespace.clone()),
-            labels: Some(labels.clone()),
-            owner_references: Some(vec![owner.reference.clone()]),
-            ..ObjectMeta::default()
-        },
+        metadata: owner.child_meta(deployment_name(&owner.name, &variant), labels.clone()),
         spec: DeploymentSpec {
             replicas: Some(decision.replicas),
             selector: LabelSelector {

@@ -8,6 +8,7 @@ mod pdb;
 mod service;
 
 use bitscale_api::v1alpha1::{Decision, EngineSpec, HardwareClass, ModelSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget},
     apimachinery::pkg::apis::meta::v1::OwnerReference,
@@ -32,6 +33,23 @@ pub struct Owner {
     pub namespace: String,
     /// Controller owner reference pointing at it.
     pub reference: OwnerReference,
+}
+
+impl Owner {
+    /// Metadata of a child named `name`: in the owner's namespace, labelled, controlled by it.
+    pub(crate) fn child_meta(
+        &self,
+        name: String,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.reference.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
 }
 
 /// Images the operator runs, by device.

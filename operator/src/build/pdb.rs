@@ -2,10 +2,7 @@
 
 use k8s_openapi::{
     api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
-    apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
-        util::intstr::IntOrString,
-    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
 use super::{Owner, labels::*};
@@ -13,13 +10,7 @@ use super::{Owner, labels::*};
 /// Allows one engine pod at a time to be evicted, across all variants of the service.
 pub fn pod_disruption_budget(owner: &Owner) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: ObjectMeta {
-            name: Some(owner.name.clone()),
-            namespace: Some(owner.namespace.clone()),
-            labels: Some(common_labels(&owner.name)),
-            owner_references: Some(vec![owner.reference.clone()]),
-            ..ObjectMeta::default()
-        },
+        metadata: owner.child_meta(owner.name.clone(), common_labels(&owner.name)),
         spec: Some(PodDisruptionBudgetSpec {
             // maxUnavailable rather than minAvailable: a single replica can still be drained.
             max_unavailable: Some(IntOrString::Int(1)),

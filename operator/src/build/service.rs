@@ -2,7 +2,7 @@
 
 use k8s_openapi::{
     api::core::v1::{Service, ServicePort, ServiceSpec},
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 
 use super::{Owner, deployment::ENGINE_PORT, labels::*};
@@ -10,13 +10,7 @@ use super::{Owner, deployment::ENGINE_PORT, labels::*};
 /// The Service named after the InferenceService, selecting the pods of `serving_variant`.
 pub fn service(owner: &Owner, serving_variant: &str) -> Service {
     Service {
-        metadata: ObjectMeta {
-            name: Some(owner.name.clone()),
-            namespace: Some(owner.namespace.clone()),
-            labels: Some(common_labels(&owner.name)),
-            owner_references: Some(vec![owner.reference.clone()]),
-            ..ObjectMeta::default()
-        },
+        metadata: owner.child_meta(owner.name.clone(), common_labels(&owner.name)),
         spec: Some(ServiceSpec {
             selector: Some(variant_selector(&owner.name, serving_variant)),
             ports: Some(vec![ServicePort {

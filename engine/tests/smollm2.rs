@@ -1,7 +1,7 @@
 //! The real model: SmolLM2-135M-Instruct answers a simple question through its chat template, and
 //! our forward pass agrees with candle's reference implementation on the shipped file.
 //!
-//! The Q4_1 file's greedy chat answer starts with a near-tie (\"L\" vs \"The\", 0.3 logits apart in
+//! The Q4_1 file's greedy chat answer starts with a near-tie ("L" vs "The", 0.3 logits apart in
 //! both implementations), so the chat check runs at q8_0.
 //!
 //! Needs `scripts/fetch-smollm2.sh`; set `BITSCALE_SKIP_SMOLLM2=1` to skip.
@@ -55,16 +55,96 @@ fn smollm2_q8_0_knows_paris() {
     }
 }
 
-/// The file as shipped (Q4_1) gives the same logits as candle's own `quantized_llama` on it.
+/// Logits of `text`'s last token from a loaded model.
+fn last_logits(m: &bitscale_engine::model::LoadedModel, text: &str) -> Vec<f32> {
+    let ids = m.tokenizer.encode(text, false).expect("encode");
+    let mut cache = m.forward.new_cache();
+    let mut batch = [SeqChunk {
+        tokens: &ids,
+        cache: &mut cache,
+        want_logits: true,
+    }];
+    m.forward.forward(&mut batch).expect("forward")[0]
+        .clone()
+        .expect("logits")
+}
+
+/// Logits of `text`'s last token from candle-transformers' `quantized_llama` on the file.
+fn candle_logits(path: &std::path::Path, ids: &[u32]) -> Vec<f32> {
+    let mut f = std::fs::File::open(path).expect("open");
+    let content = gguf_file::Content::read(&mut f).expect("gguf");
+    let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference");
+    let x = Tensor::new(ids, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("ids");
+    reference
+        .forward(&x, 0)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("reference forward")
+}
+
+fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}
+
+/// On the file as shipped (Q4_1), our quantized forward pass is about as close to the exact
+/// function of those weights (our f32 level: every weight dequantized, f32 matmuls) as candle's own
+/// `quantized_llama` is, averaged over several prompts, and picks the same next token. Both
+/// quantize activations to 8 bits per matmul (llama.cpp's scheme); SmolLM2's residual stream has
+/// channels near ±400, so that rounding moves single-prompt logits by 0.1–0.5 either way, and
+/// only the average says something.
 #[test]
-fn smollm2_q4_1_matches_candle_quantized_llama() {
+fn smollm2_q4_1_is_as_accurate_as_candle_quantized_llama() {
+    let Some(path) = smollm2_path() else { return };
+    let quantized = load(&path, QuantLevel::Q4_1, DeviceKind::Cpu).expect("load SmolLM2");
+    let exact = load(&path, QuantLevel::F32, DeviceKind::Cpu).expect("load SmolLM2 at f32");
+    let prompts = [
+        "The capital of France is",
+        "Once upon a time, in a small village",
+        "The quick brown fox jumps over the lazy dog and",
+        "Water boils at a temperature of",
+        "def fibonacci(n):\n    if n <",
+        "The three primary colors are red, blue and",
+        "In 1969, the first humans landed on",
+    ];
+    let (mut ours_err, mut theirs_err) = (0f32, 0f32);
+    for text in prompts {
+        let ids = quantized.tokenizer.encode(text, false).expect("encode");
+        let want = last_logits(&exact, text);
+        let ours = last_logits(&quantized, text);
+        let theirs = candle_logits(&path, &ids);
+        ours_err += mean_abs_diff(&ours, &want) / prompts.len() as f32;
+        theirs_err += mean_abs_diff(&theirs, &want) / prompts.len() as f32;
+        if text == prompts[0] {
+            assert_eq!(common::argmax(&ours), common::argmax(&want), "{text}");
+            assert_eq!(common::argmax(&theirs), common::argmax(&want), "{text}");
+            let next = quantized
+                .tokenizer
+                .decode(&[common::argmax(&ours)])
+                .expect("decode");
+            assert_eq!(next.trim(), "Paris");
+        }
+    }
+    println!(
+        "mean |logit - exact| over {} prompts: ours {ours_err} candle {theirs_err}",
+        prompts.len()
+    );
+    assert!(
+        ours_err <= 1.5 * theirs_err,
+        "ours {ours_err} vs candle {theirs_err}"
+    );
+}
+
+/// One token at a time (m = 1 kernels) gives the same logits as the whole prompt at once.
+#[test]
+fn smollm2_stepwise_equals_prefill() {
     let Some(path) = smollm2_path() else { return };
     let m = load(&path, QuantLevel::Q4_1, DeviceKind::Cpu).expect("load SmolLM2");
     let ids = m
         .tokenizer
         .encode("The capital of France is", false)
         .expect("encode");
-
     let mut cache = m.forward.new_cache();
     let mut batch = [SeqChunk {
         tokens: &ids,
@@ -74,36 +154,6 @@ fn smollm2_q4_1_matches_candle_quantized_llama() {
     let ours = m.forward.forward(&mut batch).expect("forward")[0]
         .clone()
         .expect("logits");
-
-    let mut f = std::fs::File::open(&path).expect("open");
-    let content = gguf_file::Content::read(&mut f).expect("gguf");
-    let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference");
-    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .expect("ids")
-        .unsqueeze(0)
-        .expect("batch");
-    let theirs: Vec<f32> = reference
-        .forward(&x, 0)
-        .expect("forward")
-        .flatten_all()
-        .expect("flat")
-        .to_vec1()
-        .expect("vec");
-
-    let max_diff = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let mean_diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
-    println!(
-        "max {max_diff} mean {mean_diff} argmax {} {} top {:?} {:?}",
-        common::argmax(&ours),
-        common::argmax(&theirs),
-        &ours[..4],
-        &theirs[..4]
-    );
-    // One token at a time (m = 1 kernels) against the prefill (m > 1) of our own model.
     let mut cache = m.forward.new_cache();
     let mut stepwise = Vec::new();
     for t in &ids {
@@ -117,14 +167,5 @@ fn smollm2_q4_1_matches_candle_quantized_llama() {
             .clone()
             .expect("logits");
     }
-    let self_diff = ours
-        .iter()
-        .zip(&stepwise)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    println!("prefill vs stepwise max diff {self_diff}");
-    assert!(max_diff < 1.0, "max logit difference {max_diff}");
-    assert_eq!(common::argmax(&ours), common::argmax(&theirs));
-    let text = m.tokenizer.decode(&[common::argmax(&ours)]).expect("decode");
-    assert_eq!(text.trim(), "Paris");
+    assert_eq!(ours, stepwise);
 }

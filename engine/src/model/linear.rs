@@ -1,22 +1,75 @@
 //! Weight matrices and the host-side math between them.
 //!
-//! Activations live in plain `Vec<f32>` rows on the host; only the matmuls go through candle, as one
-//! `QMatMul` call per weight with every batch row stacked (m = total rows), so the CPU kernels
-//! reuse each weight tile across rows. Everything else (norms, RoPE, attention, SwiGLU) is a
-//! tight loop here: one candle op per matmul instead of a dozen small ops per layer per sequence.
+//! Activations live in plain `Vec<f32>` rows on the host. Each matmul runs once per step with every
+//! batch row stacked (m = total rows): on CPU through our packed kernels (`kernels`) for Q8_0,
+//! 4/5-bit and f16/bf16 weights, which reuse each weight block across rows; through candle's
+//! `QMatMul` for the other formats and on CUDA. Everything else (norms, RoPE, attention, SwiGLU)
+//! is a tight loop here: one call per matmul instead of a dozen small ops per layer per sequence.
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use super::ModelError;
+use super::kernels::{self, Format, Isa, PackedMatrix};
+
+/// One weight matrix and the code that multiplies by it.
+enum Matmul {
+    Packed(PackedMatrix),
+    Candle(QMatMul),
+}
+
+impl Matmul {
+    fn new(w: Arc<QTensor>) -> Result<Self, ModelError> {
+        let (n, k) = w.shape().dims2()?;
+        let dtype = w.dtype();
+        if w.device().is_cpu() && Format::for_dtype(dtype).is_some() && !candle_kernels_forced() {
+            let packed = PackedMatrix::from_ggml(dtype, &w.data()?, n, k)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            return Ok(Matmul::Packed(packed));
+        }
+        Ok(Matmul::Candle(match dtype {
+            // Keep f16/bf16 weights at 2 bytes: `from_arc` would widen them to f32.
+            GgmlDType::F16 | GgmlDType::BF16 => QMatMul::QTensor(w),
+            _ => QMatMul::from_arc(w)?,
+        }))
+    }
+
+    fn forward(&self, x: &[f32], m: usize, k: usize, device: &Device) -> Result<Vec<f32>, ModelError> {
+        match self {
+            Matmul::Packed(p) => Ok(kernels::matmul(p, x, m, isa())),
+            Matmul::Candle(mm) => {
+                let x = Tensor::from_slice(x, (m, k), device)?;
+                Ok(mm.forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
+    }
+}
+
+/// `BITSCALE_KERNELS=candle` routes every matmul through candle and `=portable` runs our kernels
+/// without SIMD, to compare implementations on the same model.
+fn kernels_env() -> Option<String> {
+    std::env::var("BITSCALE_KERNELS").ok()
+}
+
+fn candle_kernels_forced() -> bool {
+    kernels_env().is_some_and(|v| v == "candle")
+}
+
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| match kernels_env().as_deref() {
+        Some("portable") => Isa::Portable,
+        _ => Isa::Best,
+    })
+}
 
 /// A linear layer `y = x Wᵀ` whose output may be several weights side by side (fused QKV or
 /// gate+up). Same-dtype parts are fused into one matrix at load; parts of different dtypes (as in
 /// Q4_K_M files) stay separate matmuls whose outputs are interleaved per row.
 pub(crate) struct Linear {
-    parts: Vec<(QMatMul, usize)>,
+    parts: Vec<(Matmul, usize)>,
     in_dim: usize,
     out_dim: usize,
     bytes: u64,
@@ -40,14 +93,7 @@ impl Linear {
             in_dim = k;
             out_dim += n;
             bytes += fused.storage_size_in_bytes() as u64;
-            let mm = match fused.dtype() {
-                // Keep f16/bf16 weights at 2 bytes: `from_arc` would widen them to f32.
-                candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16 => {
-                    QMatMul::QTensor(Arc::new(fused))
-                }
-                _ => QMatMul::from_arc(Arc::new(fused))?,
-            };
-            parts.push((mm, n));
+            parts.push((Matmul::new(Arc::new(fused))?, n));
         }
         Ok(Self {
             parts,
@@ -61,14 +107,8 @@ impl Linear {
     pub(crate) fn shared(w: Arc<QTensor>) -> Result<Self, ModelError> {
         let (n, k) = w.shape().dims2()?;
         let bytes = w.storage_size_in_bytes() as u64;
-        let mm = match w.dtype() {
-            candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16 => {
-                QMatMul::QTensor(w)
-            }
-            _ => QMatMul::from_arc(w)?,
-        };
         Ok(Self {
-            parts: vec![(mm, n)],
+            parts: vec![(Matmul::new(w)?, n)],
             in_dim: k,
             out_dim: n,
             bytes,
@@ -84,16 +124,33 @@ impl Linear {
         self.bytes
     }
 
+    /// Rows `ids` of the weight as f32, when the layer is one packed matrix (so a tied embedding
+    /// can be looked up here instead of keeping a second copy).
+    pub(crate) fn lookup(&self, ids: &[u32]) -> Option<Vec<f32>> {
+        let [(Matmul::Packed(p), _)] = self.parts.as_slice() else {
+            return None;
+        };
+        let mut out = Vec::with_capacity(ids.len() * p.k);
+        for &id in ids {
+            out.extend(p.row(id as usize));
+        }
+        Some(out)
+    }
+
+    /// Whether [`Linear::lookup`] works on this layer.
+    pub(crate) fn can_lookup(&self) -> bool {
+        matches!(self.parts.as_slice(), [(Matmul::Packed(_), _)])
+    }
+
     /// `x` is `m` rows of `in_dim`; returns `m` rows of `out_dim`.
     pub(crate) fn forward(&self, x: Vec<f32>, m: usize, device: &Device) -> Result<Vec<f32>, ModelError> {
-        let x = Tensor::from_vec(x, (m, self.in_dim), device)?;
         if let [(mm, _)] = self.parts.as_slice() {
-            return Ok(mm.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
+            return mm.forward(&x, m, self.in_dim, device);
         }
         let mut out = vec![0f32; m * self.out_dim];
         let mut col = 0;
         for (mm, n) in &self.parts {
-            let y = mm.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            let y = mm.forward(&x, m, self.in_dim, device)?;
             for (dst, src) in out.chunks_exact_mut(self.out_dim).zip(y.chunks_exact(*n)) {
                 dst[col..col + n].copy_from_slice(src);
             }

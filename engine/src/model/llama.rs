@@ -33,8 +33,9 @@ pub(crate) struct Llama {
     pub cfg: LlamaConfig,
     pub info: ModelInfo,
     pub device: Device,
-    /// Token embeddings, looked up row by row.
-    pub embed: Arc<QTensor>,
+    /// Token embeddings, looked up row by row; `None` when tied to a packed output head, whose
+    /// rows are looked up instead (one copy of the matrix, not two).
+    pub embed: Option<Arc<QTensor>>,
     pub blocks: Vec<Block>,
     pub norm: Vec<f32>,
     /// The output head (the embedding matrix itself when tied).
@@ -90,8 +91,13 @@ impl Llama {
     }
 
     fn embed_rows(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let Some(embed) = &self.embed else {
+            // The loader drops the table only when the head can look rows up.
+            let rows = self.lm_head.lookup(ids);
+            return rows.ok_or_else(|| candle_core::Error::Msg("no embedding table".into()).into());
+        };
         let ids = Tensor::new(ids, &self.device)?;
-        Ok(self.embed.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?)
+        Ok(embed.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
     fn step(&self, batch: &mut [SeqChunk<'_>]) -> Result<Vec<Option<Vec<f32>>>, ModelError> {

@@ -429,12 +429,13 @@ fn build(
         (Linear::shared(embed.clone())?, true)
     };
     tracing::info!(tied, dtype_mix = ?conv.mix, "loaded output head; tensor dtypes");
+    let embed = (!(tied && lm_head.can_lookup())).then_some(embed);
 
     let mut weight_bytes = lm_head.bytes()
         + if tied {
             0
         } else {
-            embed.storage_size_in_bytes() as u64
+            embed.as_ref().map_or(0, |e| e.storage_size_in_bytes() as u64)
         };
     for b in &blocks {
         weight_bytes += b.qkv.bytes() + b.o.bytes() + b.gate_up.bytes() + b.down.bytes();

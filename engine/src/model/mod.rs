@@ -15,6 +15,7 @@ mod attention;
 mod chat_template;
 mod config;
 mod error;
+mod kernels;
 mod linear;
 mod llama;
 mod loader;

@@ -1,0 +1,175 @@
+//! CPU matmul kernels for the weight formats that carry a served model: Q8_0, the 4- and 5-bit
+//! block quants (Q4_0, Q4_1, Q5_0, Q5_1) and f16/bf16.
+//!
+//! Why our own and not candle's `QMatMul`: on x86 without AVX-512 VNNI, candle 0.11 computes one
+//! dot product per (activation row, weight row) pair, so a decode step over 8 sequences streams
+//! every weight block 8 times, and its Q4_1/Q5_x paths are scalar. Here each weight block is
+//! loaded once and used against up to 8 activation rows while it sits in registers, the
+//! activations are quantized once per matmul, and weight rows are split across threads.
+//!
+//! Layout ([`PackedMatrix`]): the quants of each row are contiguous and the per-block scales
+//! (and minimums) live in separate f16 arrays padded to a multiple of 8 per row, so the AVX2 path
+//! converts eight scales with one instruction. The arithmetic is llama.cpp's: activations become
+//! Q8_0 blocks (32 values, one f32 scale); a 4/5-bit weight `d·q + mn` (q unsigned; Q4_0 and
+//! Q5_0 have `mn = −8d` and `−16d`) dots as `d·dx·Σ q·xq + mn·dx·Σ xq`.
+
+mod pack;
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+pub(crate) use pack::PackedMatrix;
+
+/// Values per quantization block.
+pub(crate) const BLOCK: usize = 32;
+
+/// How the weights of a [`PackedMatrix`] are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Signed 8-bit quants, one scale per block.
+    Q8,
+    /// Unsigned 4-bit quants (two per byte: element `j` low nibble, `j + 16` high), a scale and
+    /// a minimum per block.
+    Q4,
+    /// As [`Format::Q4`] plus a fifth bit per value (one `u32` per block).
+    Q5,
+    /// IEEE half floats.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Format {
+    /// The format our kernels use for a GGML dtype, if they handle it.
+    pub(crate) fn for_dtype(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q8_0 => Some(Format::Q8),
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 => Some(Format::Q4),
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => Some(Format::Q5),
+            GgmlDType::F16 => Some(Format::F16),
+            GgmlDType::BF16 => Some(Format::Bf16),
+            _ => None,
+        }
+    }
+
+    fn is_float(self) -> bool {
+        matches!(self, Format::F16 | Format::Bf16)
+    }
+}
+
+/// `m` activation rows quantized to Q8_0 blocks.
+pub(crate) struct QuantActs {
+    /// `m × k` quants.
+    pub qs: Vec<i8>,
+    /// `m × k/32` scales.
+    pub d: Vec<f32>,
+    /// `m × k/32` block sums `d · Σ q`, for the minimum term of 4/5-bit weights.
+    pub s: Vec<f32>,
+}
+
+impl QuantActs {
+    /// Quantizes rows of `k` values (`k` a multiple of 32) the way llama.cpp's `quantize_row_q8_0`
+    /// does: scale = max |x| / 127, round to nearest.
+    pub(crate) fn new(x: &[f32], k: usize) -> Self {
+        let blocks = x.len() / BLOCK;
+        let mut qs = vec![0i8; x.len()];
+        let mut d = Vec::with_capacity(blocks);
+        let mut s = Vec::with_capacity(blocks);
+        debug_assert!(k.is_multiple_of(BLOCK));
+        for (src, dst) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
+            let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in dst.iter_mut().zip(src) {
+                // Saturating float→int cast; |v·inv| ≤ 127 by construction.
+                *q = (v * inv).round() as i8;
+                sum += i32::from(*q);
+            }
+            // Scales are kept at f16 precision, as llama.cpp stores them.
+            let scale = half::f16::from_f32(scale).to_f32();
+            d.push(scale);
+            s.push(scale * sum as f32);
+        }
+        Self { qs, d, s }
+    }
+}
+
+/// Whether the AVX2 + FMA + F16C kernels can run on this CPU (checked once).
+fn has_avx2() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Which implementation [`matmul`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// The fastest this CPU supports.
+    Best,
+    /// Plain Rust, any CPU (also the tests' reference).
+    Portable,
+}
+
+/// Activations in the form a format's kernel reads.
+pub(crate) enum Acts<'a> {
+    Float(&'a [f32]),
+    Quant(QuantActs),
+}
+
+/// Computes `y = x Wᵀ` for `m` rows of `x` (`m × k`); returns `m × n`.
+pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
+    let (n, k) = (w.n, w.k);
+    debug_assert_eq!(x.len(), m * k);
+    let acts = if w.format.is_float() {
+        Acts::Float(x)
+    } else {
+        Acts::Quant(QuantActs::new(x, k))
+    };
+    let simd = isa == Isa::Best && has_avx2();
+    // Weight rows are split across threads; each task fills its rows of the transposed output
+    // (`n × m`), so tasks write disjoint contiguous slices.
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_task = n.div_ceil(threads * 4).max(16);
+    let mut yt = vec![0f32; n * m];
+    yt.par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(t, out)| {
+            let j0 = t * rows_per_task;
+            let rows = out.len() / m;
+            if simd {
+                #[cfg(target_arch = "x86_64")]
+                x86::rows(w, &acts, m, j0, rows, out);
+            } else {
+                portable::rows(w, &acts, m, j0, rows, out);
+            }
+        });
+    if m == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; m * n];
+    for (j, col) in yt.chunks_exact(m).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            y[r * n + j] = v;
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,7 @@
-//! Prints the greedy chat answer and first-step top logits of a model at a level, and times decode.
-//! Usage: model_probe PATH LEVEL [BATCH]
+//! Prints the greedy chat answer and first-step top logits of a model at a level, and times decode
+//! in wall time and in CPU time (the latter stays meaningful on a busy machine: run it with
+//! `RAYON_NUM_THREADS=1` to get one core's decode rate).
+//! Usage: model_probe PATH LEVEL [BATCH] [STEPS] [QUESTION]
 
 use std::time::Instant;
 
@@ -9,6 +11,16 @@ fn argmax(l: &[f32]) -> u32 {
     l.iter()
         .enumerate()
         .fold(0, |b, (i, &v)| if v > l[b] { i } else { b }) as u32
+}
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`; 0 elsewhere.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / 100.0
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,7 +38,10 @@ fn main() -> anyhow::Result<()> {
     );
     let prompt = m.tokenizer.apply_chat_template(&[ChatMessage {
         role: "user".into(),
-        content: "What is the capital of France?".into(),
+        content: args
+            .get(5)
+            .cloned()
+            .unwrap_or_else(|| "What is the capital of France?".into()),
     }])?;
     let ids = m.tokenizer.encode(&prompt, false)?;
     println!("prompt ids {ids:?}");
@@ -49,8 +64,9 @@ fn main() -> anyhow::Result<()> {
     }
     let mut next: Vec<u32> = logits.iter().map(|l| argmax(l.as_ref().expect("l"))).collect();
     let mut out = vec![next[0]];
-    let steps = 48;
+    let steps: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(48);
     let t = Instant::now();
+    let cpu0 = cpu_secs();
     for _ in 0..steps {
         let toks: Vec<[u32; 1]> = next.iter().map(|&n| [n]).collect();
         let mut chunks: Vec<SeqChunk<'_>> = caches
@@ -67,11 +83,13 @@ fn main() -> anyhow::Result<()> {
         out.push(next[0]);
     }
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
     println!("answer: {:?}", m.tokenizer.decode(&out)?);
     println!(
-        "batch {batch}: {:.1} tok/s aggregate ({:.1} ms/step)",
+        "batch {batch}: {:.1} tok/s aggregate ({:.1} ms/step), {:.1} tok per CPU-second",
         (steps * batch) as f64 / secs,
-        secs * 1e3 / steps as f64
+        secs * 1e3 / steps as f64,
+        (steps * batch) as f64 / cpu
     );
     Ok(())
 }

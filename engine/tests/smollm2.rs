@@ -1,8 +1,10 @@
 //! The real model: SmolLM2-135M-Instruct answers a simple question through its chat template, and
 //! our forward pass agrees with candle's reference implementation on the shipped file.
 //!
-//! The Q4_1 file's greedy chat answer starts with a near-tie ("L" vs "The", 0.3 logits apart in
-//! both implementations), so the chat check runs at q8_0.
+//! The chat check asks "Name the capital of France." because "What is the capital of France?"
+//! starts with a near-tie even in exact f32 arithmetic ("The" 25.33 vs "L" 25.24, where "L" leads
+//! to a French non-answer), so any rounding change can flip it; the imperative phrasing answers
+//! "The capital of France is Paris." at f32, f16, q8_0, q6_k, q4_1 and q4_0 alike.
 //!
 //! Needs `scripts/fetch-smollm2.sh`; set `BITSCALE_SKIP_SMOLLM2=1` to skip.
 
@@ -40,7 +42,7 @@ fn answer(level: QuantLevel) -> Option<String> {
         .tokenizer
         .apply_chat_template(&[ChatMessage {
             role: "user".into(),
-            content: "What is the capital of France?".into(),
+            content: "Name the capital of France.".into(),
         }])
         .expect("chat template");
     let ids = m.tokenizer.encode(&prompt, false).expect("encode");

@@ -1,6 +1,8 @@
 //! Per-sequence KV storage, RoPE and causal attention over host buffers.
 
-use super::linear::{axpy, dot};
+use rayon::prelude::*;
+
+use super::kernels::{axpy, dot};
 
 /// One sequence's keys and values for every layer, rows appended as positions are written.
 ///
@@ -111,8 +113,9 @@ pub(crate) fn attend(
     let mut out = vec![0f32; total_rows * qd];
     let group = dims.heads / dims.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = Vec::new();
-    for seq in seqs.iter_mut() {
+    // RoPE and cache appends first (cheap, in order); then every (row, head) attends in parallel.
+    let mut owner = Vec::with_capacity(total_rows);
+    for (si, seq) in seqs.iter_mut().enumerate() {
         let (kc, vc) = &mut seq.kv.layers[layer];
         for r in seq.row0..seq.row0 + seq.rows {
             let row = &mut qkv[r * width..(r + 1) * width];
@@ -121,33 +124,40 @@ pub(crate) fn attend(
             rope.apply(r, &mut kv[..kvd], hd);
             kc.extend_from_slice(&kv[..kvd]);
             vc.extend_from_slice(&kv[kvd..]);
-        }
-        for i in 0..seq.rows {
-            let r = seq.row0 + i;
-            // Causal: row i sees the cache plus this chunk's rows up to itself.
-            let visible = seq.past + i + 1;
-            scores.resize(visible, 0.0);
-            let q_row = &qkv[r * width..r * width + qd];
-            let o_row = &mut out[r * qd..(r + 1) * qd];
-            for h in 0..dims.heads {
-                let kvh = h / group;
-                let q = &q_row[h * hd..(h + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in scores.iter_mut().enumerate() {
-                    *s = dot(q, &kc[j * kvd + kvh * hd..][..hd]) * scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let o = &mut o_row[h * hd..(h + 1) * hd];
-                for (j, &p) in scores.iter().enumerate() {
-                    axpy(o, p / sum, &vc[j * kvd + kvh * hd..][..hd]);
-                }
-            }
+            // Causal: row r sees the cache plus this chunk's rows up to itself.
+            owner.push((si, seq.past + (r - seq.row0) + 1));
         }
     }
+    let caches: Vec<(&[f32], &[f32])> = seqs
+        .iter()
+        .map(|s| {
+            let (k, v) = &s.kv.layers[layer];
+            (k.as_slice(), v.as_slice())
+        })
+        .collect();
+    let qkv = &*qkv;
+    out.par_chunks_mut(hd)
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (at, o)| {
+            let (r, h) = (at / dims.heads, at % dims.heads);
+            let (si, visible) = owner[r];
+            let (kc, vc) = caches[si];
+            let kvh = h / group;
+            let q = &qkv[r * width + h * hd..][..hd];
+            scores.resize(visible, 0.0);
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = dot(q, &kc[j * kvd + kvh * hd..][..hd]) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (j, &p) in scores.iter().enumerate() {
+                axpy(o, p / sum, &vc[j * kvd + kvh * hd..][..hd]);
+            }
+        });
     out
 }

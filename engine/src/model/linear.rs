@@ -12,7 +12,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use super::ModelError;
-use super::kernels::{self, Format, Isa, PackedMatrix};
+use super::kernels::{self, Format, Isa, PackedMatrix, dot};
 
 /// One weight matrix and the code that multiplies by it.
 enum Matmul {
@@ -215,32 +215,5 @@ pub(crate) fn swiglu(gate_up: &[f32], ffn: usize) -> Vec<f32> {
 pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
-    }
-}
-
-/// Dot product written so the compiler vectorizes it (8 independent accumulators).
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `y += a * x`.
-#[inline]
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (d, &s) in y.iter_mut().zip(x) {
-        *d += a * s;
     }
 }

@@ -66,37 +66,71 @@ impl Format {
 pub(crate) struct QuantActs {
     /// `m × k` quants.
     pub qs: Vec<i8>,
-    /// `m × k/32` scales.
+    /// Scales, `m × stride` (`k/32` per row, zero-padded to a multiple of 8 so a kernel can load
+    /// eight at a time).
     pub d: Vec<f32>,
-    /// `m × k/32` block sums `d · Σ q`, for the minimum term of 4/5-bit weights.
+    /// Block sums `d · Σ q` (for the minimum term of 4/5-bit weights), laid out as `d`.
     pub s: Vec<f32>,
+    /// Entries per row of `d` and `s`.
+    pub stride: usize,
+    /// `d` for each full group of 8 rows, block-major (`[group][block][row]`), so a kernel
+    /// loads the 8 rows' scales of one block as one vector.
+    pub d8: Vec<f32>,
+    /// `s` in the same layout as `d8`.
+    pub s8: Vec<f32>,
 }
 
 impl QuantActs {
-    /// Quantizes rows of `k` values (`k` a multiple of 32) the way llama.cpp's `quantize_row_q8_0`
-    /// does: scale = max |x| / 127, round to nearest.
+    /// Quantizes rows of `k` values (`k` a multiple of 32) as llama.cpp's `quantize_row_q8_0` does
+    /// on AVX2: scale = max |x| / 127 (kept at f16 precision), round half to even.
     pub(crate) fn new(x: &[f32], k: usize) -> Self {
-        let blocks = x.len() / BLOCK;
-        let mut qs = vec![0i8; x.len()];
-        let mut d = Vec::with_capacity(blocks);
-        let mut s = Vec::with_capacity(blocks);
         debug_assert!(k.is_multiple_of(BLOCK));
-        for (src, dst) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
-            let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in dst.iter_mut().zip(src) {
-                // Saturating float→int cast; |v·inv| ≤ 127 by construction.
-                *q = (v * inv).round() as i8;
-                sum += i32::from(*q);
-            }
-            // Scales are kept at f16 precision, as llama.cpp stores them.
+        let (nb, m) = (k / BLOCK, x.len() / k);
+        let stride = nb.div_ceil(8) * 8;
+        let mut qs = vec![0i8; x.len()];
+        let mut d = vec![0f32; m * stride];
+        let mut s = vec![0f32; m * stride];
+        let simd = has_avx2();
+        for (i, (src, dst)) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)).enumerate() {
+            let (Ok(src), Ok(dst)) = (<&[f32; BLOCK]>::try_from(src), <&mut [i8; BLOCK]>::try_from(dst))
+            else {
+                continue;
+            };
+            let (scale, sum) = if simd {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    x86::quantize_block(src, dst)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    portable::quantize_block(src, dst)
+                }
+            } else {
+                portable::quantize_block(src, dst)
+            };
             let scale = half::f16::from_f32(scale).to_f32();
-            d.push(scale);
-            s.push(scale * sum as f32);
+            let at = (i / nb) * stride + i % nb;
+            d[at] = scale;
+            s[at] = scale * sum as f32;
         }
-        Self { qs, d, s }
+        let mut d8 = Vec::with_capacity(m / 8 * 8 * nb);
+        let mut s8 = Vec::with_capacity(m / 8 * 8 * nb);
+        for g in 0..m / 8 {
+            for b in 0..nb {
+                for r in 0..8 {
+                    d8.push(d[(g * 8 + r) * stride + b]);
+                    s8.push(s[(g * 8 + r) * stride + b]);
+                }
+            }
+        }
+        Self {
+            qs,
+            d,
+            s,
+            stride,
+            d8,
+            s8,
+        }
     }
 }
 
@@ -169,6 +203,24 @@ pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, isa: Isa) -> Vec<f32
         }
     }
     y
+}
+
+/// `a · b` (attention scores), with AVX2 when the CPU has it.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return x86::dot(a, b);
+    }
+    portable::dot(a, b)
+}
+
+/// `y += a · x` (attention's weighted sum of values), with AVX2 when the CPU has it.
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return x86::axpy(y, a, x);
+    }
+    portable::axpy(y, a, x);
 }
 
 #[cfg(test)]

@@ -18,6 +18,21 @@ pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows:
     }
 }
 
+/// Quantizes one block of 32 values to `dst` and returns `(scale, Σ q)`: scale = max |x| / 127,
+/// round half to even (what the AVX2 path's `vroundps` does).
+pub(super) fn quantize_block(src: &[f32; BLOCK], dst: &mut [i8; BLOCK]) -> (f32, i32) {
+    let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in dst.iter_mut().zip(src) {
+        // Saturating float→int cast; |v·inv| ≤ 127 by construction.
+        *q = (v * inv).round_ties_even() as i8;
+        sum += i32::from(*q);
+    }
+    (scale, sum)
+}
+
 fn float_row(w: &PackedMatrix, j: usize, x: &[f32]) -> f32 {
     let k = w.k;
     let bits = w.qs[2 * j * k..2 * (j + 1) * k].chunks_exact(2);
@@ -34,10 +49,10 @@ fn quant_row(w: &PackedMatrix, j: usize, x: &super::QuantActs, r: usize) -> f32 
     let k = w.k;
     let nb = k / BLOCK;
     let sc = |v: &[u16], b: usize| f16::from_bits(v[j * w.scale_stride + b]).to_f32();
-    let mut acc = 0f32;
+    let (mut acc, mut mins) = (0f32, 0f32);
     for b in 0..nb {
         let xq = &x.qs[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
-        let (dx, sx) = (x.d[r * nb + b], x.s[r * nb + b]);
+        let (dx, sx) = (x.d[r * x.stride + b], x.s[r * x.stride + b]);
         match w.format {
             Format::Q8 => {
                 let wq = &w.qs[j * k + b * BLOCK..j * k + (b + 1) * BLOCK];
@@ -46,7 +61,7 @@ fn quant_row(w: &PackedMatrix, j: usize, x: &super::QuantActs, r: usize) -> f32 
                     .zip(xq)
                     .map(|(&a, &c)| i32::from(a as i8) * i32::from(c))
                     .sum();
-                acc += sc(&w.d, b) * dx * dot as f32;
+                acc = (dot as f32).mul_add(sc(&w.d, b) * dx, acc);
             }
             Format::Q4 | Format::Q5 => {
                 let at = (j * nb + b) * BLOCK / 2;
@@ -58,10 +73,36 @@ fn quant_row(w: &PackedMatrix, j: usize, x: &super::QuantActs, r: usize) -> f32 
                     let q = nib | ((((hi >> i) & 1) as u8) << 4);
                     dot += i32::from(q) * i32::from(c);
                 }
-                acc += sc(&w.d, b) * dx * dot as f32 + sc(&w.mn, b) * sx;
+                acc = (dot as f32).mul_add(sc(&w.d, b) * dx, acc);
+                mins = sc(&w.mn, b).mul_add(sx, mins);
             }
             Format::F16 | Format::Bf16 => {}
         }
     }
-    acc
+    acc + mins
+}
+
+/// Dot product written so the compiler vectorizes it (8 independent accumulators).
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += a * x`.
+pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (d, &s) in y.iter_mut().zip(x) {
+        *d += a * s;
+    }
 }

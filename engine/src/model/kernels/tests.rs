@@ -104,12 +104,17 @@ fn rows_dequantize_exactly_as_candle_does() {
 
 #[test]
 fn a_batch_row_gets_the_same_result_as_alone() {
-    let (w, _) = packed(GgmlDType::Q4_0, 33, 576, 3);
-    let x = random(8 * 576, 4);
-    let batch = matmul(&w, &x, 8, Isa::Best);
-    for r in 0..8 {
-        let alone = matmul(&w, &x[r * 576..(r + 1) * 576], 1, Isa::Best);
-        assert_eq!(alone, batch[r * 33..(r + 1) * 33], "row {r}");
+    // 13 rows run as groups of 8, 4 and 1; each row must come out bit for bit as when alone.
+    for dtype in FORMATS {
+        let (w, _) = packed(dtype, 33, 576, 3);
+        let x = random(13 * 576, 4);
+        for isa in [Isa::Best, Isa::Portable] {
+            let batch = matmul(&w, &x, 13, isa);
+            for r in 0..13 {
+                let alone = matmul(&w, &x[r * 576..(r + 1) * 576], 1, isa);
+                assert_eq!(alone, batch[r * 33..(r + 1) * 33], "{dtype:?} {isa:?} row {r}");
+            }
+        }
     }
 }
 
@@ -118,4 +123,20 @@ fn refuses_unsupported_or_misshapen_input() {
     assert!(PackedMatrix::from_ggml(GgmlDType::Q4K, &[0; 144], 1, 256).is_err());
     assert!(PackedMatrix::from_ggml(GgmlDType::Q8_0, &[0; 33], 1, 32).is_err());
     assert!(PackedMatrix::from_ggml(GgmlDType::Q8_0, &[0; 34], 1, 48).is_err());
+}
+
+#[test]
+fn simd_quantization_matches_portable() {
+    let x = random(64 * 32, 11);
+    for block in x.chunks_exact(32) {
+        let src: &[f32; 32] = block.try_into().expect("block");
+        let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+        let pa = super::portable::quantize_block(src, &mut a);
+        #[cfg(target_arch = "x86_64")]
+        if super::has_avx2() {
+            let pb = super::x86::quantize_block(src, &mut b);
+            assert_eq!((pa, a), (pb, b));
+        }
+        let _ = &mut b;
+    }
 }

@@ -1,7 +1,9 @@
 //! AVX2 + FMA + F16C kernels.
 //!
 //! Each weight block is loaded and unpacked once, then dotted with the same block of up to 8
-//! activation rows (one f32 accumulator register per row). Integer dots follow llama.cpp:
+//! activation rows. Every row accumulates `Σ_blocks (integer dot) · (weight scale · row scale)` in
+//! the same order with fused multiply-adds whether it runs alone or in a group of eight, so a
+//! sequence's logits do not depend on what it is batched with. Integer dots follow llama.cpp:
 //! `maddubs` needs one unsigned operand, so Q8_0 moves the weight's sign onto the activation
 //! (`|w| · sign(x, w)`), and 4/5-bit quants are unsigned already.
 #![expect(
@@ -46,7 +48,12 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, row_end: usize, out_
     }
     ok &= match acts {
         Acts::Float(x) => x.len() == m * k,
-        Acts::Quant(q) => q.qs.len() == m * k && q.d.len() == m * nb && q.s.len() == m * nb,
+        Acts::Quant(q) => {
+            let ok8 = q.d8.len() == m / 8 * 8 * nb && q.s8.len() == q.d8.len();
+            let ok_stride = q.stride >= nb && q.stride.is_multiple_of(8);
+            let ok_d = q.d.len() == m * q.stride && q.s.len() == q.d.len();
+            q.qs.len() == m * k && ok_stride && ok_d && ok8
+        }
     };
     assert!(ok, "packed matmul called with inconsistent buffers");
 }
@@ -83,6 +90,10 @@ unsafe fn group<const R: usize>(w: &PackedMatrix, acts: &Acts<'_>, j: usize, r0:
     // SAFETY: forwarded from `rows_avx2`.
     let sums = unsafe {
         match (w.format, acts) {
+            // Eight rows share one accumulator; see `q8_x8`.
+            (Format::Q8, Acts::Quant(x)) if R == 8 => pad(q8_x8(w, j, x, r0 / 8)),
+            (Format::Q4, Acts::Quant(x)) if R == 8 => pad(q45_x8::<false>(w, j, x, r0 / 8)),
+            (Format::Q5, Acts::Quant(x)) if R == 8 => pad(q45_x8::<true>(w, j, x, r0 / 8)),
             (Format::Q8, Acts::Quant(x)) => q8::<R>(w, j, x, r0),
             (Format::Q4, Acts::Quant(x)) => q45::<R, false>(w, j, x, r0),
             (Format::Q5, Acts::Quant(x)) => q45::<R, true>(w, j, x, r0),
@@ -94,20 +105,42 @@ unsafe fn group<const R: usize>(w: &PackedMatrix, acts: &Acts<'_>, j: usize, r0:
     out.copy_from_slice(&sums);
 }
 
-/// Q8_0 weights · Q8_0 activations.
+/// `v` as `[f32; R]` when `R == 8` (only called then).
+fn pad<const R: usize>(v: [f32; 8]) -> [f32; R] {
+    std::array::from_fn(|i| v.get(i).copied().unwrap_or(f32::NAN))
+}
+
+/// The eight `i32` lanes of each of `p[0..8]` summed: lane `r` of the result is `Σ p[r]`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8<const R: usize>(w: &PackedMatrix, j: usize, x: &QuantActs, r0: usize) -> [f32; R] {
+fn sum8(p: [__m256i; 8]) -> __m256i {
+    let s01 = _mm256_hadd_epi32(p[0], p[1]);
+    let s23 = _mm256_hadd_epi32(p[2], p[3]);
+    let s45 = _mm256_hadd_epi32(p[4], p[5]);
+    let s67 = _mm256_hadd_epi32(p[6], p[7]);
+    // Per 128-bit half: rows 0-3 (and 4-7) each summed over that half's four lanes.
+    let lo = _mm256_hadd_epi32(s01, s23);
+    let hi = _mm256_hadd_epi32(s45, s67);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256(lo, hi, 0x20),
+        _mm256_permute2x128_si256(lo, hi, 0x31),
+    )
+}
+
+/// Q8_0 weights · eight Q8_0 activation rows (group `g`). The eight integer dots of a block are
+/// reduced into one vector and scaled at once, so the rows share one accumulator register
+/// instead of one each (which made the compiler spill).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_x8(w: &PackedMatrix, j: usize, x: &QuantActs, g: usize) -> [f32; 8] {
     let k = w.k;
     let nb = k / BLOCK;
-    // SAFETY: row `j` of the weights and rows `r0..r0 + R` of the activations exist, and the scale
-    // row is padded to a multiple of 8 (checked by `check_sizes`).
+    // SAFETY: as in `q8`; group `g` has 8 rows of quants and `nb × 8` entries of `d8`.
     unsafe {
         let wq = w.qs.as_ptr().add(j * k);
         let wd = w.d.as_ptr().add(j * w.scale_stride);
-        let xq = x.qs.as_ptr().add(r0 * k);
-        let xd = x.d.as_ptr().add(r0 * nb);
+        let xq = x.qs.as_ptr().add(g * 8 * k);
+        let xd = x.d8.as_ptr().add(g * 8 * nb);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc = _mm256_setzero_ps();
         let mut ds = [0f32; 8];
         let mut b = 0;
         while b < nb {
@@ -115,25 +148,126 @@ unsafe fn q8<const R: usize>(w: &PackedMatrix, j: usize, x: &QuantActs, r0: usiz
                 ds.as_mut_ptr(),
                 _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b).cast())),
             );
-            let end = (b + 8).min(nb);
-            for i in b..end {
+            for (t, &dw) in ds.iter().enumerate().take(nb - b) {
+                let i = b + t;
                 let wv = _mm256_loadu_si256(wq.add(i * BLOCK).cast());
                 let aw = _mm256_sign_epi8(wv, wv);
-                let dw = ds[i - b];
-                for (r, a) in acc.iter_mut().enumerate() {
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (r, pr) in p.iter_mut().enumerate() {
                     let xv = _mm256_loadu_si256(xq.add(r * k + i * BLOCK).cast());
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
-                    let scale = _mm256_set1_ps(dw * *xd.add(r * nb + i));
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *a);
+                    *pr = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
                 }
+                let scale = _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(xd.add(i * 8)));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8(p)), scale, acc);
             }
-            b = end;
+            b += 8;
         }
-        acc.map(|a| hsum(a))
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        out
     }
 }
 
-/// Q4_x / Q5_x weights (`d·q + mn`, q unsigned) · Q8_0 activations.
+/// Q4_x / Q5_x weights · eight Q8_0 activation rows (group `g`); see `q8_x8`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45_x8<const FIVE: bool>(w: &PackedMatrix, j: usize, x: &QuantActs, g: usize) -> [f32; 8] {
+    let k = w.k;
+    let nb = k / BLOCK;
+    // SAFETY: as in `q8_x8`; `s8` has the same layout as `d8`.
+    unsafe {
+        let wq = w.qs.as_ptr().add(j * k / 2);
+        let wd = w.d.as_ptr().add(j * w.scale_stride);
+        let wm = w.mn.as_ptr().add(j * w.scale_stride);
+        let xq = x.qs.as_ptr().add(g * 8 * k);
+        let xd = x.d8.as_ptr().add(g * 8 * nb);
+        let xs = x.s8.as_ptr().add(g * 8 * nb);
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(0x0F);
+        let fifth = _mm256_set1_epi8(0x10);
+        let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut ds, mut ms) = ([0f32; 8], [0f32; 8]);
+        let mut b = 0;
+        while b < nb {
+            _mm256_storeu_ps(
+                ds.as_mut_ptr(),
+                _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b).cast())),
+            );
+            _mm256_storeu_ps(
+                ms.as_mut_ptr(),
+                _mm256_cvtph_ps(_mm_loadu_si128(wm.add(b).cast())),
+            );
+            for (t, (&dw, &mw)) in ds.iter().zip(&ms).enumerate().take(nb - b) {
+                let i = b + t;
+                let raw = _mm_loadu_si128(wq.add(i * BLOCK / 2).cast());
+                let mut wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+                if FIVE {
+                    let bits = bytes_from_bits(*w.qh.as_ptr().add(j * nb + i));
+                    wv = _mm256_or_si256(wv, _mm256_and_si256(bits, fifth));
+                }
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (r, pr) in p.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_si256(xq.add(r * k + i * BLOCK).cast());
+                    *pr = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+                }
+                let scale = _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(xd.add(i * 8)));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8(p)), scale, acc);
+                mins = _mm256_fmadd_ps(_mm256_set1_ps(mw), _mm256_loadu_ps(xs.add(i * 8)), mins);
+            }
+            b += 8;
+        }
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, mins));
+        out
+    }
+}
+
+/// Q8_0 weights · Q8_0 activations, for groups of fewer than eight rows.
+///
+/// Eight blocks at a time: their integer dots are reduced into one vector (`sum8`), converted
+/// and scaled together, then added to the row's sum one block at a time with the same fused
+/// multiply-add `q8_x8` does per lane, so results match it bit for bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8<const R: usize>(w: &PackedMatrix, j: usize, x: &QuantActs, r0: usize) -> [f32; R] {
+    let k = w.k;
+    let nb = k / BLOCK;
+    // SAFETY: row `j` of the weights and rows `r0..r0 + R` of the activations exist, and both
+    // scale arrays are padded to a multiple of 8 per row (checked by `check_sizes`).
+    unsafe {
+        let wq = w.qs.as_ptr().add(j * k);
+        let wd = w.d.as_ptr().add(j * w.scale_stride);
+        let xq = x.qs.as_ptr().add(r0 * k);
+        let xd = x.d.as_ptr().add(r0 * x.stride);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [0f32; R];
+        let (mut sums, mut scales) = ([0f32; 8], [0f32; 8]);
+        let mut b = 0;
+        while b < nb {
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b).cast()));
+            let cnt = (nb - b).min(8);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (t, pt) in p.iter_mut().enumerate().take(cnt) {
+                    let i = b + t;
+                    let wv = _mm256_loadu_si256(wq.add(i * BLOCK).cast());
+                    let xv = _mm256_loadu_si256(xq.add(r * k + i * BLOCK).cast());
+                    let sx = _mm256_sign_epi8(xv, wv);
+                    *pt = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), sx), ones);
+                }
+                _mm256_storeu_ps(sums.as_mut_ptr(), _mm256_cvtepi32_ps(sum8(p)));
+                let dx = _mm256_loadu_ps(xd.add(r * x.stride + b));
+                _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(dw, dx));
+                for (s, c) in sums.iter().zip(&scales).take(cnt) {
+                    *a = s.mul_add(*c, *a);
+                }
+            }
+            b += 8;
+        }
+        acc
+    }
+}
+
+/// Q4_x / Q5_x weights (`d·q + mn`, q unsigned) · Q8_0 activations, for groups of fewer than
+/// eight rows; arithmetic as in `q8` (and `q45_x8`).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45<const R: usize, const FIVE: bool>(
     w: &PackedMatrix,
@@ -149,44 +283,45 @@ unsafe fn q45<const R: usize, const FIVE: bool>(
         let wd = w.d.as_ptr().add(j * w.scale_stride);
         let wm = w.mn.as_ptr().add(j * w.scale_stride);
         let xq = x.qs.as_ptr().add(r0 * k);
-        let xd = x.d.as_ptr().add(r0 * nb);
-        let xs = x.s.as_ptr().add(r0 * nb);
+        let xd = x.d.as_ptr().add(r0 * x.stride);
+        let xs = x.s.as_ptr().add(r0 * x.stride);
         let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
         let fifth = _mm256_set1_epi8(0x10);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut mins = [0f32; R];
-        let (mut ds, mut ms) = ([0f32; 8], [0f32; 8]);
+        let (mut acc, mut mins) = ([0f32; R], [0f32; R]);
+        let (mut sums, mut scales, mut ms) = ([0f32; 8], [0f32; 8], [0f32; 8]);
         let mut b = 0;
         while b < nb {
-            _mm256_storeu_ps(
-                ds.as_mut_ptr(),
-                _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b).cast())),
-            );
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b).cast()));
             _mm256_storeu_ps(
                 ms.as_mut_ptr(),
                 _mm256_cvtph_ps(_mm_loadu_si128(wm.add(b).cast())),
             );
-            let end = (b + 8).min(nb);
-            for i in b..end {
-                let raw = _mm_loadu_si128(wq.add(i * BLOCK / 2).cast());
-                let mut wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-                if FIVE {
-                    let bits = bytes_from_bits(*w.qh.as_ptr().add(j * nb + i));
-                    wv = _mm256_or_si256(wv, _mm256_and_si256(bits, fifth));
-                }
-                let (dw, mw) = (ds[i - b], ms[i - b]);
-                for r in 0..R {
+            let cnt = (nb - b).min(8);
+            for r in 0..R {
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (t, pt) in p.iter_mut().enumerate().take(cnt) {
+                    let i = b + t;
+                    let raw = _mm_loadu_si128(wq.add(i * BLOCK / 2).cast());
+                    let mut wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+                    if FIVE {
+                        let bits = bytes_from_bits(*w.qh.as_ptr().add(j * nb + i));
+                        wv = _mm256_or_si256(wv, _mm256_and_si256(bits, fifth));
+                    }
                     let xv = _mm256_loadu_si256(xq.add(r * k + i * BLOCK).cast());
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                    let scale = _mm256_set1_ps(dw * *xd.add(r * nb + i));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r]);
-                    mins[r] += mw * *xs.add(r * nb + i);
+                    *pt = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+                }
+                _mm256_storeu_ps(sums.as_mut_ptr(), _mm256_cvtepi32_ps(sum8(p)));
+                let dx = _mm256_loadu_ps(xd.add(r * x.stride + b));
+                _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(dw, dx));
+                for t in 0..cnt {
+                    acc[r] = sums[t].mul_add(scales[t], acc[r]);
+                    mins[r] = ms[t].mul_add(*xs.add(r * x.stride + b + t), mins[r]);
                 }
             }
-            b = end;
+            b += 8;
         }
-        std::array::from_fn(|r| hsum(acc[r]) + mins[r])
+        std::array::from_fn(|r| acc[r] + mins[r])
     }
 }
 
@@ -231,6 +366,106 @@ unsafe fn float<const R: usize, const BF: bool>(
             }
         }
         sums
+    }
+}
+
+/// Quantizes one block of 32 values to `dst` and returns `(scale, Σ q)`, with the arithmetic of
+/// [`super::QuantActs::new`] (round half to even). Callers must have checked AVX2.
+pub(super) fn quantize_block(src: &[f32; BLOCK], dst: &mut [i8; BLOCK]) -> (f32, i32) {
+    // SAFETY: only reached when `has_avx2()` held (see `QuantActs::new`); both arrays are exactly
+    // one block long.
+    unsafe { quantize_block_avx2(src, dst) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block_avx2(src: &[f32; BLOCK], dst: &mut [i8; BLOCK]) -> (f32, i32) {
+    // SAFETY: four 8-float loads from a 32-float array and one 32-byte store into a 32-byte array.
+    unsafe {
+        let v: [__m256; 4] = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(src.as_ptr().add(o)));
+        let abs = _mm256_set1_ps(-0.0);
+        let mut amax = _mm256_andnot_ps(abs, v[0]);
+        for x in &v[1..] {
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(abs, *x));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        let scale = _mm_cvtss_f32(m4) / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let q: [__m256i; 4] = v.map(|x| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(x, inv),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        // Pack 32 i32 → 32 i8; the packs work per 128-bit half, so restore the order after.
+        let w16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let bytes = _mm256_permutevar8x32_epi32(w16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(dst.as_mut_ptr().cast(), bytes);
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        let s4 = _mm_hadd_epi32(s4, s4);
+        let s4 = _mm_hadd_epi32(s4, s4);
+        (scale, _mm_cvtsi128_si32(s4))
+    }
+}
+
+/// `a · b` over `min(len)` values. Callers must have checked AVX2.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    // SAFETY: features asserted; `dot_avx2` reads only below `min(a.len(), b.len())`.
+    unsafe { dot_avx2(a, b) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let n16 = n / 16 * 16;
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: `i + 16 <= n16 <= n` for every load.
+    unsafe {
+        while i < n16 {
+            s0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                s0,
+            );
+            let (a1, b1) = (a.as_ptr().add(i + 8), b.as_ptr().add(i + 8));
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a1), _mm256_loadu_ps(b1), s1);
+            i += 16;
+        }
+    }
+    let tail: f32 = a[n16..n].iter().zip(&b[n16..n]).map(|(x, y)| x * y).sum();
+    hsum(_mm256_add_ps(s0, s1)) + tail
+}
+
+/// `y += a · x` over `min(len)` values. Callers must have checked AVX2.
+pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    // SAFETY: features asserted; `axpy_avx2` touches only indices below `min(y.len(), x.len())`.
+    unsafe { axpy_avx2(y, a, x) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let n8 = n / 8 * 8;
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    // SAFETY: `i + 8 <= n8 <= n` for every load and store.
+    unsafe {
+        while i < n8 {
+            let yp = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                yp,
+                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+            );
+            i += 8;
+        }
+    }
+    for (d, &s) in y[n8..n].iter_mut().zip(&x[n8..n]) {
+        *d = a.mul_add(s, *d);
     }
 }
 

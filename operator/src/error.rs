@@ -31,11 +31,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// The model's size is unknown, so nothing can be sized.
+    /// The model's size is unknown, so nothing can be sized: `spec.model.parameters` is unset and
+    /// the model's name in the source carries no count.
     #[error(
-        "spec.model.parameters is not set; set the parameter count (such as \"135M\") so the weights can be sized"
+        "cannot size the model: spec.model.parameters is not set and the source {0:?} names no \
+         parameter count; set spec.model.parameters (such as \"135M\" or \"8B\")"
     )]
-    ModelSizeUnknown,
+    ModelSizeUnknown(String),
 
     /// The spec passed the schema but cannot be used.
     #[error("invalid spec: {0}")]
@@ -61,7 +63,7 @@ impl Error {
             Self::UnknownHardwareClass(_) => "unknown_hardware_class",
             Self::NoHardwareClass => "no_hardware_class",
             Self::InvalidHardwareClass { .. } => "invalid_hardware_class",
-            Self::ModelSizeUnknown => "model_size_unknown",
+            Self::ModelSizeUnknown(_) => "model_size_unknown",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::NoFeasibleVariant(_) => "no_feasible_variant",
             Self::Kube(_) => "kube_api",
@@ -76,7 +78,7 @@ impl Error {
             Self::UnknownHardwareClass(_) => "UnknownHardwareClass",
             Self::NoHardwareClass => "NoHardwareClass",
             Self::InvalidHardwareClass { .. } => "InvalidHardwareClass",
-            Self::ModelSizeUnknown => "ModelSizeUnknown",
+            Self::ModelSizeUnknown(_) => "ModelSizeUnknown",
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::NoFeasibleVariant(_) => "NoFeasibleVariant",
             Self::Kube(_) => "KubernetesApiError",

@@ -38,6 +38,9 @@ use crate::{
     metrics::Metrics,
 };
 
+/// Default bound on reconciles in flight.
+pub const DEFAULT_CONCURRENCY: u16 = 0;
+
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -49,6 +52,9 @@ pub struct Config {
     pub instance: Option<String>,
     /// Periodic re-check of each object.
     pub resync: Duration,
+    /// Most reconciles running at once (0: unbounded). Each runs a few API calls; the bound keeps
+    /// a burst of changes from opening one connection per object.
+    pub concurrency: u16,
 }
 
 impl Default for Config {
@@ -62,6 +68,7 @@ impl Default for Config {
             namespace: None,
             instance: None,
             resync: Duration::from_secs(300),
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -75,9 +82,19 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<InferenceService>>, u32>>,
 }
 
-/// Runs the controller until the stream ends (it does not on its own; drop or abort the future
-/// to stop). Fails at once when the CRDs are not installed.
+/// Runs the controller until the future is dropped. Fails at once when the CRDs are not installed.
 pub async fn run(client: Client, config: Config, metrics: Metrics) -> anyhow::Result<()> {
+    run_until(client, config, metrics, std::future::pending()).await
+}
+
+/// Runs the controller until `shutdown` resolves, then lets reconciles in flight finish and
+/// returns. Fails at once when the CRDs are not installed.
+pub async fn run_until(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     crate::crd::check_installed(&client).await?;
     let isvcs: Api<DeserializeGuard<InferenceService>> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -113,11 +130,14 @@ pub async fn run(client: Client, config: Config, metrics: Metrics) -> anyhow::Re
         failures: Mutex::default(),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=bitscale-operator");
+    let concurrency = ctx.config.concurrency;
     Controller::new(isvcs, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .owns(deployments, managed.clone())
         .owns(services, managed.clone())
         .owns(pdbs, managed)
         .reconcile_all_on(class_changes)
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {

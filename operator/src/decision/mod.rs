@@ -2,7 +2,8 @@
 //! InferenceService, with how many replicas, and why. Pure: no client, no clock.
 //!
 //! For each candidate: does it fit in memory, is its quality within budget, does the roofline
-//! estimate meet the latency SLO, how many replicas does the demand need? The cheapest feasible
+//! estimate meet the latency SLO, how many replicas does the demand need? The roofline uses the
+//! per-device efficiencies in [`priors::efficiency`], calibrated against the engine's measurements. The cheapest feasible
 //! candidate wins; every other candidate is listed with the reason it lost.
 
 pub mod priors;
@@ -38,6 +39,8 @@ pub struct Inputs {
     pub demand: Option<f64>,
     /// Typical prompt length in tokens.
     pub prompt_tokens: i32,
+    /// Typical number of generated tokens per request.
+    pub completion_tokens: i32,
     /// Replica bounds.
     pub min_replicas: i32,
     /// Replica bounds.
@@ -216,19 +219,27 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
     let memory = weights + kv_pool + scratch + OVERHEAD_BYTES;
     let quality_loss = (quality_loss_prior(level) - best_loss).max(0.0);
 
-    // Roofline: a decode step streams the weights once and each sequence's KV cache.
-    let bandwidth = class.bandwidth * BANDWIDTH_EFFICIENCY;
-    let kv_tokens = f64::from(inputs.prompt_tokens.min(inputs.context_length)) + 128.0;
-    let step = |m: i32| (weights + f64::from(m) * kv_tokens * kv_per_token) / bandwidth;
+    // Roofline: a decode step of m sequences streams the weights (once if the batch shares the
+    // reads, m times if not) and each sequence's KV cache, on average half-way through its reply.
+    let efficiency = efficiency(class.device);
+    let bandwidth = class.bandwidth * efficiency.bandwidth;
+    let kv_tokens = f64::from(
+        (inputs.prompt_tokens + inputs.completion_tokens / 2).min(inputs.context_length),
+    );
+    let weight_reads = |m: i32| 1.0 + f64::from(m - 1) * (1.0 - efficiency.weight_reuse);
+    let step = |m: i32| (weights * weight_reads(m) + f64::from(m) * kv_tokens * kv_per_token) / bandwidth;
     let itl_limit = inputs.itl_slo.map(|d| d.as_secs_f64());
     let batch = (1..=inputs.max_running.max(1))
         .rev()
         .find(|m| itl_limit.is_none_or(|limit| step(*m) <= limit))
         .unwrap_or(1);
     let itl = step(batch);
-    let capacity = f64::from(batch) / itl;
     let prefill_flops = 2.0 * inputs.parameters * f64::from(inputs.prompt_tokens);
-    let prefill = (prefill_flops / (class.flops * COMPUTE_EFFICIENCY)).max(weights / bandwidth);
+    let prefill = (prefill_flops / (class.flops * efficiency.compute)).max(weights / bandwidth);
+    // Prompts are computed on the same replica: every `completion_tokens` generated tokens also
+    // cost one prefill, during which the batch does not advance.
+    let decode_seconds_per_token = itl / f64::from(batch);
+    let capacity = 1.0 / (decode_seconds_per_token + prefill / f64::from(inputs.completion_tokens.max(1)));
     // A new request waits for the step in flight, then its prefill runs.
     let ttft = prefill + itl;
 

@@ -47,6 +47,10 @@ pub enum Error {
     #[error("{0}")]
     NoFeasibleVariant(#[from] NoFeasibleVariant),
 
+    /// The operator's cache of a kind stopped (its watch ended); the operator is shutting down.
+    #[error("the {0} cache is unavailable")]
+    CacheUnavailable(&'static str),
+
     /// A call to the Kubernetes API failed.
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
@@ -66,6 +70,7 @@ impl Error {
             Self::ModelSizeUnknown(_) => "model_size_unknown",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::NoFeasibleVariant(_) => "no_feasible_variant",
+            Self::CacheUnavailable(_) => "cache_unavailable",
             Self::Kube(_) => "kube_api",
         }
     }
@@ -81,6 +86,7 @@ impl Error {
             Self::ModelSizeUnknown(_) => "ModelSizeUnknown",
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::NoFeasibleVariant(_) => "NoFeasibleVariant",
+            Self::CacheUnavailable(_) => "CacheUnavailable",
             Self::Kube(_) => "KubernetesApiError",
         }
     }
@@ -89,6 +95,7 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Kube(e) => matches!(e, kube::Error::Api(s) if s.code == 422 || s.code == 400),
+            Self::CacheUnavailable(_) => false,
             _ => true,
         }
     }

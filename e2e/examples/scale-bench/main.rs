@@ -1,6 +1,6 @@
 //! `scale-bench`: the operator at N InferenceServices against the local control plane.
 //!
-//! Starts (or reuses) the local cluster, installs the CRDs and one HardwareClass, runs the
+//! Uses the running local cluster, installs the CRDs and one HardwareClass, runs the
 //! release-built operator binary as a host process watching a fresh namespace, applies N
 //! InferenceServices at once (server-side apply, `--apply-concurrency` in flight), and measures:
 //!
@@ -12,8 +12,10 @@
 //! Prints one JSON document on stdout; progress goes to stderr.
 //!
 //! ```sh
+//! cargo run -p bitscale-e2e -- up        # not under the benchmark lock: the daemons would keep it
 //! cargo build --release -p bitscale-operator
-//! cargo run --release -p bitscale-e2e --example scale-bench -- --count 1000
+//! cargo build --release -p bitscale-e2e --example scale-bench
+//! flock /tmp/bitscale-bench.lock target/release/examples/scale-bench --count 1000
 //! ```
 
 mod operator;
@@ -26,7 +28,7 @@ use std::{
 
 use anyhow::Context as _;
 use bitscale_api::v1alpha1::{HardwareClass, InferenceService};
-use bitscale_e2e::{Cluster, PodSecurity, TestNamespace};
+use bitscale_e2e::{Cluster, Layout, PodSecurity, TestNamespace};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -85,7 +87,14 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => operator::default_binary()?,
     };
-    let cluster = Cluster::shared().await?;
+    // Never start the cluster from here: the benchmark runs under `flock`, and the detached
+    // control-plane daemons would inherit the lock's descriptor and hold it until `down`.
+    let cluster = Cluster::at(Layout::from_env()?);
+    anyhow::ensure!(
+        cluster.is_running().await,
+        "the local cluster is not running; start it first (outside any benchmark lock) with \
+         `cargo run -p bitscale-e2e -- up`"
+    );
     let client = cluster.client().await?;
     install_crds(&client).await?;
     apply(&Api::<HardwareClass>::all(client.clone()), CLASS, &class()).await?;
@@ -113,7 +122,7 @@ async fn run(
     namespace: &str,
     operator_bin: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
-    let mut operator = operator::Operator::start(operator_bin, cluster, namespace, &args.operator_args).await?;
+    let operator = operator::Operator::start(operator_bin, cluster, namespace, &args.operator_args).await?;
     let tracker = tracker::Tracker::start(client, namespace, args.count);
     let sampler = operator.sample_memory(Duration::from_millis(250));
 
@@ -240,9 +249,14 @@ fn machine() -> serde_json::Value {
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned());
+    // Other work on the machine skews every figure; the load average says how much there was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned));
     json!({
         "cpu": model,
         "cpus": std::thread::available_parallelism().map(usize::from).ok(),
+        "load_average_1m_at_end": load,
     })
 }
 

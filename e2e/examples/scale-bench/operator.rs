@@ -56,7 +56,10 @@ impl Operator {
             .env("BITSCALE_WATCH_NAMESPACE", namespace)
             .env("BITSCALE_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("BITSCALE_LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

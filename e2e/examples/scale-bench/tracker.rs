@@ -146,7 +146,13 @@ fn watch<K>(
     milestones: fn(&K) -> Vec<&'static str>,
 ) -> JoinHandle<()>
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let state = state.clone();

@@ -123,6 +123,8 @@ struct Candidate {
     replicas: i32,
     cost_per_hour: f64,
     cost_per_million: f64,
+    // One replica's price per million tokens when it runs at its planned utilisation.
+    cost_per_million_at_capacity: f64,
     excluded: Option<Exclusion>,
 }
 
@@ -144,10 +146,13 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
         .flat_map(|class| inputs.levels.iter().map(move |level| (class, *level)))
         .map(|(class, level)| evaluate(inputs, class, level, best_loss))
         .collect();
+    // At zero replicas every candidate costs nothing; the price of a token at full load then
+    // decides which variant starts when demand arrives.
     candidates.sort_by(|a, b| {
         a.cost_per_hour
             .total_cmp(&b.cost_per_hour)
             .then(a.cost_per_million.total_cmp(&b.cost_per_million))
+            .then(a.cost_per_million_at_capacity.total_cmp(&b.cost_per_million_at_capacity))
             .then(a.estimate.quality_loss.total_cmp(&b.estimate.quality_loss))
             .then(a.variant.cmp(&b.variant))
     });
@@ -288,6 +293,8 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
         0.0
     };
 
+    let cost_per_million_at_capacity = class.cost_per_hour / (capacity * TARGET_UTILISATION * 3600.0) * 1e6;
+
     let excluded = if !memory_ok {
         Some(Exclusion::Memory(memory_reason))
     } else if !inputs.pinned && quality_loss > inputs.max_quality_loss + 1e-12 {
@@ -327,6 +334,7 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
         replicas,
         cost_per_hour,
         cost_per_million,
+        cost_per_million_at_capacity,
         excluded,
     }
 }
@@ -345,6 +353,14 @@ fn lost_to(loser: &Candidate, winner: &Candidate) -> String {
             "same cost per hour, but ${:.4} per 1M tokens against ${:.4} ({:.1} against {:.1} tok/s per replica)",
             loser.cost_per_million,
             winner.cost_per_million,
+            loser.estimate.tokens_per_second,
+            winner.estimate.tokens_per_second
+        )
+    } else if loser.cost_per_million_at_capacity > winner.cost_per_million_at_capacity + 1e-9 {
+        format!(
+            "same cost now, but ${:.4} per 1M tokens at capacity against ${:.4} ({:.1} against {:.1} tok/s per replica)",
+            loser.cost_per_million_at_capacity,
+            winner.cost_per_million_at_capacity,
             loser.estimate.tokens_per_second,
             winner.estimate.tokens_per_second
         )

@@ -55,11 +55,7 @@ fn start(client: &Client, namespace: &str, identity: &str) -> Instance {
             .await
         }
     });
-    Instance {
-        metrics,
-        stop,
-        task,
-    }
+    Instance { metrics, stop, task }
 }
 
 async fn await_holder(client: &Client, namespace: &str, identity: &str) -> anyhow::Result<Instant> {

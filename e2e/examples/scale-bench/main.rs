@@ -148,7 +148,11 @@ async fn run(
     let busy_cpu = operator.cpu_seconds()?;
     eprintln!(
         "scale-bench: {} after {:.1}s; {busy_reconciles} reconciles so far; idling {}s",
-        if milestones.complete() { "converged" } else { "timed out" },
+        if milestones.complete() {
+            "converged"
+        } else {
+            "timed out"
+        },
         converged.as_secs_f64(),
         args.idle.as_secs()
     );

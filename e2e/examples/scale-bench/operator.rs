@@ -41,10 +41,16 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator watching `namespace`, logging to `<cluster state>/logs/scale-bench-operator.log`,
     /// and waits until its `/healthz` answers.
-    pub async fn start(binary: &Path, cluster: &Cluster, namespace: &str, extra: &[String]) -> anyhow::Result<Self> {
+    pub async fn start(
+        binary: &Path,
+        cluster: &Cluster,
+        namespace: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log_path = cluster.state_dir().join("logs").join("scale-bench-operator.log");
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         eprintln!(
             "scale-bench: starting {} (log {})",
             binary.display(),
@@ -81,7 +87,13 @@ impl Operator {
             if let Some(status) = operator.child.try_wait()? {
                 anyhow::bail!("the operator exited with {status}; see {}", log_path.display());
             }
-            if operator.http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            if operator
+                .http
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return Ok(operator);
             }
             anyhow::ensure!(
@@ -141,7 +153,10 @@ impl Operator {
     pub async fn errors(&self) -> anyhow::Result<serde_json::Value> {
         let text = self.metrics().await?;
         let mut errors = serde_json::Map::new();
-        for line in text.lines().filter(|l| l.starts_with("bitscale_operator_reconcile_errors_total{")) {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("bitscale_operator_reconcile_errors_total{"))
+        {
             if let (Some(category), Some(value)) = (
                 line.split('"').nth(1),
                 line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),

@@ -44,34 +44,31 @@ impl Tracker {
     /// Starts watching before anything is applied, so no milestone is missed.
     pub fn start(client: &Client, namespace: &str, target: usize) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        let tasks = vec![
-            watch::<Deployment>(client, namespace, &state, target, |_| vec!["deployments"]),
-            watch::<Service>(client, namespace, &state, target, |_| vec!["services"]),
-            watch::<PodDisruptionBudget>(client, namespace, &state, target, |_| {
-                vec!["pod_disruption_budgets"]
-            }),
-            watch::<InferenceService>(client, namespace, &state, target, |isvc| {
-                let generation = isvc.metadata.generation;
-                let Some(status) = isvc.status.as_ref() else {
-                    return vec![];
-                };
-                let mut hit = Vec::new();
-                if status.observed_generation == generation && status.decision.is_some() {
-                    hit.push("statuses_written");
-                }
-                if status.conditions.iter().any(|c| {
-                    c.type_ == "Ready" && c.status == "True" && c.observed_generation == generation
-                }) {
-                    hit.push("ready");
-                }
-                hit
-            }),
-        ];
-        Self {
-            state,
-            target,
-            tasks,
-        }
+        let tasks =
+            vec![
+                watch::<Deployment>(client, namespace, &state, target, |_| vec!["deployments"]),
+                watch::<Service>(client, namespace, &state, target, |_| vec!["services"]),
+                watch::<PodDisruptionBudget>(client, namespace, &state, target, |_| {
+                    vec!["pod_disruption_budgets"]
+                }),
+                watch::<InferenceService>(client, namespace, &state, target, |isvc| {
+                    let generation = isvc.metadata.generation;
+                    let Some(status) = isvc.status.as_ref() else {
+                        return vec![];
+                    };
+                    let mut hit = Vec::new();
+                    if status.observed_generation == generation && status.decision.is_some() {
+                        hit.push("statuses_written");
+                    }
+                    if status.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.status == "True" && c.observed_generation == generation
+                    }) {
+                        hit.push("ready");
+                    }
+                    hit
+                }),
+            ];
+        Self { state, target, tasks }
     }
 
     /// Waits until every milestone is reached or `timeout` after `started` passes.

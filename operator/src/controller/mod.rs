@@ -129,7 +129,10 @@ pub async fn run_until(
     let (classes, class_writer) = reflector::store();
     let class_changes = reflector(
         class_writer,
-        watcher(Api::<HardwareClass>::all(client.clone()), watcher::Config::default()),
+        watcher(
+            Api::<HardwareClass>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects()

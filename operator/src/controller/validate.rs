@@ -300,10 +300,7 @@ mod tests {
         let err = validate(&isvc, &[cpu_class()]).expect_err("no size anywhere");
         assert!(matches!(err, Error::ModelSizeUnknown(_)));
         assert!(err.is_permanent());
-        assert!(
-            err.to_string().contains("set spec.model.parameters"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("set spec.model.parameters"), "{err}");
         assert!(matches!(validate(&smol(), &[]), Err(Error::NoHardwareClass)));
 
         let mut isvc = smol();

@@ -123,7 +123,8 @@ struct Candidate {
     replicas: i32,
     cost_per_hour: f64,
     cost_per_million: f64,
-    // One replica's price per million tokens when it runs at its planned utilisation.
+    // One replica's price per hour, and per million tokens at its planned utilisation.
+    replica_cost_per_hour: f64,
     cost_per_million_at_capacity: f64,
     excluded: Option<Exclusion>,
 }
@@ -146,13 +147,17 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
         .flat_map(|class| inputs.levels.iter().map(move |level| (class, *level)))
         .map(|(class, level)| evaluate(inputs, class, level, best_loss))
         .collect();
-    // At zero replicas every candidate costs nothing; the price of a token at full load then
-    // decides which variant starts when demand arrives.
+    // At zero replicas every candidate costs nothing; what the first replica would cost, then
+    // the price of a token at full load, decide which variant starts when demand arrives.
     candidates.sort_by(|a, b| {
         a.cost_per_hour
             .total_cmp(&b.cost_per_hour)
             .then(a.cost_per_million.total_cmp(&b.cost_per_million))
-            .then(a.cost_per_million_at_capacity.total_cmp(&b.cost_per_million_at_capacity))
+            .then(a.replica_cost_per_hour.total_cmp(&b.replica_cost_per_hour))
+            .then(
+                a.cost_per_million_at_capacity
+                    .total_cmp(&b.cost_per_million_at_capacity),
+            )
             .then(a.estimate.quality_loss.total_cmp(&b.estimate.quality_loss))
             .then(a.variant.cmp(&b.variant))
     });
@@ -228,9 +233,8 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
     // reads, m times if not) and each sequence's KV cache, on average half-way through its reply.
     let efficiency = efficiency(class.device);
     let bandwidth = class.bandwidth * efficiency.bandwidth;
-    let kv_tokens = f64::from(
-        (inputs.prompt_tokens + inputs.completion_tokens / 2).min(inputs.context_length),
-    );
+    let kv_tokens =
+        f64::from((inputs.prompt_tokens + inputs.completion_tokens / 2).min(inputs.context_length));
     let weight_reads = |m: i32| 1.0 + f64::from(m - 1) * (1.0 - efficiency.weight_reuse);
     let step = |m: i32| (weights * weight_reads(m) + f64::from(m) * kv_tokens * kv_per_token) / bandwidth;
     let itl_limit = inputs.itl_slo.map(|d| d.as_secs_f64());
@@ -334,6 +338,7 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
         replicas,
         cost_per_hour,
         cost_per_million,
+        replica_cost_per_hour: class.cost_per_hour,
         cost_per_million_at_capacity,
         excluded,
     }
@@ -355,6 +360,11 @@ fn lost_to(loser: &Candidate, winner: &Candidate) -> String {
             winner.cost_per_million,
             loser.estimate.tokens_per_second,
             winner.estimate.tokens_per_second
+        )
+    } else if loser.replica_cost_per_hour > winner.replica_cost_per_hour + 1e-9 {
+        format!(
+            "same cost now, but a replica costs ${:.4}/h against ${:.4}/h",
+            loser.replica_cost_per_hour, winner.replica_cost_per_hour
         )
     } else if loser.cost_per_million_at_capacity > winner.cost_per_million_at_capacity + 1e-9 {
         format!(

@@ -298,7 +298,11 @@ fn batching_pays_only_where_the_device_shares_weight_reads() {
             classes: vec![class],
             ..smol()
         };
-        decide(&inputs).expect("feasible").decision.estimate.tokens_per_second
+        decide(&inputs)
+            .expect("feasible")
+            .decision
+            .estimate
+            .tokens_per_second
     };
     let cpu_gain = capacity(cpu(), 8) / capacity(cpu(), 1);
     let gpu_gain = capacity(gpu(), 8) / capacity(gpu(), 1);

@@ -90,8 +90,8 @@ async fn create_and_await_ready(client: &Client, namespace: &str, name: &str) ->
     Ok(())
 }
 
-fn reconciles(instance: &Instance) -> u64 {
-    instance.metrics.reconciles.get()
+fn reconciles(metrics: &Metrics) -> u64 {
+    metrics.reconciles.get()
 }
 
 #[tokio::test]
@@ -108,16 +108,21 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_on_release() -> any
     let b = start(&client, &ns.name, "operator-b");
 
     create_and_await_ready(&client, &ns.name, "first").await?;
-    assert!(reconciles(&a) > 0, "the leader reconciled");
-    assert_eq!(reconciles(&b), 0, "the standby must not reconcile");
+    assert!(reconciles(&a.metrics) > 0, "the leader reconciled");
+    assert_eq!(reconciles(&b.metrics), 0, "the standby must not reconcile");
     // The standby has tried (and failed) to take the lease by now; the holder is unchanged.
     await_holder(&client, &ns.name, "operator-a").await?;
 
     // A clean stop releases the lease: the standby need not wait for it to expire.
     let stopped = Instant::now();
-    let _ = a.stop.send(());
-    a.task.await??;
-    let a_final = reconciles(&a);
+    let Instance {
+        metrics: a_metrics,
+        stop,
+        task,
+    } = a;
+    let _ = stop.send(());
+    task.await??;
+    let a_final = reconciles(&a_metrics);
     let taken_over = await_holder(&client, &ns.name, "operator-b").await?;
     let handover = taken_over - stopped;
     assert!(
@@ -126,8 +131,8 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_on_release() -> any
     );
 
     create_and_await_ready(&client, &ns.name, "second").await?;
-    assert!(reconciles(&b) > 0, "the new leader reconciles");
-    assert_eq!(reconciles(&a), a_final, "the stopped leader does nothing");
+    assert!(reconciles(&b.metrics) > 0, "the new leader reconciles");
+    assert_eq!(reconciles(&a_metrics), a_final, "the stopped leader does nothing");
 
     let _ = b.stop.send(());
     b.task.await??;
@@ -160,7 +165,7 @@ async fn a_standby_takes_over_once_a_crashed_leaders_lease_expires() -> anyhow::
     );
 
     create_and_await_ready(&client, &ns.name, "after-crash").await?;
-    assert!(reconciles(&b) > 0, "the new leader reconciles");
+    assert!(reconciles(&b.metrics) > 0, "the new leader reconciles");
 
     let _ = b.stop.send(());
     b.task.await??;

@@ -189,9 +189,42 @@ async fn invalid_manifests_are_refused_with_the_field_named() -> anyhow::Result<
             with(valid_class(), "/spec/device", json!("cuda")),
             "spec.resources.accelerator",
         ),
-        // Not here: a malformed memoryBandwidth string. The pattern sits inside the
-        // int-or-string anyOf, which the API server does not enforce; the operator reports it
-        // as InvalidHardwareClass instead.
+        (
+            "malformed memoryBandwidth",
+            false,
+            with(valid_class(), "/spec/memoryBandwidth", json!("fast")),
+            "spec.memoryBandwidth",
+        ),
+        (
+            "memoryBandwidth with an unknown unit",
+            false,
+            with(valid_class(), "/spec/memoryBandwidth", json!("15GB/h")),
+            "spec.memoryBandwidth",
+        ),
+        (
+            "zero memoryBandwidth",
+            false,
+            with(valid_class(), "/spec/memoryBandwidth", json!(0)),
+            "spec.memoryBandwidth",
+        ),
+        (
+            "memoryBandwidth neither number nor string",
+            false,
+            with(valid_class(), "/spec/memoryBandwidth", json!(true)),
+            "spec.memoryBandwidth",
+        ),
+        (
+            "malformed peakFlops",
+            false,
+            with(valid_class(), "/spec/peakFlops", json!("lots")),
+            "spec.peakFlops",
+        ),
+        (
+            "negative peakFlops",
+            false,
+            with(valid_class(), "/spec/peakFlops", json!(-5)),
+            "spec.peakFlops",
+        ),
     ];
 
     // A class left by an interrupted earlier run would make "already exists" the refusal.
@@ -218,15 +251,31 @@ async fn invalid_manifests_are_refused_with_the_field_named() -> anyhow::Result<
         failures.join("\n")
     );
 
-    // The valid base manifests are accepted, so the refusals above are about the one bad field.
+    // The valid base manifests are accepted, so the refusals above are about the one bad field;
+    // so are the other spellings of a rate.
     isvcs
         .create(&PostParams::default(), &serde_json::from_value(valid_isvc())?)
         .await?;
-    let class = classes
-        .create(&PostParams::default(), &serde_json::from_value(valid_class())?)
-        .await;
-    let _ = classes.delete("bad-class", &Default::default()).await;
-    class?;
+    for (bandwidth, flops) in [
+        (json!("10GB/s"), json!("200G")),
+        (json!("900GiB/s"), json!("20TFLOP/s")),
+        (json!(15_000_000_000u64), json!(200_000_000_000u64)),
+    ] {
+        let manifest = with(
+            with(valid_class(), "/spec/memoryBandwidth", bandwidth.clone()),
+            "/spec/peakFlops",
+            flops.clone(),
+        );
+        let class = classes
+            .create(&PostParams::default(), &serde_json::from_value(manifest)?)
+            .await;
+        let _ = classes.delete("bad-class", &Default::default()).await;
+        if let Err(error) = class {
+            anyhow::bail!("memoryBandwidth {bandwidth} with peakFlops {flops} refused: {error}");
+        }
+        // The next create must not see the deleted class still terminating.
+        bitscale_e2e::await_deleted(classes.clone(), "bad-class", TIMEOUT).await?;
+    }
     ns.delete().await?;
     Ok(())
 }

@@ -31,11 +31,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// The model's size is unknown, so nothing can be sized.
+    /// The model's size is unknown, so nothing can be sized: `spec.model.parameters` is unset and
+    /// the model's name in the source carries no count.
     #[error(
-        "spec.model.parameters is not set; set the parameter count (such as \"135M\") so the weights can be sized"
+        "cannot size the model: spec.model.parameters is not set and the source {0:?} names no \
+         parameter count; set spec.model.parameters (such as \"135M\" or \"8B\")"
     )]
-    ModelSizeUnknown,
+    ModelSizeUnknown(String),
 
     /// The spec passed the schema but cannot be used.
     #[error("invalid spec: {0}")]
@@ -44,6 +46,10 @@ pub enum Error {
     /// No variant fits, meets the quality budget and the SLO.
     #[error("{0}")]
     NoFeasibleVariant(#[from] NoFeasibleVariant),
+
+    /// The operator's cache of a kind stopped (its watch ended); the operator is shutting down.
+    #[error("the {0} cache is unavailable")]
+    CacheUnavailable(&'static str),
 
     /// A call to the Kubernetes API failed.
     #[error("Kubernetes API call failed: {0}")]
@@ -61,9 +67,10 @@ impl Error {
             Self::UnknownHardwareClass(_) => "unknown_hardware_class",
             Self::NoHardwareClass => "no_hardware_class",
             Self::InvalidHardwareClass { .. } => "invalid_hardware_class",
-            Self::ModelSizeUnknown => "model_size_unknown",
+            Self::ModelSizeUnknown(_) => "model_size_unknown",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::NoFeasibleVariant(_) => "no_feasible_variant",
+            Self::CacheUnavailable(_) => "cache_unavailable",
             Self::Kube(_) => "kube_api",
         }
     }
@@ -76,9 +83,10 @@ impl Error {
             Self::UnknownHardwareClass(_) => "UnknownHardwareClass",
             Self::NoHardwareClass => "NoHardwareClass",
             Self::InvalidHardwareClass { .. } => "InvalidHardwareClass",
-            Self::ModelSizeUnknown => "ModelSizeUnknown",
+            Self::ModelSizeUnknown(_) => "ModelSizeUnknown",
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::NoFeasibleVariant(_) => "NoFeasibleVariant",
+            Self::CacheUnavailable(_) => "CacheUnavailable",
             Self::Kube(_) => "KubernetesApiError",
         }
     }
@@ -87,6 +95,7 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Kube(e) => matches!(e, kube::Error::Api(s) if s.code == 422 || s.code == 400),
+            Self::CacheUnavailable(_) => false,
             _ => true,
         }
     }

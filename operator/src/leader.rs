@@ -1,8 +1,10 @@
 //! Leader election on a coordination.k8s.io Lease, so two operator replicas can run and only one
 //! reconciles. Hand-rolled: acquire when the lease is free or expired, renew every `renew`,
-//! and stop (the caller exits) when renewal fails or another holder took the lease.
+//! and stop (the caller exits) when renewal fails or another holder took the lease. On a clean
+//! shutdown the leader releases the lease, so a standby takes over within one `renew` instead of
+//! waiting out `duration`.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -27,6 +29,43 @@ pub struct LeaseConfig {
     pub duration: Duration,
     /// How often the holder renews.
     pub renew: Duration,
+}
+
+/// Waits for the lease (or `shutdown`), runs the controller while holding it, and releases it
+/// when `shutdown` resolves. Fails when leadership is lost: the caller should exit, as a restart
+/// is the simplest way to drop every cached decision of a former leader.
+pub async fn run_as_leader(
+    client: Client,
+    controller: crate::Config,
+    metrics: crate::metrics::Metrics,
+    lease: &LeaseConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    // One trigger for both phases: waiting for the lease, and running.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let trigger = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    tokio::select! {
+        result = acquire(&client, lease) => result?,
+        () = until_stopped(stopped.clone()) => {
+            trigger.abort();
+            return Ok(());
+        }
+    }
+    let result = tokio::select! {
+        result = crate::run_until(client.clone(), controller, metrics, until_stopped(stopped)) => result,
+        error = hold(&client, lease) => Err(error),
+    };
+    trigger.abort();
+    if let Err(error) = release(&client, lease).await {
+        tracing::warn!(%error, "could not release the lease; a standby takes over once it expires");
+    }
+    result
 }
 
 /// Waits until this replica holds the lease.
@@ -60,6 +99,27 @@ pub async fn hold(client: &Client, config: &LeaseConfig) -> anyhow::Error {
             Err(error) => return error.context("could not renew the lease before it expired"),
         }
     }
+}
+
+/// Gives the lease up if this replica holds it, so a standby need not wait for it to expire.
+pub async fn release(client: &Client, config: &LeaseConfig) -> anyhow::Result<()> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    // As client-go's ReleaseOnCancel does: no holder, and a lease that expires at once.
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    api.replace(&config.name, &PostParams::default(), &lease).await?;
+    tracing::info!(lease = %config.name, identity = %config.identity, "released the lease");
+    Ok(())
 }
 
 // Takes or renews the lease if it is ours, free or expired. Conflicts (someone else wrote first)

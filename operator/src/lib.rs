@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod shutdown;
 
-pub use controller::{Config, run};
+pub use controller::{Config, run, run_until};
 pub use error::{Error, Result};

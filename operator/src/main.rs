@@ -1,4 +1,5 @@
-//! The operator binary: logging, leader election, `/metrics` + `/healthz`, and the controller.
+//! The operator binary: logging, leader election, `/metrics` + `/healthz`, and the controller,
+//! until SIGTERM or Ctrl-C.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -38,6 +39,9 @@ struct Args {
     /// This replica's identity (usually the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Most reconciles in flight at once (0: unbounded).
+    #[arg(long, env = "BITSCALE_CONCURRENCY", default_value_t = bitscale_operator::controller::DEFAULT_CONCURRENCY)]
+    concurrency: u16,
     /// Log format.
     #[arg(long, env = "BITSCALE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         },
         namespace: args.watch_namespace,
         instance: Some(identity.clone()),
+        concurrency: args.concurrency,
         ..Config::default()
     };
 
@@ -74,30 +79,25 @@ async fn main() -> anyhow::Result<()> {
     // Refuse to start without CRDs, before waiting for leadership.
     bitscale_operator::crd::check_installed(&client).await?;
 
-    let lease = LeaseConfig {
-        namespace: args.lease_namespace,
-        name: args.lease_name,
-        identity,
-        duration: Duration::from_secs(15),
-        renew: Duration::from_secs(5),
-    };
-    if args.leader_elect {
-        leader::acquire(&client, &lease).await?;
-    }
-    let lost = async {
+    // SIGTERM (pod deletion, rollout) and Ctrl-C: finish the reconciles in flight, release the
+    // lease, exit 0.
+    let shutdown = bitscale_operator::shutdown::signal();
+    let controller = async {
         if args.leader_elect {
-            leader::hold(&client, &lease).await
+            let lease = LeaseConfig {
+                namespace: args.lease_namespace,
+                name: args.lease_name,
+                identity,
+                duration: Duration::from_secs(15),
+                renew: Duration::from_secs(5),
+            };
+            leader::run_as_leader(client, config, metrics, &lease, shutdown).await
         } else {
-            std::future::pending().await
+            bitscale_operator::run_until(client, config, metrics, shutdown).await
         }
     };
     tokio::select! {
-        result = bitscale_operator::run(client.clone(), config, metrics) => result,
-        error = lost => Err(error),
+        result = controller => result,
         result = server => Err(anyhow::anyhow!("the metrics server stopped: {:?}", result)),
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; shutting down");
-            Ok(())
-        }
     }
 }

@@ -119,15 +119,23 @@ impl Device {
     }
 }
 
-// A number, or a string with an optional SI/IEC prefix and unit. `x-kubernetes-int-or-string`
-// is the only structural way to accept both; fractional numbers must then be written as strings.
-fn rate_schema(pattern: &str, description: &str) -> schemars::Schema {
+// A positive integer, or a string with an optional SI/IEC prefix and unit. `x-kubernetes-int-or-string`
+// is the only structural way to accept both (fractional numbers must then be written as strings).
+// The check is a CEL rule rather than `anyOf` branches: a structural schema may not name a type
+// inside `anyOf`, and without one a string vacuously passes `minimum` and a number `pattern`, so
+// the API server accepted anything. `maxLength` bounds the rule's estimated cost.
+fn rate_schema(pattern: &str, field: &str, example: &str, description: &str) -> schemars::Schema {
+    let rule = format!(
+        "type(self) == int ? int(self) >= 1 : (type(self) == string && string(self).matches('{}'))",
+        pattern.replace('\\', "\\\\")
+    );
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
-        "anyOf": [
-            { "type": "integer", "minimum": 1 },
-            { "type": "string", "pattern": pattern }
-        ],
+        "maxLength": 32,
+        "x-kubernetes-validations": [{
+            "rule": rule,
+            "message": format!("{field} must be a positive integer or a string such as {example:?}"),
+        }],
         "description": description
     })
 }
@@ -135,6 +143,8 @@ fn rate_schema(pattern: &str, description: &str) -> schemars::Schema {
 fn bandwidth_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     rate_schema(
         BANDWIDTH_PATTERN,
+        "memoryBandwidth",
+        "15GB/s",
         "Memory bandwidth one replica can use, in bytes per second: an integer or a string such as \"15GB/s\" or \"900GiB/s\".",
     )
 }
@@ -142,6 +152,8 @@ fn bandwidth_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 fn flops_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     rate_schema(
         FLOPS_PATTERN,
+        "peakFlops",
+        "200G",
         "Peak compute one replica can use, in FLOP/s: an integer or a string such as \"200G\" or \"20T\".",
     )
 }

@@ -102,7 +102,9 @@ pub struct ModelSpec {
     pub sha256: Option<String>,
 
     /// Number of parameters, such as "135M", "1.7B" or "8000000000". Sizes the weights for the
-    /// first decision; without it the operator cannot tell what fits and reports ModelSizeUnknown.
+    /// first decision. When unset, the count is read from the model's name in `source` (such as
+    /// "SmolLM2-135M-Instruct" or "llama-2-7b-chat.Q4_K_M.gguf"); if the name carries none, the
+    /// operator reports ModelSizeUnknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?[KMBT]?$"))]
     pub parameters: Option<String>,
@@ -251,10 +253,17 @@ pub struct DemandSpec {
     #[schemars(range(min = 0.0))]
     pub tokens_per_second: f64,
 
-    /// Typical prompt length in tokens, used for the time-to-first-token estimate. Defaults to 256.
+    /// Typical prompt length in tokens, used for the time-to-first-token and capacity estimates.
+    /// Defaults to 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub prompt_tokens: Option<i32>,
+
+    /// Typical number of tokens generated per request, used for the capacity estimate (every
+    /// request also costs a prefill of its prompt). Defaults to 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub completion_tokens: Option<i32>,
 }
 
 /// Overrides for the engine container.

@@ -110,7 +110,9 @@ pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
             },
             "quantization": { "maxQualityLoss": 0.05 },
             "placement": { "hardwareClasses": classes },
-            "slo": { "timeToFirstToken": "2s", "interTokenLatency": "200ms" },
+            // Reachable on the 2-CPU class: the calibrated prior puts the default 256-token
+            // prefill of 135M parameters at ~2.3 s there (the engine measured ~0.31 s for 33).
+            "slo": { "timeToFirstToken": "5s", "interTokenLatency": "200ms" },
             "scaling": { "minReplicas": 1, "maxReplicas": 3 }
         }
     }))

@@ -117,3 +117,101 @@ pub async fn apply_status(client: &Client, owner: &Owner, status: &InferenceServ
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{Arc, Mutex},
+    };
+
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+    use crate::{build::fixtures::owner, controller::backoff};
+
+    // A kube Client whose API server answers every request with `code` and a Status body, and
+    // records each request's method and URI.
+    fn api_server_answering(code: u16) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let log = log.clone();
+            async move {
+                if let Ok(mut log) = log.lock() {
+                    log.push(format!("{} {}", request.method(), request.uri()));
+                }
+                let status = serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": format!("mock {code}"), "reason": "Mock", "code": code,
+                });
+                let body = serde_json::to_vec(&status).unwrap_or_default();
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(code)
+                        .header("content-type", "application/json")
+                        .body(Body::from(body))
+                        .expect("a valid response"),
+                )
+            }
+        });
+        (Client::new(service, "default"), seen)
+    }
+
+    async fn status_write_fails_with(code: u16) -> (crate::Error, Vec<String>) {
+        let (client, seen) = api_server_answering(code);
+        let error = apply_status(&client, &owner(), &InferenceServiceStatus::default())
+            .await
+            .expect_err("the API server refuses");
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        (error, seen)
+    }
+
+    #[tokio::test]
+    async fn conflicts_and_server_errors_on_apply_are_transient() {
+        for code in [409, 429, 500, 503] {
+            let (error, seen) = status_write_fails_with(code).await;
+            assert!(!error.is_permanent(), "{code}: {error}");
+            assert_eq!(error.category(), "kube_api");
+            // One server-side apply of the status subresource, under the operator's field manager.
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert!(
+                seen[0].starts_with("PATCH ")
+                    && seen[0].contains("/inferenceservices/chat/status?")
+                    && seen[0].contains("fieldManager=bitscale.dev%2Foperator")
+                    && seen[0].contains("force=true"),
+                "{seen:?}"
+            );
+        }
+        // error_policy retries a transient error after 1 s, then 2 s, 4 s, …
+        assert!(backoff(1) < backoff(2) && backoff(2) < backoff(3));
+    }
+
+    #[tokio::test]
+    async fn invalid_requests_are_permanent() {
+        for code in [400, 422] {
+            let (error, _) = status_write_fails_with(code).await;
+            assert!(error.is_permanent(), "{code}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_child_on_delete_is_not_an_error() {
+        let (client, seen) = api_server_answering(404);
+        let existing = vec![(
+            "q8-0-cpu".to_owned(),
+            Deployment {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("chat-q8-0-cpu".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )];
+        delete_other_variants(&client, &owner(), &existing, "q4-k-cpu")
+            .await
+            .expect("already gone is done");
+        assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 1);
+    }
+}

@@ -20,12 +20,12 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::ListParams,
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
+        reflector,
         reflector::ObjectRef,
         watcher,
     },
@@ -38,6 +38,16 @@ use crate::{
     metrics::Metrics,
 };
 
+/// Default bound on reconciles in flight. The reconciles wait on the API server, not on this
+/// process; more in flight only adds connections and memory (scale-bench in BENCHMARKS.md: 1,000 at
+/// once held ~840 connections and 186 MiB while making the API server slower for everyone).
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// Default quiet time before a reconcile starts: a new object's children report status several
+/// times within a second (Deployment, PDB, the status write itself), and one reconcile after the
+/// burst does the work of all of them.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -49,6 +59,11 @@ pub struct Config {
     pub instance: Option<String>,
     /// Periodic re-check of each object.
     pub resync: Duration,
+    /// Most reconciles running at once (0: unbounded). Each runs a few API calls; the bound keeps
+    /// a burst of changes from opening one connection per object.
+    pub concurrency: u16,
+    /// Quiet time after a trigger before the reconcile starts; later triggers restart it.
+    pub debounce: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +77,8 @@ impl Default for Config {
             namespace: None,
             instance: None,
             resync: Duration::from_secs(300),
+            concurrency: DEFAULT_CONCURRENCY,
+            debounce: DEFAULT_DEBOUNCE,
         }
     }
 }
@@ -72,12 +89,23 @@ pub struct Context {
     config: Config,
     metrics: Metrics,
     recorder: Recorder,
+    classes: reflector::Store<HardwareClass>,
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<InferenceService>>, u32>>,
 }
 
-/// Runs the controller until the stream ends (it does not on its own; drop or abort the future
-/// to stop). Fails at once when the CRDs are not installed.
+/// Runs the controller until the future is dropped. Fails at once when the CRDs are not installed.
 pub async fn run(client: Client, config: Config, metrics: Metrics) -> anyhow::Result<()> {
+    run_until(client, config, metrics, std::future::pending()).await
+}
+
+/// Runs the controller until `shutdown` resolves, then lets reconciles in flight finish and
+/// returns. Fails at once when the CRDs are not installed.
+pub async fn run_until(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     crate::crd::check_installed(&client).await?;
     let isvcs: Api<DeserializeGuard<InferenceService>> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -96,16 +124,25 @@ pub async fn run(client: Client, config: Config, metrics: Metrics) -> anyhow::Re
                 Api::all(client.clone()),
             ),
         };
-    let classes: Api<HardwareClass> = Api::all(client.clone());
-    // Any HardwareClass change may change any decision.
-    let class_changes = watcher(classes, watcher::Config::default())
-        .touched_objects()
-        .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
+    // HardwareClasses are read from a cache every reconcile needs, and any change to one may
+    // change any decision.
+    let (classes, class_writer) = reflector::store();
+    let class_changes = reflector(
+        class_writer,
+        watcher(
+            Api::<HardwareClass>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
     let reporter = Reporter {
         controller: "bitscale-operator".into(),
         instance: config.instance.clone(),
     };
     let ctx = Arc::new(Context {
+        classes,
         recorder: Recorder::new(client.clone(), reporter),
         client,
         config,
@@ -113,11 +150,16 @@ pub async fn run(client: Client, config: Config, metrics: Metrics) -> anyhow::Re
         failures: Mutex::default(),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=bitscale-operator");
+    let controller_config = kube::runtime::controller::Config::default()
+        .concurrency(ctx.config.concurrency)
+        .debounce(ctx.config.debounce);
     Controller::new(isvcs, watcher::Config::default())
+        .with_config(controller_config)
         .owns(deployments, managed.clone())
         .owns(services, managed.clone())
         .owns(pdbs, managed)
         .reconcile_all_on(class_changes)
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
@@ -171,10 +213,11 @@ async fn reconcile(guard: Arc<DeserializeGuard<InferenceService>>, ctx: Arc<Cont
 
 async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
-    let classes = Api::<HardwareClass>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    ctx.classes
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheUnavailable("HardwareClass"))?;
+    let classes: Vec<HardwareClass> = ctx.classes.state().iter().map(|c| (**c).clone()).collect();
     let valid = validate::validate(isvc, &classes)?;
     let outcome = decision::decide(&valid.inputs)?;
     let decided = outcome.decision;

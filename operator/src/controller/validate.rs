@@ -71,12 +71,25 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
         .map(|(n, c)| class_inputs(n, c))
         .collect::<Result<Vec<_>>>()?;
 
-    let parameters_text = spec.model.parameters.as_deref().ok_or(Error::ModelSizeUnknown)?;
-    let parameters = parse_parameters(parameters_text).ok_or_else(|| {
-        Error::InvalidSpec(format!(
-            "spec.model.parameters {parameters_text:?} is not a count"
-        ))
-    })?;
+    let (parameters, parameters_basis) = match spec.model.parameters.as_deref() {
+        Some(text) => (
+            parse_parameters(text).ok_or_else(|| {
+                Error::InvalidSpec(format!("spec.model.parameters {text:?} is not a count"))
+            })?,
+            format!("{text} parameters from spec.model.parameters"),
+        ),
+        None => {
+            let (count, word) = parameters_from_source(&spec.model.source)
+                .ok_or_else(|| Error::ModelSizeUnknown(spec.model.source.clone()))?;
+            (
+                count,
+                format!(
+                    "{word} parameters read from the model name in spec.model.source \
+                     (set spec.model.parameters to override)"
+                ),
+            )
+        }
+    };
 
     let q = &spec.quantization;
     let (levels, pinned) = match q.pinned {
@@ -104,7 +117,7 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
         generation: isvc.metadata.generation,
         inputs: Inputs {
             parameters,
-            parameters_basis: format!("{parameters_text} parameters from spec.model.parameters"),
+            parameters_basis,
             context_length: spec.model.context_length,
             max_running: spec.engine.max_running.unwrap_or(DEFAULT_MAX_RUNNING),
             levels,
@@ -118,6 +131,11 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
                 .as_ref()
                 .and_then(|d| d.prompt_tokens)
                 .unwrap_or(DEFAULT_PROMPT_TOKENS),
+            completion_tokens: spec
+                .demand
+                .as_ref()
+                .and_then(|d| d.completion_tokens)
+                .unwrap_or(DEFAULT_COMPLETION_TOKENS),
             min_replicas: scaling.min_replicas,
             max_replicas: scaling.max_replicas,
             external_replicas: scaling.replicas,
@@ -278,10 +296,11 @@ mod tests {
 
         let mut isvc = smol();
         isvc.spec.model.parameters = None;
-        assert!(matches!(
-            validate(&isvc, &[cpu_class()]),
-            Err(Error::ModelSizeUnknown)
-        ));
+        isvc.spec.model.source = "pvc://models/model.gguf".into();
+        let err = validate(&isvc, &[cpu_class()]).expect_err("no size anywhere");
+        assert!(matches!(err, Error::ModelSizeUnknown(_)));
+        assert!(err.is_permanent());
+        assert!(err.to_string().contains("set spec.model.parameters"), "{err}");
         assert!(matches!(validate(&smol(), &[]), Err(Error::NoHardwareClass)));
 
         let mut isvc = smol();
@@ -290,6 +309,20 @@ mod tests {
             validate(&isvc, &[cpu_class()]),
             Err(Error::MissingObjectKey("metadata.uid"))
         ));
+    }
+
+    #[test]
+    fn without_parameters_the_size_comes_from_the_model_name() {
+        let mut isvc = smol();
+        isvc.spec.model.parameters = None;
+        let v = validate(&isvc, &[cpu_class()]).expect("the name says 135M");
+        assert_eq!(v.inputs.parameters, 135e6);
+        assert!(
+            v.inputs.parameters_basis.contains("model name")
+                && v.inputs.parameters_basis.contains("spec.model.parameters"),
+            "{}",
+            v.inputs.parameters_basis
+        );
     }
 
     #[test]

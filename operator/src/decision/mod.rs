@@ -2,7 +2,8 @@
 //! InferenceService, with how many replicas, and why. Pure: no client, no clock.
 //!
 //! For each candidate: does it fit in memory, is its quality within budget, does the roofline
-//! estimate meet the latency SLO, how many replicas does the demand need? The cheapest feasible
+//! estimate meet the latency SLO, how many replicas does the demand need? The roofline uses the
+//! per-device efficiencies in [`priors::efficiency`], calibrated against the engine's measurements. The cheapest feasible
 //! candidate wins; every other candidate is listed with the reason it lost.
 
 pub mod priors;
@@ -38,6 +39,8 @@ pub struct Inputs {
     pub demand: Option<f64>,
     /// Typical prompt length in tokens.
     pub prompt_tokens: i32,
+    /// Typical number of generated tokens per request.
+    pub completion_tokens: i32,
     /// Replica bounds.
     pub min_replicas: i32,
     /// Replica bounds.
@@ -120,6 +123,9 @@ struct Candidate {
     replicas: i32,
     cost_per_hour: f64,
     cost_per_million: f64,
+    // One replica's price per hour, and per million tokens at its planned utilisation.
+    replica_cost_per_hour: f64,
+    cost_per_million_at_capacity: f64,
     excluded: Option<Exclusion>,
 }
 
@@ -141,10 +147,17 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
         .flat_map(|class| inputs.levels.iter().map(move |level| (class, *level)))
         .map(|(class, level)| evaluate(inputs, class, level, best_loss))
         .collect();
+    // At zero replicas every candidate costs nothing; what the first replica would cost, then
+    // the price of a token at full load, decide which variant starts when demand arrives.
     candidates.sort_by(|a, b| {
         a.cost_per_hour
             .total_cmp(&b.cost_per_hour)
             .then(a.cost_per_million.total_cmp(&b.cost_per_million))
+            .then(a.replica_cost_per_hour.total_cmp(&b.replica_cost_per_hour))
+            .then(
+                a.cost_per_million_at_capacity
+                    .total_cmp(&b.cost_per_million_at_capacity),
+            )
             .then(a.estimate.quality_loss.total_cmp(&b.estimate.quality_loss))
             .then(a.variant.cmp(&b.variant))
     });
@@ -216,19 +229,26 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
     let memory = weights + kv_pool + scratch + OVERHEAD_BYTES;
     let quality_loss = (quality_loss_prior(level) - best_loss).max(0.0);
 
-    // Roofline: a decode step streams the weights once and each sequence's KV cache.
-    let bandwidth = class.bandwidth * BANDWIDTH_EFFICIENCY;
-    let kv_tokens = f64::from(inputs.prompt_tokens.min(inputs.context_length)) + 128.0;
-    let step = |m: i32| (weights + f64::from(m) * kv_tokens * kv_per_token) / bandwidth;
+    // Roofline: a decode step of m sequences streams the weights (once if the batch shares the
+    // reads, m times if not) and each sequence's KV cache, on average half-way through its reply.
+    let efficiency = efficiency(class.device);
+    let bandwidth = class.bandwidth * efficiency.bandwidth;
+    let kv_tokens =
+        f64::from((inputs.prompt_tokens + inputs.completion_tokens / 2).min(inputs.context_length));
+    let weight_reads = |m: i32| 1.0 + f64::from(m - 1) * (1.0 - efficiency.weight_reuse);
+    let step = |m: i32| (weights * weight_reads(m) + f64::from(m) * kv_tokens * kv_per_token) / bandwidth;
     let itl_limit = inputs.itl_slo.map(|d| d.as_secs_f64());
     let batch = (1..=inputs.max_running.max(1))
         .rev()
         .find(|m| itl_limit.is_none_or(|limit| step(*m) <= limit))
         .unwrap_or(1);
     let itl = step(batch);
-    let capacity = f64::from(batch) / itl;
     let prefill_flops = 2.0 * inputs.parameters * f64::from(inputs.prompt_tokens);
-    let prefill = (prefill_flops / (class.flops * COMPUTE_EFFICIENCY)).max(weights / bandwidth);
+    let prefill = (prefill_flops / (class.flops * efficiency.compute)).max(weights / bandwidth);
+    // Prompts are computed on the same replica: every `completion_tokens` generated tokens also
+    // cost one prefill, during which the batch does not advance.
+    let decode_seconds_per_token = itl / f64::from(batch);
+    let capacity = 1.0 / (decode_seconds_per_token + prefill / f64::from(inputs.completion_tokens.max(1)));
     // A new request waits for the step in flight, then its prefill runs.
     let ttft = prefill + itl;
 
@@ -277,6 +297,8 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
         0.0
     };
 
+    let cost_per_million_at_capacity = class.cost_per_hour / (capacity * TARGET_UTILISATION * 3600.0) * 1e6;
+
     let excluded = if !memory_ok {
         Some(Exclusion::Memory(memory_reason))
     } else if !inputs.pinned && quality_loss > inputs.max_quality_loss + 1e-12 {
@@ -316,6 +338,8 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
         replicas,
         cost_per_hour,
         cost_per_million,
+        replica_cost_per_hour: class.cost_per_hour,
+        cost_per_million_at_capacity,
         excluded,
     }
 }
@@ -334,6 +358,19 @@ fn lost_to(loser: &Candidate, winner: &Candidate) -> String {
             "same cost per hour, but ${:.4} per 1M tokens against ${:.4} ({:.1} against {:.1} tok/s per replica)",
             loser.cost_per_million,
             winner.cost_per_million,
+            loser.estimate.tokens_per_second,
+            winner.estimate.tokens_per_second
+        )
+    } else if loser.replica_cost_per_hour > winner.replica_cost_per_hour + 1e-9 {
+        format!(
+            "same cost now, but a replica costs ${:.4}/h against ${:.4}/h",
+            loser.replica_cost_per_hour, winner.replica_cost_per_hour
+        )
+    } else if loser.cost_per_million_at_capacity > winner.cost_per_million_at_capacity + 1e-9 {
+        format!(
+            "same cost now, but ${:.4} per 1M tokens at capacity against ${:.4} ({:.1} against {:.1} tok/s per replica)",
+            loser.cost_per_million_at_capacity,
+            winner.cost_per_million_at_capacity,
             loser.estimate.tokens_per_second,
             winner.estimate.tokens_per_second
         )

@@ -1,6 +1,6 @@
 //! Priors: what the operator assumes before a variant has been measured.
 
-use bitscale_api::v1alpha1::QuantLevel;
+use bitscale_api::v1alpha1::{Device, QuantLevel};
 
 /// Relative perplexity increase of each level against unquantized weights.
 ///
@@ -36,11 +36,50 @@ pub const DEFAULT_MAX_QUALITY_LOSS: f64 = 0.05;
 /// Fraction of a replica's capacity the plan fills, leaving headroom for bursts.
 pub const TARGET_UTILISATION: f64 = 0.7;
 
-/// Fraction of the nominal memory bandwidth a decode step achieves (roofline efficiency).
-pub const BANDWIDTH_EFFICIENCY: f64 = 0.6;
+/// How much of a HardwareClass's nominal figures the engine achieves, per device.
+///
+/// Calibrated on CPU against the engine's first measurement (BENCHMARKS.md, "Engine: SmolLM2-135M-Instruct
+/// at q8_0", 2026-11-23: 2 vCPU AMD EPYC Milan, 2 threads, 143 MB of q8_0 weights, ~15 GB/s measured
+/// read bandwidth):
+/// - decode at batch 1 took 14.7 ms per token (ITL p50), i.e. 9.7 GB/s of weights streamed:
+///   `bandwidth` = 9.7 / 15 ≈ 0.65;
+/// - 8 streams took 122.6 ms per step, 8.3× batch 1: candle 0.11.1's Q8_0 kernel on AVX2 without
+///   VNNI re-reads every weight for every row, so a batch shares no weight traffic:
+///   `weight_reuse` = 0;
+/// - 33 prompt tokens took ~0.31 s to prefill (TTFT p50 0.33 s less one decode step), 29 GFLOP/s
+///   against the 2 × 50 GFLOP/s prior: `compute` ≈ 0.3.
+///
+/// With these, the estimate for that run (33-token prompts, 64 generated tokens) is ~49 tok/s at 1
+/// and at 8 streams; the engine measured 48.0 and 48.2 (`calibration_matches_the_measured_engine`).
+/// CUDA has not been measured (no GPU here): its figures are assumptions, weight reuse as in any
+/// batched GPU matmul. Re-calibrate when the engine's kernels change (a multi-row Q8_0 kernel
+/// would raise CPU `weight_reuse`) and once per-variant measurements replace these priors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Efficiency {
+    /// Fraction of the nominal memory bandwidth a decode step achieves.
+    pub bandwidth: f64,
+    /// Fraction of the nominal compute a prefill achieves.
+    pub compute: f64,
+    /// Fraction of the weight reads that sequences decoded together share: 1 streams the weights
+    /// once per step whatever the batch, 0 once per sequence.
+    pub weight_reuse: f64,
+}
 
-/// Fraction of the nominal compute a prefill achieves.
-pub const COMPUTE_EFFICIENCY: f64 = 0.4;
+/// The engine's efficiency on `device`.
+pub fn efficiency(device: Device) -> Efficiency {
+    match device {
+        Device::Cpu => Efficiency {
+            bandwidth: 0.65,
+            compute: 0.3,
+            weight_reuse: 0.0,
+        },
+        Device::Cuda => Efficiency {
+            bandwidth: 0.6,
+            compute: 0.4,
+            weight_reuse: 0.9,
+        },
+    }
+}
 
 /// Fixed memory per replica besides weights and KV: runtime, tokenizer, buffers.
 pub const OVERHEAD_BYTES: f64 = 256.0 * 1024.0 * 1024.0;
@@ -51,10 +90,15 @@ pub const SCRATCH_FRACTION: f64 = 0.1;
 /// Default engine batch (sequences decoded together).
 pub const DEFAULT_MAX_RUNNING: i32 = 8;
 
-/// Default prompt length for the time-to-first-token estimate.
+/// Default prompt length for the time-to-first-token and capacity estimates.
 pub const DEFAULT_PROMPT_TOKENS: i32 = 256;
 
-/// Compute of one CPU thread when a class sets no `peakFlops`.
+/// Default number of tokens generated per request, for the capacity estimate (each request
+/// also costs one prefill).
+pub const DEFAULT_COMPLETION_TOKENS: i32 = 256;
+
+/// Compute of one CPU thread when a class sets no `peakFlops` (an AVX2 + FMA core at ~3 GHz
+/// peaks near 100 GFLOP/s in f32; quantized dot products reach about half).
 pub const CPU_FLOPS_PER_THREAD: f64 = 50e9;
 
 /// Compute of one GPU when a class sets no `peakFlops`.
@@ -85,6 +129,29 @@ pub fn parse_parameters(value: &str) -> Option<f64> {
         .ok()
         .map(|n| n * multiplier)
         .filter(|n| *n > 0.0)
+}
+
+/// Reads a parameter count from a model's name in its source, as model names usually carry one
+/// ("SmolLM2-135M-Instruct", "Llama-3.1-8B", "qwen2.5-0.5b-instruct-q8_0.gguf"). Looks at the
+/// file name first, then the rest of the path; returns the count and the word it came from.
+/// Mixture-of-experts names ("8x7B") and context sizes ("4k") are not counts and are skipped.
+pub fn parameters_from_source(source: &str) -> Option<(f64, String)> {
+    let path = source.split_once("://").map_or(source, |(_, rest)| rest);
+    // Dots stay inside words: they are decimal points in "0.5b" and "3.1".
+    path.rsplit('/').find_map(|segment| {
+        segment.split(['-', '_', '@']).find_map(|word| {
+            let (number, multiplier) = match word.chars().last()? {
+                'M' | 'm' => (&word[..word.len() - 1], 1e6),
+                'B' | 'b' => (&word[..word.len() - 1], 1e9),
+                _ => return None,
+            };
+            if !number.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            let count = number.parse::<f64>().ok().filter(|n| *n > 0.0)? * multiplier;
+            Some((count, word.to_owned()))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -118,6 +185,31 @@ mod tests {
         assert_eq!(parse_parameters("8000"), Some(8000.0));
         assert_eq!(parse_parameters("0"), None);
         assert_eq!(parse_parameters("lots"), None);
+    }
+
+    #[test]
+    fn parameter_counts_come_from_model_names() {
+        let from = parameters_from_source;
+        assert_eq!(
+            from("hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main/smollm2-135m-instruct-q8_0.gguf"),
+            Some((135e6, "135m".to_owned()))
+        );
+        assert_eq!(
+            from("https://example.com/models/llama-2-7b-chat.Q4_K_M.gguf"),
+            Some((7e9, "7b".to_owned()))
+        );
+        assert_eq!(
+            from("pvc://models/qwen2.5-0.5b-instruct-q8_0.gguf"),
+            Some((0.5e9, "0.5b".to_owned()))
+        );
+        // The repository names it when the file does not.
+        assert_eq!(
+            from("hf://meta-llama/Llama-3.1-8B-Instruct@main/model.safetensors"),
+            Some((8e9, "8B".to_owned()))
+        );
+        assert_eq!(from("file:///models/model.gguf"), None);
+        assert_eq!(from("hf://org/Mixtral-8x7B@main/mixtral.gguf"), None);
+        assert_eq!(from("file:///models/phi-3-mini-4k.gguf"), None);
     }
 
     #[test]

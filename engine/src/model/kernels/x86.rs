@@ -237,7 +237,6 @@ unsafe fn q8<const R: usize>(w: &PackedMatrix, j: usize, x: &QuantActs, r0: usiz
         let wd = w.d.as_ptr().add(j * w.scale_stride);
         let xq = x.qs.as_ptr().add(r0 * k);
         let xd = x.d.as_ptr().add(r0 * x.stride);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [0f32; R];
         let (mut sums, mut scales) = ([0f32; 8], [0f32; 8]);
         let mut b = 0;
@@ -245,14 +244,12 @@ unsafe fn q8<const R: usize>(w: &PackedMatrix, j: usize, x: &QuantActs, r0: usiz
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b).cast()));
             let cnt = (nb - b).min(8);
             for (r, a) in acc.iter_mut().enumerate() {
-                let mut p = [_mm256_setzero_si256(); 8];
-                for (t, pt) in p.iter_mut().enumerate().take(cnt) {
-                    let i = b + t;
-                    let wv = _mm256_loadu_si256(wq.add(i * BLOCK).cast());
-                    let xv = _mm256_loadu_si256(xq.add(r * k + i * BLOCK).cast());
-                    let sx = _mm256_sign_epi8(xv, wv);
-                    *pt = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), sx), ones);
-                }
+                let (wb, xb) = (wq.add(b * BLOCK), xq.add(r * k + b * BLOCK));
+                let p = if cnt == 8 {
+                    q8_dots::<8>(wb, xb)
+                } else {
+                    q8_dots_partial(wb, xb, cnt)
+                };
                 _mm256_storeu_ps(sums.as_mut_ptr(), _mm256_cvtepi32_ps(sum8(p)));
                 let dx = _mm256_loadu_ps(xd.add(r * x.stride + b));
                 _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(dw, dx));
@@ -285,9 +282,6 @@ unsafe fn q45<const R: usize, const FIVE: bool>(
         let xq = x.qs.as_ptr().add(r0 * k);
         let xd = x.d.as_ptr().add(r0 * x.stride);
         let xs = x.s.as_ptr().add(r0 * x.stride);
-        let ones = _mm256_set1_epi16(1);
-        let low = _mm256_set1_epi8(0x0F);
-        let fifth = _mm256_set1_epi8(0x10);
         let (mut acc, mut mins) = ([0f32; R], [0f32; R]);
         let (mut sums, mut scales, mut ms) = ([0f32; 8], [0f32; 8], [0f32; 8]);
         let mut b = 0;
@@ -299,18 +293,17 @@ unsafe fn q45<const R: usize, const FIVE: bool>(
             );
             let cnt = (nb - b).min(8);
             for r in 0..R {
-                let mut p = [_mm256_setzero_si256(); 8];
-                for (t, pt) in p.iter_mut().enumerate().take(cnt) {
-                    let i = b + t;
-                    let raw = _mm_loadu_si128(wq.add(i * BLOCK / 2).cast());
-                    let mut wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-                    if FIVE {
-                        let bits = bytes_from_bits(*w.qh.as_ptr().add(j * nb + i));
-                        wv = _mm256_or_si256(wv, _mm256_and_si256(bits, fifth));
-                    }
-                    let xv = _mm256_loadu_si256(xq.add(r * k + i * BLOCK).cast());
-                    *pt = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                }
+                let (wb, xb) = (wq.add(b * BLOCK / 2), xq.add(r * k + b * BLOCK));
+                let hb = if FIVE {
+                    w.qh.as_ptr().add(j * nb + b)
+                } else {
+                    std::ptr::null()
+                };
+                let p = if cnt == 8 {
+                    q45_dots::<FIVE>(wb, hb, xb, 8)
+                } else {
+                    q45_dots::<FIVE>(wb, hb, xb, cnt)
+                };
                 _mm256_storeu_ps(sums.as_mut_ptr(), _mm256_cvtepi32_ps(sum8(p)));
                 let dx = _mm256_loadu_ps(xd.add(r * x.stride + b));
                 _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(dw, dx));
@@ -323,6 +316,70 @@ unsafe fn q45<const R: usize, const FIVE: bool>(
         }
         std::array::from_fn(|r| acc[r] + mins[r])
     }
+}
+
+/// Integer dots of `N` consecutive Q8_0 weight blocks at `wq` with the activation blocks at `xq`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_dots<const N: usize>(wq: *const u8, xq: *const i8) -> [__m256i; 8] {
+    let ones = _mm256_set1_epi16(1);
+    let mut p = [_mm256_setzero_si256(); 8];
+    // SAFETY: the caller guarantees `N` blocks at both pointers.
+    unsafe {
+        for (t, pt) in p.iter_mut().enumerate().take(N) {
+            let wv = _mm256_loadu_si256(wq.add(t * BLOCK).cast());
+            let xv = _mm256_loadu_si256(xq.add(t * BLOCK).cast());
+            let sx = _mm256_sign_epi8(xv, wv);
+            *pt = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), sx), ones);
+        }
+    }
+    p
+}
+
+/// [`q8_dots`] for the last, partial group of a row (`cnt < 8` blocks).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_dots_partial(wq: *const u8, xq: *const i8, cnt: usize) -> [__m256i; 8] {
+    // SAFETY: forwarded; each call reads fewer blocks than the caller guarantees.
+    unsafe {
+        match cnt {
+            1 => q8_dots::<1>(wq, xq),
+            2 => q8_dots::<2>(wq, xq),
+            3 => q8_dots::<3>(wq, xq),
+            4 => q8_dots::<4>(wq, xq),
+            5 => q8_dots::<5>(wq, xq),
+            6 => q8_dots::<6>(wq, xq),
+            _ => q8_dots::<7>(wq, xq),
+        }
+    }
+}
+
+/// Integer dots of `cnt ≤ 8` consecutive Q4/Q5 weight blocks (quants at `wq`, fifth bits at `qh`
+/// for Q5) with the activation blocks at `xq`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45_dots<const FIVE: bool>(
+    wq: *const u8,
+    qh: *const u32,
+    xq: *const i8,
+    cnt: usize,
+) -> [__m256i; 8] {
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0F);
+    let fifth = _mm256_set1_epi8(0x10);
+    let mut p = [_mm256_setzero_si256(); 8];
+    // SAFETY: the caller guarantees `cnt` blocks at every pointer.
+    unsafe {
+        for (t, pt) in p.iter_mut().enumerate().take(cnt) {
+            let raw = _mm_loadu_si128(wq.add(t * BLOCK / 2).cast());
+            let mut wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+            if FIVE {
+                wv = _mm256_or_si256(wv, _mm256_and_si256(bytes_from_bits(*qh.add(t)), fifth));
+            }
+            let xv = _mm256_loadu_si256(xq.add(t * BLOCK).cast());
+            *pt = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+        }
+    }
+    p
 }
 
 /// f16 / bf16 weights · f32 activations.

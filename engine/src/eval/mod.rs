@@ -116,14 +116,65 @@ pub fn evaluate(
     }
     Ok(Comparison {
         reference: reference_tally,
-        levels: candidates
-            .iter()
-            .map(|c| c.level.clone())
-            .zip(tallies)
-            .collect(),
+        levels: candidates.iter().map(|c| c.level.clone()).zip(tallies).collect(),
         window,
         truncated,
         elapsed: started.elapsed(),
+    })
+}
+
+/// The served level's loss against the source file's own precision, for `serve --measure-quality`.
+#[derive(Debug, Clone)]
+pub struct ServedQuality {
+    pub reference: String,
+    pub ppl_increase: f64,
+    pub kl: f64,
+    pub top1_disagreement: f64,
+    /// Tokens scored (fewer than the text when the budget cut it).
+    pub tokens: u64,
+}
+
+/// Measures `served` (loaded from `path` at `level`) against the file's own precision on the
+/// calibration text, within `budget`. When `level` is the source's own precision, the loss is 0 by
+/// definition and nothing is loaded or run. Otherwise the reference is loaded beside the served
+/// model for the measurement and dropped afterwards.
+pub fn measure_served(
+    path: &std::path::Path,
+    served: &dyn Forward,
+    level: crate::model::QuantLevel,
+    budget: Duration,
+) -> anyhow::Result<ServedQuality> {
+    let source = crate::model::ModelHeader::read(path)?.source_level;
+    if source == level {
+        return Ok(ServedQuality {
+            reference: source.to_string(),
+            ppl_increase: 0.0,
+            kl: 0.0,
+            top1_disagreement: 0.0,
+            tokens: 0,
+        });
+    }
+    let reference = crate::model::load(path, source, served.info().device)?;
+    let tokens = reference.tokenizer.encode(CALIBRATION_TEXT, true)?;
+    let opts = EvalOptions {
+        time_budget: Some(budget),
+        ..EvalOptions::default()
+    };
+    let candidate = Candidate {
+        level: level.to_string(),
+        model: served,
+    };
+    let c = evaluate(reference.forward.as_ref(), &[candidate], &tokens, &opts)?;
+    let (_, t) = c
+        .levels
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no candidate measured"))?;
+    Ok(ServedQuality {
+        reference: source.to_string(),
+        ppl_increase: t.perplexity() / c.reference.perplexity() - 1.0,
+        kl: t.mean_kl(),
+        top1_disagreement: 1.0 - t.top1_agreement(),
+        tokens: t.tokens,
     })
 }
 
@@ -155,7 +206,11 @@ fn run_group(model: &dyn Forward, group: &[&[u32]]) -> anyhow::Result<Vec<Vec<f3
         }
     }
     if out.len() != group.len() {
-        anyhow::bail!("the model returned {} windows of logits for {}", out.len(), group.len());
+        anyhow::bail!(
+            "the model returned {} windows of logits for {}",
+            out.len(),
+            group.len()
+        );
     }
     Ok(out)
 }
@@ -175,3 +230,6 @@ fn score(reference: &[Vec<f32>], level: &[Vec<f32>], group: &[&[u32]], tally: &m
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

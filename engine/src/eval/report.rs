@@ -87,7 +87,11 @@ impl EvalReport {
             self.window,
             self.reference,
             self.reference_perplexity,
-            if self.truncated { ", cut short by the time budget" } else { "" }
+            if self.truncated {
+                ", cut short by the time budget"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,

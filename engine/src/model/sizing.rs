@@ -49,7 +49,10 @@ impl ModelHeader {
                 path: cfg_path.clone(),
                 source,
             })?;
-            (LlamaConfig::from_hf_json(&cfg_path, &bytes)?, safetensors_heads(path)?)
+            (
+                LlamaConfig::from_hf_json(&cfg_path, &bytes)?,
+                safetensors_heads(path)?,
+            )
         } else {
             let mut f = std::fs::File::open(path).map_err(io)?;
             let content = gguf_file::Content::read(&mut f).map_err(|e| ModelError::Corrupt {
@@ -97,7 +100,8 @@ impl ModelHeader {
         let mut total = 0u64;
         for t in &self.tensors {
             let gguf_name = gguf_name(&t.name);
-            let is_block_norm = gguf_name.ends_with("attn_norm.weight") || gguf_name.ends_with("ffn_norm.weight");
+            let is_block_norm =
+                gguf_name.ends_with("attn_norm.weight") || gguf_name.ends_with("ffn_norm.weight");
             match t.dims.as_slice() {
                 [_] if is_block_norm => total += 4 * t.dims[0] as u64,
                 // candle gives GGUF dims as [rows, cols], like safetensors.

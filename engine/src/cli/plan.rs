@@ -9,10 +9,15 @@ use serde::Serialize;
 use super::serve::parse_quant;
 use crate::model::{ModelHeader, QuantLevel};
 
-/// Resident memory of a serving process besides weights, KV and step buffers: the runtime,
-/// allocator arenas, tokenizer, HTTP server and thread stacks. Measured as the RSS of an idle
-/// `serve` after load minus its weights (SmolLM2-135M and the test model, see `BENCHMARKS.md`).
-pub const RUNTIME_OVERHEAD_BYTES: u64 = 48 << 20;
+/// Resident memory of a serving process besides weights, KV, step buffers and the tokenizer: the
+/// binary, runtime, allocator arenas, HTTP server and thread stacks. Measured: an idle `serve` of
+/// the generated test model (vocabulary 300, 0.4 MB of weights) holds 12–13 MiB.
+pub const RUNTIME_BASE_BYTES: u64 = 12 << 20;
+
+/// Resident bytes per vocabulary entry: the tokenizer's vocabulary and merge tables plus the
+/// loader's leftovers. Measured: SmolLM2-135M (vocabulary 49,152) idles at 42–51 MiB above its
+/// weights, 30–39 MiB above the base (`BENCHMARKS.md`, the ladder section).
+pub const BYTES_PER_VOCAB_ENTRY: u64 = 700;
 
 /// Flags of `plan`.
 #[derive(Debug, Clone, Args)]
@@ -47,6 +52,7 @@ pub struct MemoryPlan {
     pub kv_bytes: u64,
     /// Activations of one full step, plus logits of every running sequence.
     pub step_bytes: u64,
+    /// `RUNTIME_BASE_BYTES` + `BYTES_PER_VOCAB_ENTRY` × vocabulary.
     pub runtime_overhead_bytes: u64,
     /// The sum: what a pod's memory request should be at least.
     pub total_bytes: u64,
@@ -79,7 +85,8 @@ pub fn plan(
     // SwiGLU product (f32), counted twice for the copies candle makes around each matmul.
     let per_row = 4 * (6 * header.hidden + 2 * header.kv_dim) as u64 * 2;
     let step_bytes = per_row * max_batch_tokens as u64 + 4 * header.vocab as u64 * concurrency as u64;
-    let total_bytes = weight_bytes + kv_bytes + step_bytes + RUNTIME_OVERHEAD_BYTES;
+    let runtime_overhead_bytes = RUNTIME_BASE_BYTES + BYTES_PER_VOCAB_ENTRY * header.vocab as u64;
+    let total_bytes = weight_bytes + kv_bytes + step_bytes + runtime_overhead_bytes;
     MemoryPlan {
         level: level.to_string(),
         context,
@@ -88,7 +95,7 @@ pub fn plan(
         kv_bytes_per_token: header.kv_bytes_per_token,
         kv_bytes,
         step_bytes,
-        runtime_overhead_bytes: RUNTIME_OVERHEAD_BYTES,
+        runtime_overhead_bytes,
         total_bytes,
         total_mib: total_bytes.div_ceil(1 << 20),
     }

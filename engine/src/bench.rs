@@ -44,6 +44,68 @@ pub struct BenchArgs {
     /// The `model` field (default: the first of `/v1/models`).
     #[arg(long)]
     pub model: Option<String>,
+    /// SLO mode: the p95 time to first token to meet. With `--slo-itl` (either or both), bench
+    /// searches for the highest concurrency meeting the SLO instead of running `--concurrency`.
+    #[arg(long, value_parser = parse_duration)]
+    pub slo_ttft: Option<Duration>,
+    /// SLO mode: the p95 inter-token latency to meet.
+    #[arg(long, value_parser = parse_duration)]
+    pub slo_itl: Option<Duration>,
+    /// SLO mode: the highest concurrency tried.
+    #[arg(long, default_value_t = 64)]
+    pub max_concurrency: usize,
+}
+
+/// The SLO searched for, in seconds (`None`: not constrained).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Slo {
+    pub ttft_p95_s: Option<f64>,
+    pub itl_p95_s: Option<f64>,
+}
+
+impl Slo {
+    /// Whether a level met the SLO: its p95s within bounds, no errors and no 429s.
+    pub fn met_by(&self, l: &LevelReport) -> bool {
+        let within = |bound: Option<f64>, p: &Option<Percentiles>| match (bound, p) {
+            (None, _) => true,
+            (Some(b), Some(p)) => p.p95 <= b,
+            (Some(_), None) => false,
+        };
+        l.requests > 0
+            && l.errors == 0
+            && l.rejected_429 == 0
+            && within(self.ttft_p95_s, &l.ttft_s)
+            && within(self.itl_p95_s, &l.itl_s)
+    }
+}
+
+/// What SLO mode prints: the capacity of one replica at the SLO.
+#[derive(Debug, Serialize)]
+pub struct CapacityReport {
+    pub url: String,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub duration_s: f64,
+    pub slo: Slo,
+    /// The highest concurrency that met the SLO (0: not even one stream did).
+    pub concurrency: usize,
+    /// Generated tokens/s at that concurrency: the sustainable throughput per replica.
+    pub sustainable_tokens_per_s: f64,
+    /// Every concurrency tried, in order.
+    pub probes: Vec<LevelReport>,
+}
+
+/// The next concurrency to try, given the highest that met the SLO (`good`) and the lowest that
+/// did not (`bad`): doubling until a failure, then bisecting. `None` when the search is over.
+pub fn next_probe(good: usize, bad: Option<usize>, max: usize) -> Option<usize> {
+    match bad {
+        None if good == 0 => Some(1),
+        None if good >= max => None,
+        None => Some((good * 2).min(max)),
+        Some(b) if b > good + 1 => Some(good + (b - good) / 2),
+        Some(_) => None,
+    }
 }
 
 /// Latency percentiles in seconds.
@@ -115,9 +177,79 @@ pub fn check_loopback(url: &str) -> anyhow::Result<reqwest::Url> {
 /// Runs `bench` and prints the JSON report.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if args.slo_ttft.is_some() || args.slo_itl.is_some() {
+        let report = rt.block_on(capacity(&args))?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     let report = rt.block_on(bench(&args))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// SLO mode: searches for the highest concurrency whose p95 TTFT / ITL meet the SLO.
+pub async fn capacity(args: &BenchArgs) -> anyhow::Result<CapacityReport> {
+    let slo = Slo {
+        ttft_p95_s: args.slo_ttft.map(|d| d.as_secs_f64()),
+        itl_p95_s: args.slo_itl.map(|d| d.as_secs_f64()),
+    };
+    let base = check_loopback(&args.url)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let model = resolve_model(&client, &base, args).await?;
+    let (mut good, mut bad) = (0usize, None);
+    let mut best_tps = 0.0;
+    let mut probes = Vec::new();
+    while let Some(c) = next_probe(good, bad, args.max_concurrency.max(1)) {
+        let l = level(&client, &base, &model, args, c).await?;
+        let met = slo.met_by(&l);
+        tracing::info!(
+            concurrency = c,
+            met,
+            tokens_per_s = l.generated_tokens_per_s,
+            "SLO probe"
+        );
+        if met {
+            good = c;
+            best_tps = l.generated_tokens_per_s;
+        } else {
+            bad = Some(c);
+        }
+        probes.push(l);
+    }
+    Ok(CapacityReport {
+        url: args.url.clone(),
+        model,
+        prompt_tokens: args.prompt_tokens,
+        max_tokens: args.max_tokens,
+        duration_s: args.duration.as_secs_f64(),
+        slo,
+        concurrency: good,
+        sustainable_tokens_per_s: best_tps,
+        probes,
+    })
+}
+
+async fn resolve_model(
+    client: &reqwest::Client,
+    base: &reqwest::Url,
+    args: &BenchArgs,
+) -> anyhow::Result<String> {
+    if let Some(m) = &args.model {
+        return Ok(m.clone());
+    }
+    let v: serde_json::Value = client
+        .get(base.join("/v1/models")?)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v["data"][0]["id"]
+        .as_str()
+        .context("/v1/models lists no model")?
+        .to_string())
 }
 
 /// Runs every level and returns the report.
@@ -126,22 +258,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => {
-            let v: serde_json::Value = client
-                .get(base.join("/v1/models")?)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            v["data"][0]["id"]
-                .as_str()
-                .context("/v1/models lists no model")?
-                .to_string()
-        }
-    };
+    let model = resolve_model(&client, &base, args).await?;
     let mut levels = Vec::new();
     for &c in &args.concurrency {
         levels.push(level(&client, &base, &model, args, c.max(1)).await?);
@@ -346,6 +463,59 @@ mod tests {
             })
         );
         assert_eq!(percentiles(&mut []), None);
+    }
+
+    #[test]
+    fn slo_search_doubles_then_bisects() {
+        // Capacity 5: 1, 2, 4 pass; 8 fails; 6 fails; 5 passes; done.
+        let capacity = 5;
+        let (mut good, mut bad, mut tried) = (0, None, Vec::new());
+        while let Some(c) = next_probe(good, bad, 64) {
+            tried.push(c);
+            if c <= capacity {
+                good = c;
+            } else {
+                bad = Some(c);
+            }
+        }
+        assert_eq!(tried, [1, 2, 4, 8, 6, 5]);
+        assert_eq!(good, 5);
+        // Never beyond the maximum, and 0 when one stream already fails.
+        assert_eq!(next_probe(4, None, 4), None);
+        assert_eq!(next_probe(0, Some(1), 64), None);
+    }
+
+    #[test]
+    fn slo_needs_p95s_within_bounds_and_no_rejections() {
+        let slo = Slo {
+            ttft_p95_s: Some(1.0),
+            itl_p95_s: Some(0.1),
+        };
+        let p = |p95| {
+            Some(Percentiles {
+                p50: p95,
+                p95,
+                p99: p95,
+            })
+        };
+        let mut l = LevelReport {
+            concurrency: 1,
+            requests: 3,
+            errors: 0,
+            rejected_429: 0,
+            elapsed_s: 1.0,
+            requests_per_s: 3.0,
+            generated_tokens_per_s: 10.0,
+            mean_prompt_tokens: 8.0,
+            ttft_s: p(0.5),
+            itl_s: p(0.05),
+        };
+        assert!(slo.met_by(&l));
+        l.itl_s = p(0.2);
+        assert!(!slo.met_by(&l));
+        l.itl_s = p(0.05);
+        l.rejected_429 = 1;
+        assert!(!slo.met_by(&l));
     }
 
     #[test]

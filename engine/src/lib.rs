@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod eval;
 pub mod metrics;
 pub mod model;
 pub mod pull;

@@ -49,6 +49,15 @@ pub struct InfoLabels {
     pub device: String,
 }
 
+/// Labels of `bitscale_engine_quality_loss`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QualityLabels {
+    /// The level the served one was compared with (the source file's own precision).
+    pub reference: String,
+    /// `ppl_increase` (relative), `kl` (mean, nats) or `top1_disagreement` (fraction).
+    pub metric: String,
+}
+
 /// All engine metrics and the registry that exposes them.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +78,7 @@ pub struct Metrics {
     pub request_success: Family<FinishedLabel, Counter>,
     pub request_rejected: Family<ReasonLabel, Counter>,
     pub info: Family<InfoLabels, Gauge>,
+    pub quality_loss: Family<QualityLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -93,6 +103,7 @@ impl Metrics {
             request_success: Family::default(),
             request_rejected: Family::default(),
             info: Family::default(),
+            quality_loss: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -180,10 +191,25 @@ impl Metrics {
             "The served model, its quantization level and device (always 1)",
             m.info.clone(),
         );
+        r.register(
+            "quality_loss",
+            "Measured quality loss of the served level against a reference level (serve --measure-quality)",
+            m.quality_loss.clone(),
+        );
         m.info.get_or_create(&info).set(1);
         m.weight_bytes
             .set(i64::try_from(weight_bytes).unwrap_or(i64::MAX));
         m
+    }
+
+    /// Records one measured quality-loss figure.
+    pub fn set_quality_loss(&self, reference: &str, metric: &str, value: f64) {
+        self.quality_loss
+            .get_or_create(&QualityLabels {
+                reference: reference.to_string(),
+                metric: metric.to_string(),
+            })
+            .set(value);
     }
 
     /// Counts one finished request.

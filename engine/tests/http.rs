@@ -433,6 +433,9 @@ async fn bench_measures_a_running_server() {
         duration: Duration::from_millis(500),
         max_requests: 50,
         model: None,
+        slo_ttft: None,
+        slo_itl: None,
+        max_concurrency: 64,
     };
     let report = bitscale_engine::bench::bench(&args).await.expect("bench");
     assert_eq!(report.model, "fake");
@@ -479,4 +482,38 @@ async fn loading_placeholder_is_alive_but_not_ready() {
 /// The status of `GET {base}{path}`.
 async fn get_status(base: &str, path: &str) -> reqwest::StatusCode {
     reqwest::get(format!("{base}{path}")).await.expect(path).status()
+}
+
+/// SLO mode finds the highest concurrency meeting the SLO: every level meets a loose one (up to
+/// `--max-concurrency`), none meets an impossible one.
+#[tokio::test]
+async fn bench_slo_mode_finds_the_capacity() {
+    let (s, base) = server(
+        fake().with_step_delay(Duration::from_millis(1)),
+        SchedulerConfig::default(),
+    )
+    .await;
+    let mut args = bitscale_engine::bench::BenchArgs {
+        url: base,
+        concurrency: vec![],
+        prompt_tokens: 4,
+        max_tokens: 8,
+        duration: Duration::from_millis(300),
+        max_requests: 50,
+        model: None,
+        slo_ttft: None,
+        slo_itl: Some(Duration::from_secs(5)),
+        max_concurrency: 4,
+    };
+    let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    assert_eq!(loose.concurrency, 4, "{loose:?}");
+    assert!(loose.sustainable_tokens_per_s > 0.0);
+    let tried: Vec<usize> = loose.probes.iter().map(|p| p.concurrency).collect();
+    assert_eq!(tried, [1, 2, 4]);
+    args.slo_itl = None;
+    args.slo_ttft = Some(Duration::from_nanos(1));
+    let impossible = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    assert_eq!(impossible.concurrency, 0);
+    assert_eq!(impossible.sustainable_tokens_per_s, 0.0);
+    s.drain(Duration::from_secs(5)).await.expect("drain");
 }

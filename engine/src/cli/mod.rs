@@ -1,5 +1,7 @@
-//! The `bitscale-engine` command line: `serve`, `bench`, `pull` and `gen-test-model`.
+//! The `bitscale-engine` command line: `serve`, `bench`, `eval`, `plan`, `pull` and `gen-test-model`.
 
+pub mod eval;
+pub mod plan;
 pub mod resources;
 pub mod serve;
 pub mod tools;
@@ -26,6 +28,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Load-test a running server (loopback only) and print latency and throughput as JSON.
     Bench(crate::bench::BenchArgs),
+    /// Measure quality loss (perplexity, KL, top-1) of quantization levels against a reference level.
+    Eval(eval::EvalArgs),
+    /// Print the memory a replica needs (weights + KV + overhead) at a level, context and concurrency.
+    Plan(plan::PlanArgs),
     /// Download a model (https or hf://) into a cache path, resumable, with an optional SHA-256 check.
     Pull(tools::PullArgs),
     /// Write a tiny random-weight Llama as GGUF and as a Hugging Face folder, for tests.
@@ -57,6 +63,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Pull(args) => tools::pull(args),
         Command::GenTestModel(args) => tools::gen_test_model(args),
     }

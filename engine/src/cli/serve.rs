@@ -55,6 +55,13 @@ pub struct ServeArgs {
     /// Compute threads. Default: the container's CPU quota, else all CPUs.
     #[arg(long, env = "BITSCALE_THREADS")]
     pub threads: Option<usize>,
+    /// Before readiness, measure the served level's quality loss against the source file's own
+    /// precision on the built-in calibration text and export it as `bitscale_engine_quality_loss`.
+    #[arg(long, env = "BITSCALE_MEASURE_QUALITY")]
+    pub measure_quality: bool,
+    /// Time budget of `--measure-quality` (at least one group of windows is always measured).
+    #[arg(long, env = "BITSCALE_MEASURE_QUALITY_BUDGET", value_parser = parse_duration, default_value = "60s")]
+    pub measure_quality_budget: Duration,
     /// How long requests in flight may take to finish after SIGTERM.
     #[arg(long, env = "BITSCALE_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
     pub grace_period: Duration,
@@ -106,9 +113,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (path, level, device) = (args.model.clone(), args.quantization, args.device);
     let placeholder = crate::server::serve_loading(args.host, args.port).await?;
     tracing::info!(addr = %placeholder.local_addr(), model = %args.model.display(), "loading");
-    let loaded = tokio::task::spawn_blocking(move || crate::model::load(&path, level, device)).await;
+    let (measure, budget) = (args.measure_quality, args.measure_quality_budget);
+    // The measurement runs before the real server starts, so `/ready` stays 503 (the loading
+    // placeholder) until it is done: no traffic competes with it for the CPU.
+    let loaded = tokio::task::spawn_blocking(move || {
+        let loaded = crate::model::load(&path, level, device)?;
+        let quality = measure
+            .then(|| crate::eval::measure_served(&path, loaded.forward.as_ref(), level, budget))
+            .transpose()?;
+        anyhow::Ok((loaded, quality))
+    })
+    .await;
     placeholder.stop().await;
-    let loaded = loaded?.with_context(|| format!("loading {}", args.model.display()))?;
+    let (loaded, quality) = loaded?.with_context(|| format!("loading {}", args.model.display()))?;
     let info = loaded.forward.info().clone();
     let kv_pool_bytes = match (args.kv_pool_bytes, args.kv_cache_tokens) {
         (Some(b), _) => b,
@@ -148,9 +165,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             kv_pool_bytes,
         },
     };
-    tracing::info!(?config, weight_bytes = info.weight_bytes, "starting");
+    tracing::info!(
+        weight_bytes = info.weight_bytes,
+        kv_pool_bytes,
+        kv_bytes_per_token = info.kv_bytes_per_token,
+        "memory"
+    );
+    tracing::info!(?config, "starting");
     let codec: Arc<dyn TextCodec> = loaded.tokenizer;
     let server = crate::server::start(loaded.forward, codec, config).await?;
+    if let Some(q) = quality {
+        tracing::info!(
+            reference = %q.reference,
+            ppl_increase = q.ppl_increase,
+            kl = q.kl,
+            top1_disagreement = q.top1_disagreement,
+            tokens = q.tokens,
+            "measured quality loss"
+        );
+        let m = server.metrics();
+        m.set_quality_loss(&q.reference, "ppl_increase", q.ppl_increase);
+        m.set_quality_loss(&q.reference, "kl", q.kl);
+        m.set_quality_loss(&q.reference, "top1_disagreement", q.top1_disagreement);
+    }
     shutdown_signal().await;
     tracing::info!(grace = ?args.grace_period, inflight = server.inflight(), "draining");
     let clean = server.drain(args.grace_period).await?;

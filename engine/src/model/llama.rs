@@ -100,7 +100,13 @@ impl Llama {
         Ok(embed.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn step(&self, batch: &mut [SeqChunk<'_>]) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+    /// Runs one step. With `every_position`, each chunk gets the logits of all its tokens
+    /// (`tokens.len() × vocab`, row-major) whatever its `want_logits`; otherwise only the last.
+    fn step(
+        &self,
+        batch: &mut [SeqChunk<'_>],
+        every_position: bool,
+    ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
         self.validate(batch)?;
         let cfg = &self.cfg;
         let (hidden, kv_dim) = (cfg.hidden, cfg.kv_dim());
@@ -142,17 +148,20 @@ impl Llama {
         drop(seqs);
 
         // Only the rows whose logits are wanted go through the (vocab-wide) head.
-        let mut last_rows = Vec::new();
+        let mut head_rows = Vec::new();
         let mut row_end = 0;
         for c in batch.iter() {
+            let row_start = row_end;
             row_end += c.tokens.len();
-            if c.want_logits && !c.tokens.is_empty() {
-                last_rows.extend_from_slice(&x[(row_end - 1) * hidden..row_end * hidden]);
+            if every_position {
+                head_rows.extend_from_slice(&x[row_start * hidden..row_end * hidden]);
+            } else if c.want_logits && !c.tokens.is_empty() {
+                head_rows.extend_from_slice(&x[(row_end - 1) * hidden..row_end * hidden]);
             }
         }
-        let wanted = last_rows.len() / hidden;
+        let wanted = head_rows.len() / hidden;
         let logits = if wanted > 0 {
-            let h = rms_norm(&last_rows, &self.norm, cfg.rms_eps);
+            let h = rms_norm(&head_rows, &self.norm, cfg.rms_eps);
             self.lm_head.forward(h, wanted, &self.device)?
         } else {
             Vec::new()
@@ -160,9 +169,14 @@ impl Llama {
         let vocab = self.lm_head.out_dim();
         let mut rows = logits.chunks_exact(vocab);
         let mut out = Vec::with_capacity(batch.len());
+        let mut start = 0;
         for c in batch.iter_mut() {
             c.cache.advance(c.tokens.len());
-            if c.want_logits && !c.tokens.is_empty() {
+            if every_position {
+                let n = c.tokens.len() * vocab;
+                out.push(logits.get(start..start + n).map(<[f32]>::to_vec));
+                start += n;
+            } else if c.want_logits && !c.tokens.is_empty() {
                 out.push(rows.next().map(<[f32]>::to_vec));
             } else {
                 out.push(None);
@@ -174,7 +188,12 @@ impl Llama {
 
 impl Forward for Llama {
     fn forward(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
-        Ok(self.step(batch)?)
+        Ok(self.step(batch, false)?)
+    }
+
+    fn forward_every_position(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let out = self.step(batch, true)?;
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     fn new_cache(&self) -> KvCache {

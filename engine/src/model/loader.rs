@@ -298,7 +298,7 @@ fn read_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
 
 /// The dtype of the embedding / output head at `level`: sensitive tensors stay at ≥ 6 bits under
 /// 4-bit-and-lower levels and at 8 bits otherwise (mistral.rs's policy).
-fn head_dtype(level: QuantLevel, row_len: usize) -> GgmlDType {
+pub(crate) fn head_dtype(level: QuantLevel, row_len: usize) -> GgmlDType {
     let head_level = match level {
         l if l.is_float() => l,
         QuantLevel::Q2K | QuantLevel::Q3K | QuantLevel::Q4K | QuantLevel::Q4_0 | QuantLevel::Q4_1 => {
@@ -355,7 +355,7 @@ impl Converter {
     }
 }
 
-fn is_float(d: GgmlDType) -> bool {
+pub(crate) fn is_float(d: GgmlDType) -> bool {
     matches!(d, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 

@@ -20,12 +20,14 @@ mod linear;
 mod llama;
 mod loader;
 mod quant;
+mod sizing;
 pub mod testmodel;
 mod tokenizer;
 #[cfg(test)]
 mod tokenizer_tests;
 
 pub use error::ModelError;
+pub use sizing::ModelHeader;
 pub use tokenizer::Tokenizer;
 
 /// A quantization level the engine can serve a model at.
@@ -112,6 +114,13 @@ pub trait Forward: Send + Sync {
     /// Runs one step over all chunks together (their rows share every matmul) and returns, per chunk,
     /// the last token's logits (`vocab_size` f32) when `want_logits`, else `None`.
     fn forward(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Option<Vec<f32>>>>;
+    /// Like [`Forward::forward`], but returns the logits of every token of every chunk
+    /// (`tokens.len() × vocab_size` f32, row-major), for evaluation (`eval`). Models that cannot
+    /// do this say so.
+    fn forward_every_position(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let _ = batch;
+        anyhow::bail!("this model cannot return logits at every position")
+    }
     /// A new, empty cache for one sequence.
     fn new_cache(&self) -> KvCache;
     fn info(&self) -> &ModelInfo;

@@ -189,6 +189,11 @@ impl RunningServer {
         self.addr
     }
 
+    /// The server's metrics (for figures measured outside the request path, such as quality).
+    pub fn metrics(&self) -> &Metrics {
+        &self.app.metrics
+    }
+
     /// Starts draining: `/ready` turns 503 and new generation requests get 503; requests in
     /// flight continue. Connections are still accepted so probes see the change.
     pub fn begin_drain(&self) {

@@ -10,7 +10,8 @@ use bitscale_api::v1alpha1::{Device, QuantLevel};
 /// approximate, our `q4_k`/`q5_k`/`q3_k` are uniform k-quants while the table's figures are for
 /// the `_M` mixes, and small models lose more than 8B ones. f16 and bf16 use llama.cpp's
 /// Mistral-7B figures (+0.0020 and −0.0050, taken as 0). Once the engine's `eval` has measured a
-/// variant, the measurement replaces this table.
+/// variant, the measurement replaces this table. Measured on SmolLM2-135M (`engine/QUALITY.md`),
+/// a small model loses several times more per level than these figures; they are a lower bound.
 pub fn quality_loss_prior(level: QuantLevel) -> f64 {
     const F16_PPL: f64 = 6.23;
     let delta_ppl = match level {

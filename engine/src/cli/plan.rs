@@ -1,0 +1,131 @@
+//! `bitscale-engine plan`: the memory a replica needs for a model at a level, a context length and
+//! a concurrency, from the model file's header alone.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::serve::parse_quant;
+use crate::model::{ModelHeader, QuantLevel};
+
+/// Resident memory of a serving process besides weights, KV, step buffers and the tokenizer: the
+/// binary, runtime, allocator arenas, HTTP server and thread stacks. Measured: a `serve` of
+/// the generated test model (vocabulary 300, 0.4 MB of weights) holds 12–13 MiB idle and 15–16
+/// MiB after serving 8 streams.
+pub const RUNTIME_BASE_BYTES: u64 = 14 << 20;
+
+/// Resident bytes per vocabulary entry: the tokenizer's vocabulary and merge tables plus the
+/// loader's leftovers. Measured: SmolLM2-135M (vocabulary 49,152) idles at 42–51 MiB above its
+/// weights, 30–39 MiB above the base (`BENCHMARKS.md`, the ladder section).
+pub const BYTES_PER_VOCAB_ENTRY: u64 = 700;
+
+/// Flags of `plan`.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// A GGUF file or a Hugging Face model folder (only its header is read).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Quantization level the replica serves.
+    #[arg(long, value_parser = parse_quant, default_value = "q8_0")]
+    pub level: QuantLevel,
+    /// Longest sequence (prompt + generated) each stream reaches (default: the model's context).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Sequences in flight at once (`serve --max-running`).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Tokens per engine step (`serve --max-batch-tokens`).
+    #[arg(long, default_value_t = 512)]
+    pub max_batch_tokens: usize,
+}
+
+/// What `plan` prints.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MemoryPlan {
+    pub level: String,
+    pub context: usize,
+    pub concurrency: usize,
+    pub weight_bytes: u64,
+    pub kv_bytes_per_token: u64,
+    /// KV of `concurrency` sequences at `context`, as allocated (a sequence's cache grows by
+    /// doubling from 64 positions, so this rounds each one up to its allocation).
+    pub kv_bytes: u64,
+    /// Activations of one full step, plus logits of every running sequence.
+    pub step_bytes: u64,
+    /// `RUNTIME_BASE_BYTES` + `BYTES_PER_VOCAB_ENTRY` × vocabulary.
+    pub runtime_overhead_bytes: u64,
+    /// The sum: what a pod's memory request should be at least.
+    pub total_bytes: u64,
+    /// `total_bytes` in MiB, rounded up.
+    pub total_mib: u64,
+}
+
+/// Positions a sequence's cache has allocated once it holds `len` (64, then doubling).
+pub fn kv_allocated_positions(len: usize) -> usize {
+    let mut cap = 64;
+    while cap < len {
+        cap *= 2;
+    }
+    cap
+}
+
+/// The plan for `header` at `level`.
+pub fn plan(
+    header: &ModelHeader,
+    level: QuantLevel,
+    context: Option<usize>,
+    concurrency: usize,
+    max_batch_tokens: usize,
+) -> MemoryPlan {
+    let context = context.map_or(header.context_length, |c| c.min(header.context_length));
+    let weight_bytes = header.weight_bytes(level);
+    let per_seq = header.kv_bytes_per_token * kv_allocated_positions(context) as u64;
+    let kv_bytes = per_seq * concurrency as u64;
+    // Per row of a step: the residual stream and its norm, QKV, attention output, gate|up and the
+    // SwiGLU product (f32), counted twice for the copies candle makes around each matmul.
+    let per_row = 4 * (6 * header.hidden + 2 * header.kv_dim) as u64 * 2;
+    let step_bytes = per_row * max_batch_tokens as u64 + 4 * header.vocab as u64 * concurrency as u64;
+    let runtime_overhead_bytes = RUNTIME_BASE_BYTES + BYTES_PER_VOCAB_ENTRY * header.vocab as u64;
+    let total_bytes = weight_bytes + kv_bytes + step_bytes + runtime_overhead_bytes;
+    MemoryPlan {
+        level: level.to_string(),
+        context,
+        concurrency,
+        weight_bytes,
+        kv_bytes_per_token: header.kv_bytes_per_token,
+        kv_bytes,
+        step_bytes,
+        runtime_overhead_bytes,
+        total_bytes,
+        total_mib: total_bytes.div_ceil(1 << 20),
+    }
+}
+
+/// Runs `plan` and prints the JSON.
+pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    let header = ModelHeader::read(&args.model)?;
+    let p = plan(
+        &header,
+        args.level,
+        args.context,
+        args.concurrency.max(1),
+        args.max_batch_tokens.max(1),
+    );
+    println!("{}", serde_json::to_string_pretty(&p)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_allocation_doubles_from_64() {
+        assert_eq!(kv_allocated_positions(1), 64);
+        assert_eq!(kv_allocated_positions(64), 64);
+        assert_eq!(kv_allocated_positions(65), 128);
+        assert_eq!(kv_allocated_positions(2048), 2048);
+        assert_eq!(kv_allocated_positions(3000), 4096);
+    }
+}

@@ -1,5 +1,6 @@
-//! The `bitscale-engine` command line: `serve`, `bench`, `pull` and `gen-test-model`.
+//! The `bitscale-engine` command line: `serve`, `bench`, `pull`, `gen-test-model` and `quantize`.
 
+pub mod quantize;
 pub mod resources;
 pub mod serve;
 pub mod tools;
@@ -30,6 +31,8 @@ pub enum Command {
     Pull(tools::PullArgs),
     /// Write a tiny random-weight Llama as GGUF and as a Hugging Face folder, for tests.
     GenTestModel(tools::GenTestModelArgs),
+    /// Requantize a GGUF file to a level, with the engine's per-tensor dtypes, into a new GGUF file.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Sets up tracing to stderr; `RUST_LOG` filters (default `info`).
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args),
         Command::Pull(args) => tools::pull(args),
         Command::GenTestModel(args) => tools::gen_test_model(args),
+        Command::Quantize(args) => quantize::run(args),
     }
 }
 

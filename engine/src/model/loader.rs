@@ -88,15 +88,19 @@ impl Source for GgufSource {
         Ok(Raw::Quant(t))
     }
     fn native(&self) -> Option<GgmlDType> {
-        // The most common dtype among matrices is the file's level.
-        let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
-        for t in self.content.tensor_infos.values() {
-            if t.shape.rank() == 2 {
-                *counts.entry(t.ggml_dtype).or_default() += 1;
-            }
-        }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
+        native_dtype(&self.content)
     }
+}
+
+/// A GGUF file's own level: the most common dtype among its matrices.
+pub(crate) fn native_dtype(content: &gguf_file::Content) -> Option<GgmlDType> {
+    let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
+    for t in content.tensor_infos.values() {
+        if t.shape.rank() == 2 {
+            *counts.entry(t.ggml_dtype).or_default() += 1;
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
 }
 
 struct HfSource {
@@ -298,7 +302,7 @@ fn read_safetensors(dir: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
 
 /// The dtype of the embedding / output head at `level`: sensitive tensors stay at ≥ 6 bits under
 /// 4-bit-and-lower levels and at 8 bits otherwise (mistral.rs's policy).
-fn head_dtype(level: QuantLevel, row_len: usize) -> GgmlDType {
+pub(crate) fn head_dtype(level: QuantLevel, row_len: usize) -> GgmlDType {
     let head_level = match level {
         l if l.is_float() => l,
         QuantLevel::Q2K | QuantLevel::Q3K | QuantLevel::Q4K | QuantLevel::Q4_0 | QuantLevel::Q4_1 => {

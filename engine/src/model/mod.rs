@@ -7,6 +7,7 @@
 //! - `llama`, `attention`, `linear`: the batched forward pass (rows of all sequences stacked into
 //!   one matrix per matmul; RoPE, attention and KV per sequence on the host).
 //! - [`Tokenizer`]: `tokenizer.json` or GGUF vocabulary, plus the chat template.
+//! - `convert`: offline requantization of a GGUF file ([`quantize_gguf`]).
 //! - [`testmodel`]: a tiny random-weight Llama for tests (`write_test_model`).
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::path::Path;
 mod attention;
 mod chat_template;
 mod config;
+mod convert;
 mod error;
 mod linear;
 mod llama;
@@ -24,6 +26,7 @@ mod tokenizer;
 #[cfg(test)]
 mod tokenizer_tests;
 
+pub use convert::{QuantizeSummary, quantize_gguf};
 pub use error::ModelError;
 pub use tokenizer::Tokenizer;
 

@@ -31,7 +31,7 @@ pub enum Command {
     Pull(tools::PullArgs),
     /// Write a tiny random-weight Llama as GGUF and as a Hugging Face folder, for tests.
     GenTestModel(tools::GenTestModelArgs),
-    /// Requantize a GGUF file to a level, with the engine's per-tensor dtypes, into a new GGUF file.
+    /// Requantize a GGUF file or HF folder to a level, with the engine's per-tensor dtypes, into GGUF.
     Quantize(quantize::QuantizeArgs),
 }
 

@@ -1,15 +1,16 @@
-//! `bitscale-engine quantize`: requantize a GGUF file offline, as the engine would on load.
+//! `bitscale-engine quantize`: requantize a GGUF file or Hugging Face folder offline into GGUF, as the
+//! engine would on load.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::model::{QuantLevel, quantize_gguf};
+use crate::model::{QuantLevel, quantize_model};
 
-/// `bitscale-engine quantize --model IN.gguf --level q8_0 --out OUT.gguf`.
+/// `bitscale-engine quantize --model IN.gguf|HF_DIR --level q8_0 --out OUT.gguf`.
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
-    /// The GGUF file to read.
+    /// The GGUF file or Hugging Face folder (byte-level BPE tokenizer) to read.
     #[arg(long)]
     pub model: PathBuf,
     /// Target level (f32, f16, bf16, q8_0, q6_k, …, q2_k); each tensor gets the dtype the engine
@@ -24,13 +25,7 @@ pub struct QuantizeArgs {
 /// Writes the file and prints a one-line JSON summary.
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let level: QuantLevel = args.level.parse()?;
-    if args.model.is_dir() {
-        anyhow::bail!(
-            "{}: quantize reads GGUF files; a Hugging Face folder is not supported yet",
-            args.model.display()
-        );
-    }
-    let s = quantize_gguf(&args.model, level, &args.out)?;
+    let s = quantize_model(&args.model, level, &args.out)?;
     let summary = serde_json::json!({
         "out": s.out,
         "level": level.as_str(),

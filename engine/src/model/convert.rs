@@ -1,4 +1,4 @@
-//! Offline requantization: a GGUF file → a GGUF file at a [`QuantLevel`], with the same per-tensor
+//! Offline requantization: a GGUF file or Hugging Face folder → a GGUF file at a [`QuantLevel`], with the same per-tensor
 //! dtypes the loader would give it, so the file serves as-is in the engine and in llama.cpp.
 //!
 //! Metadata (architecture, hyperparameters, tokenizer, chat template) is copied unchanged apart from
@@ -14,11 +14,12 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 
-use super::loader::{head_dtype, native_dtype};
+use super::convert_hf::hf_metadata;
+use super::loader::{head_dtype, hf_as_gguf, native_dtype};
 use super::quant::dtype_for_row;
 use super::{ModelError, QuantLevel};
 
-/// What [`quantize_gguf`] wrote.
+/// What [`quantize_model`] wrote.
 #[derive(Debug, Clone)]
 pub struct QuantizeSummary {
     pub out: PathBuf,
@@ -74,33 +75,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     }
 }
 
-/// Requantizes the GGUF file `input` to `level` and writes it to `out` (through a temporary file
-/// beside it, so a failed run leaves no partial file).
+/// Requantizes the model at `input` (a GGUF file, or a Hugging Face folder with a byte-level BPE
+/// tokenizer) to `level` and writes it as GGUF to `out` (through a temporary file beside it, so a
+/// failed run leaves no partial file).
 ///
 /// As in the loader, a tensor already at its target dtype is copied byte for byte, and when `level`
-/// is the file's own level its quantized tensors are kept as shipped.
-pub fn quantize_gguf(input: &Path, level: QuantLevel, out: &Path) -> anyhow::Result<QuantizeSummary> {
-    let mut file = BufReader::new(File::open(input).map_err(io_err(input))?);
-    let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::Corrupt {
-        path: input.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let keep_native = native_dtype(&content) == Some(level.dtype());
-
-    // File order, so the output reads like the input.
-    let mut infos: Vec<_> = content.tensor_infos.iter().collect();
-    infos.sort_by_key(|(_, info)| info.offset);
-    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(infos.len());
+/// is a GGUF file's own level its quantized tensors are kept as shipped.
+pub fn quantize_model(input: &Path, level: QuantLevel, out: &Path) -> anyhow::Result<QuantizeSummary> {
+    let (metadata, sources, keep_native) = if input.is_dir() {
+        read_hf(input)?
+    } else {
+        read_gguf(input, level)?
+    };
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(sources.len());
     let mut mix = BTreeMap::new();
     let mut tensor_bytes = 0u64;
-    for (name, info) in infos {
-        let q = info
-            .read(&mut file, content.tensor_data_offset, &Device::Cpu)
-            .map_err(|e| ModelError::Corrupt {
-                path: input.to_owned(),
-                reason: format!("tensor `{name}`: {e}"),
-            })?;
-        let target = target_dtype(level, name, q.shape().dims());
+    for (name, q) in sources {
+        let target = target_dtype(level, &name, q.shape().dims());
         let is_float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         let keep = q.dtype() == target || (keep_native && !is_float && q.shape().rank() >= 2);
         let q = if keep {
@@ -110,17 +101,15 @@ pub fn quantize_gguf(input: &Path, level: QuantLevel, out: &Path) -> anyhow::Res
         };
         *mix.entry(format!("{:?}", q.dtype())).or_default() += 1;
         tensor_bytes += q.storage_size_in_bytes() as u64;
-        tensors.push((name.clone(), q));
+        tensors.push((name, q));
     }
-
     let untied_embedding = tensors
         .iter()
         .any(|(n, _)| n == "output.weight")
         .then(|| tensors.iter().find(|(n, _)| n == "token_embd.weight"))
         .flatten()
         .map_or(0, |(_, q)| q.storage_size_in_bytes() as u64);
-    let mut metadata: Vec<(String, Value)> = content
-        .metadata
+    let mut metadata: Vec<(String, Value)> = metadata
         .into_iter()
         // candle's writer always aligns to 32 bytes, the GGUF default.
         .filter(|(k, _)| k != "general.alignment" && k != "general.file_type")
@@ -154,6 +143,50 @@ pub fn quantize_gguf(input: &Path, level: QuantLevel, out: &Path) -> anyhow::Res
     })
 }
 
+type Read = (Vec<(String, Value)>, Vec<(String, QTensor)>, bool);
+
+/// A GGUF file's metadata and tensors (in file order), and whether its own level is `level`.
+fn read_gguf(input: &Path, level: QuantLevel) -> anyhow::Result<Read> {
+    let mut file = BufReader::new(File::open(input).map_err(io_err(input))?);
+    let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::Corrupt {
+        path: input.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let keep_native = native_dtype(&content) == Some(level.dtype());
+    let mut infos: Vec<_> = content.tensor_infos.iter().collect();
+    infos.sort_by_key(|(_, info)| info.offset);
+    let mut tensors = Vec::with_capacity(infos.len());
+    for (name, info) in infos {
+        let q = info
+            .read(&mut file, content.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| ModelError::Corrupt {
+                path: input.to_owned(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
+        tensors.push((name.clone(), q));
+    }
+    Ok((content.metadata.into_iter().collect(), tensors, keep_native))
+}
+
+/// A Hugging Face folder as GGUF metadata and f32 tensors in GGUF names and layout.
+fn read_hf(dir: &Path) -> anyhow::Result<Read> {
+    let (cfg, floats) = hf_as_gguf(dir)?;
+    let metadata = hf_metadata(dir, &cfg)?;
+    let mut tensors = Vec::with_capacity(floats.len() + 1);
+    if let Some(f) = &cfg.rope_freq_factors {
+        let t = candle_core::Tensor::new(f.as_slice(), &Device::Cpu)?;
+        tensors.push((
+            "rope_freqs.weight".to_owned(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
+    }
+    for (name, t) in floats {
+        let q = QTensor::quantize(&t, GgmlDType::F32)?;
+        tensors.push((name, q));
+    }
+    Ok((metadata, tensors, false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,7 +202,7 @@ mod tests {
         let files = write_test_model(dir.path(), &spec).expect("test model");
         for level in [QuantLevel::Q8_0, QuantLevel::Q4K, QuantLevel::F16] {
             let out = dir.path().join(format!("m.{level}.gguf"));
-            quantize_gguf(&files.gguf, level, &out).expect("quantize");
+            quantize_model(&files.gguf, level, &out).expect("quantize");
             let mut f = BufReader::new(File::open(&out).expect("open"));
             let c = gguf_file::Content::read(&mut f).expect("read back");
             assert_eq!(

@@ -7,7 +7,7 @@
 //! - `llama`, `attention`, `linear`: the batched forward pass (rows of all sequences stacked into
 //!   one matrix per matmul; RoPE, attention and KV per sequence on the host).
 //! - [`Tokenizer`]: `tokenizer.json` or GGUF vocabulary, plus the chat template.
-//! - `convert`: offline requantization of a GGUF file ([`quantize_gguf`]).
+//! - `convert`: offline requantization to a GGUF file ([`quantize_model`]).
 //! - [`testmodel`]: a tiny random-weight Llama for tests (`write_test_model`).
 
 use std::path::Path;
@@ -16,6 +16,7 @@ mod attention;
 mod chat_template;
 mod config;
 mod convert;
+mod convert_hf;
 mod error;
 mod linear;
 mod llama;
@@ -26,7 +27,7 @@ mod tokenizer;
 #[cfg(test)]
 mod tokenizer_tests;
 
-pub use convert::{QuantizeSummary, quantize_gguf};
+pub use convert::{QuantizeSummary, quantize_model};
 pub use error::ModelError;
 pub use tokenizer::Tokenizer;
 

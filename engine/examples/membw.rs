@@ -3,7 +3,8 @@
 //! Sums a buffer far larger than the caches (default 1 GiB of u64) with 1 and 2 threads (each thread
 //! one contiguous slice), best of N passes, and prints GB/s (10^9 bytes per second) as JSON.
 //!
-//! `cargo run --release -p bitscale-engine --example membw -- [MIB] [PASSES]`
+//! `rustc --edition 2024 -C opt-level=3 engine/examples/membw.rs -o membw && ./membw [MIB] [PASSES]`
+//! (or `cargo run --release -p bitscale-engine --example membw`, which also builds dev-dependencies).
 
 use std::time::Instant;
 

@@ -423,6 +423,11 @@ async fn one_request(
             };
             let data = data.trim();
             if data == "[DONE]" {
+                // Servers that send no usage (e.g. llama.cpp's without `include_usage` support): one
+                // token per text chunk.
+                if out.completion_tokens == 0 {
+                    out.completion_tokens = out.itl.len() + usize::from(out.ttft.is_some());
+                }
                 return Ok(out);
             }
             let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {

@@ -1,7 +1,9 @@
-//! The `bitscale-engine` command line: `serve`, `bench`, `eval`, `plan`, `pull` and `gen-test-model`.
+//! The `bitscale-engine` command line: `serve`, `bench`, `eval`, `plan`, `quantize`, `pull` and
+//! `gen-test-model`.
 
 pub mod eval;
 pub mod plan;
+pub mod quantize;
 pub mod resources;
 pub mod serve;
 pub mod tools;
@@ -36,6 +38,8 @@ pub enum Command {
     Pull(tools::PullArgs),
     /// Write a tiny random-weight Llama as GGUF and as a Hugging Face folder, for tests.
     GenTestModel(tools::GenTestModelArgs),
+    /// Requantize a GGUF file or HF folder to a level, with the engine's per-tensor dtypes, into GGUF.
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// Sets up tracing to stderr; `RUST_LOG` filters (default `info`).
@@ -67,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::run(args),
         Command::Pull(args) => tools::pull(args),
         Command::GenTestModel(args) => tools::gen_test_model(args),
+        Command::Quantize(args) => quantize::run(args),
     }
 }
 

@@ -88,15 +88,19 @@ impl Source for GgufSource {
         Ok(Raw::Quant(t))
     }
     fn native(&self) -> Option<GgmlDType> {
-        // The most common dtype among matrices is the file's level.
-        let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
-        for t in self.content.tensor_infos.values() {
-            if t.shape.rank() == 2 {
-                *counts.entry(t.ggml_dtype).or_default() += 1;
-            }
-        }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
+        native_dtype(&self.content)
     }
+}
+
+/// A GGUF file's own level: the most common dtype among its matrices.
+pub(crate) fn native_dtype(content: &gguf_file::Content) -> Option<GgmlDType> {
+    let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
+    for t in content.tensor_infos.values() {
+        if t.shape.rank() == 2 {
+            *counts.entry(t.ggml_dtype).or_default() += 1;
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
 }
 
 struct HfSource {
@@ -169,6 +173,49 @@ impl Source for HfSource {
     fn native(&self) -> Option<GgmlDType> {
         None
     }
+}
+
+/// A Hugging Face folder's hyperparameters and tensors under GGUF names and layout (Q/K rows
+/// permuted to interleaved RoPE pairs), as f32, in GGUF order; `output.weight` only when untied.
+pub(crate) fn hf_as_gguf(dir: &Path) -> anyhow::Result<(LlamaConfig, Vec<(String, Tensor)>)> {
+    let cfg_path = dir.join("config.json");
+    let bytes = std::fs::read(&cfg_path).map_err(io_err(&cfg_path))?;
+    let cfg = LlamaConfig::from_hf_json(&cfg_path, &bytes)?;
+    cfg.validate(&cfg_path)?;
+    let mut src = HfSource {
+        dir: dir.to_owned(),
+        tensors: read_safetensors(dir)?,
+        cfg: cfg.clone(),
+    };
+    let mut names = vec!["token_embd.weight".to_owned()];
+    for i in 0..cfg.layers {
+        for leaf in [
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            names.push(format!("blk.{i}.{leaf}.weight"));
+        }
+    }
+    names.push("output_norm.weight".into());
+    if src.has("output.weight") {
+        names.push("output.weight".into());
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let t = match src.read(&name)? {
+            Raw::Float(t) => t,
+            Raw::Quant(q) => q.dequantize(&Device::Cpu)?,
+        };
+        out.push((name, t));
+    }
+    Ok((cfg, out))
 }
 
 /// Reorders Q/K weight rows from rotate-half RoPE order (HF) to interleaved pairs (GGUF).

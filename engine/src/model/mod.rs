@@ -7,6 +7,7 @@
 //! - `llama`, `attention`, `linear`: the batched forward pass (rows of all sequences stacked into
 //!   one matrix per matmul; RoPE, attention and KV per sequence on the host).
 //! - [`Tokenizer`]: `tokenizer.json` or GGUF vocabulary, plus the chat template.
+//! - `convert`: offline requantization to a GGUF file ([`quantize_model`]).
 //! - [`testmodel`]: a tiny random-weight Llama for tests (`write_test_model`).
 
 use std::path::Path;
@@ -14,6 +15,8 @@ use std::path::Path;
 mod attention;
 mod chat_template;
 mod config;
+mod convert;
+mod convert_hf;
 mod error;
 mod kernels;
 mod linear;
@@ -26,6 +29,7 @@ mod tokenizer;
 #[cfg(test)]
 mod tokenizer_tests;
 
+pub use convert::{QuantizeSummary, quantize_model};
 pub use error::ModelError;
 pub use sizing::ModelHeader;
 pub use tokenizer::Tokenizer;

@@ -39,22 +39,22 @@ pub const TARGET_UTILISATION: f64 = 0.7;
 
 /// How much of a HardwareClass's nominal figures the engine achieves, per device.
 ///
-/// Calibrated on CPU against the engine's first measurement (BENCHMARKS.md, "Engine: SmolLM2-135M-Instruct
-/// at q8_0", 2026-11-23: 2 vCPU AMD EPYC Milan, 2 threads, 143 MB of q8_0 weights, ~15 GB/s measured
-/// read bandwidth):
-/// - decode at batch 1 took 14.7 ms per token (ITL p50), i.e. 9.7 GB/s of weights streamed:
-///   `bandwidth` = 9.7 / 15 ≈ 0.65;
-/// - 8 streams took 122.6 ms per step, 8.3× batch 1: candle 0.11.1's Q8_0 kernel on AVX2 without
-///   VNNI re-reads every weight for every row, so a batch shares no weight traffic:
-///   `weight_reuse` = 0;
-/// - 33 prompt tokens took ~0.31 s to prefill (TTFT p50 0.33 s less one decode step), 29 GFLOP/s
-///   against the 2 × 50 GFLOP/s prior: `compute` ≈ 0.3.
+/// Calibrated on CPU against the engine with its own kernels (BENCHMARKS.md, "Engine vs llama.cpp
+/// side by side", 2026-11-23: 2 vCPU AMD EPYC Milan, 2 threads, 143 MB of q8_0 weights; the class
+/// figure for this machine is ~15 GB/s read bandwidth and 2 × 50 GFLOP/s):
+/// - decode at batch 1 took 12.1 ms per token (ITL p50), i.e. 11.8 GB/s of weights streamed:
+///   `bandwidth` = 11.8 / 15 ≈ 0.79;
+/// - 8 streams took 36.7 ms per step, 3.0× batch 1: the kernels reuse each weight block across the
+///   rows of a step, but per-row integer work remains, so `1 + 7 · (1 − weight_reuse)` = 3.0 gives
+///   `weight_reuse` ≈ 0.71;
+/// - 33 prompt tokens took ~80 ms to prefill (TTFT p50 92 ms less one decode step), ~110 GFLOP/s
+///   against the 2 × 50 GFLOP/s prior: `compute` = 1.0.
 ///
-/// With these, the estimate for that run (33-token prompts, 64 generated tokens) is ~49 tok/s at 1
-/// and at 8 streams; the engine measured 48.0 and 48.2 (`calibration_matches_the_measured_engine`).
+/// With these, the estimates for that run (33-token prompts, 64 generated tokens) stay within 20% of
+/// the measured 71.6 tok/s at 1 stream and 150.7 at 8 (`calibration_matches_the_measured_engine`).
 /// CUDA has not been measured (no GPU here): its figures are assumptions, weight reuse as in any
-/// batched GPU matmul. Re-calibrate when the engine's kernels change (a multi-row Q8_0 kernel
-/// would raise CPU `weight_reuse`) and once per-variant measurements replace these priors.
+/// batched GPU matmul. Re-calibrate when the engine's kernels change and once per-variant
+/// measurements replace these priors.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Efficiency {
     /// Fraction of the nominal memory bandwidth a decode step achieves.
@@ -70,9 +70,9 @@ pub struct Efficiency {
 pub fn efficiency(device: Device) -> Efficiency {
     match device {
         Device::Cpu => Efficiency {
-            bandwidth: 0.65,
-            compute: 0.3,
-            weight_reuse: 0.0,
+            bandwidth: 0.79,
+            compute: 1.0,
+            weight_reuse: 0.71,
         },
         Device::Cuda => Efficiency {
             bandwidth: 0.6,

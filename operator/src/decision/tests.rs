@@ -255,9 +255,10 @@ fn decisions_are_deterministic() {
 
 #[test]
 fn calibration_matches_the_measured_engine() {
-    // BENCHMARKS.md, "Engine: SmolLM2-135M-Instruct at q8_0": 2 vCPU AMD EPYC (~15 GB/s read
-    // bandwidth), 2 threads, 33-token prompts, 64 generated tokens. Measured: ITL p50 14.7 ms and
-    // 48.0 tok/s at 1 stream; ITL p50 122.6 ms and 48.2 tok/s at 8 streams.
+    // BENCHMARKS.md, "Engine vs llama.cpp side by side" (q8_0 row): 2 vCPU AMD EPYC (~15 GB/s
+    // read bandwidth class figure), 2 threads, 33-token prompts, 64 generated tokens. Measured:
+    // ITL p50 12.1 ms, TTFT p50 92 ms and 71.6 tok/s at 1 stream; ITL p50 36.7 ms and 150.7 tok/s
+    // at 8 streams.
     let machine = Class {
         name: "epyc-2vcpu".into(),
         bandwidth: 15e9,
@@ -278,18 +279,18 @@ fn calibration_matches_the_measured_engine() {
     };
     let within = |estimate: f64, measured: f64| (estimate / measured - 1.0).abs() <= 0.2;
     let one = run(1);
-    assert!(within(one.inter_token_latency_ms, 14.7), "{one:?}");
-    assert!(within(one.tokens_per_second, 48.0), "{one:?}");
+    assert!(within(one.inter_token_latency_ms, 12.1), "{one:?}");
+    assert!(within(one.tokens_per_second, 71.6), "{one:?}");
     let eight = run(8);
-    assert!(within(eight.inter_token_latency_ms, 122.6), "{eight:?}");
-    assert!(within(eight.tokens_per_second, 48.2), "{eight:?}");
-    assert!(within(one.time_to_first_token_ms, 330.0), "{one:?}");
+    assert!(within(eight.inter_token_latency_ms, 36.7), "{eight:?}");
+    assert!(within(eight.tokens_per_second, 150.7), "{eight:?}");
+    assert!(within(one.time_to_first_token_ms, 92.0), "{one:?}");
 }
 
 #[test]
-fn batching_pays_only_where_the_device_shares_weight_reads() {
-    // On CPU (no weight reuse across rows) a bigger batch adds latency, not throughput; on CUDA
-    // it multiplies throughput.
+fn batching_pays_where_the_device_shares_weight_reads() {
+    // The CPU kernels share most weight reads across a step's rows (measured 2.1× at 8 streams);
+    // a GPU shares nearly all of them.
     let capacity = |class: Class, max_running: i32| {
         let inputs = Inputs {
             levels: vec![QuantLevel::Q8_0],
@@ -306,6 +307,6 @@ fn batching_pays_only_where_the_device_shares_weight_reads() {
     };
     let cpu_gain = capacity(cpu(), 8) / capacity(cpu(), 1);
     let gpu_gain = capacity(gpu(), 8) / capacity(gpu(), 1);
-    assert!(cpu_gain < 1.05, "cpu batch gain {cpu_gain}");
-    assert!(gpu_gain > 2.0, "gpu batch gain {gpu_gain}");
+    assert!(cpu_gain > 1.5, "cpu batch gain {cpu_gain}");
+    assert!(gpu_gain > cpu_gain, "gpu batch gain {gpu_gain} vs cpu {cpu_gain}");
 }

@@ -68,7 +68,8 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError>
             "temperature must be between 0 and 2",
         ));
     }
-    let top_p = opt_num(&obj, "top_p")?.unwrap_or(1.0);
+    // Checked as the f32 the sampler uses: a tiny positive f64 (1e-250) would round to 0.
+    let top_p = opt_num(&obj, "top_p")?.unwrap_or(1.0) as f32;
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("top_p", "top_p must be in (0, 1]"));
     }
@@ -102,7 +103,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<ParsedRequest, ApiError>
         input,
         max_tokens,
         temperature: temperature as f32,
-        top_p: top_p as f32,
+        top_p,
         top_k,
         seed,
         stop: stop(&obj)?,
@@ -300,6 +301,7 @@ mod tests {
             Some("temperature")
         );
         assert_eq!(param(r#"{"prompt":"x","top_p":0}"#, c).as_deref(), Some("top_p"));
+        assert_eq!(param(r#"{"prompt":"x","top_p":1e-250}"#, c).as_deref(), Some("top_p"));
         assert_eq!(param(r#"{"prompt":"x","n":2}"#, c).as_deref(), Some("n"));
         assert_eq!(
             param(r#"{"prompt":"x","max_tokens":-1}"#, c).as_deref(),

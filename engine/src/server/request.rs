@@ -301,7 +301,10 @@ mod tests {
             Some("temperature")
         );
         assert_eq!(param(r#"{"prompt":"x","top_p":0}"#, c).as_deref(), Some("top_p"));
-        assert_eq!(param(r#"{"prompt":"x","top_p":1e-250}"#, c).as_deref(), Some("top_p"));
+        assert_eq!(
+            param(r#"{"prompt":"x","top_p":1e-250}"#, c).as_deref(),
+            Some("top_p")
+        );
         assert_eq!(param(r#"{"prompt":"x","n":2}"#, c).as_deref(), Some("n"));
         assert_eq!(
             param(r#"{"prompt":"x","max_tokens":-1}"#, c).as_deref(),

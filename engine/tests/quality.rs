@@ -4,29 +4,11 @@
 //!
 //! Needs `scripts/fetch-smollm2.sh`; set `BITSCALE_SKIP_SMOLLM2=1` to skip.
 
-use std::path::PathBuf;
+mod common;
 
 use bitscale_engine::eval::{CALIBRATION_TEXT, Candidate, EvalOptions, evaluate};
 use bitscale_engine::model::{DeviceKind, QuantLevel, load};
-
-fn smollm2_path() -> Option<PathBuf> {
-    if std::env::var("BITSCALE_SKIP_SMOLLM2").is_ok_and(|v| v == "1") {
-        eprintln!("BITSCALE_SKIP_SMOLLM2=1: skipping the SmolLM2 quality ordering");
-        return None;
-    }
-    let root = std::env::var_os("BITSCALE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bitscale/models")
-        });
-    let path = root.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set BITSCALE_SKIP_SMOLLM2=1)",
-        path.display()
-    );
-    Some(path)
-}
+use common::smollm2_path;
 
 #[test]
 fn smollm2_levels_order_by_quality_loss() {

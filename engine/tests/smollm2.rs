@@ -10,30 +10,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use bitscale_engine::model::{ChatMessage, DeviceKind, QuantLevel, SeqChunk, load};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-
-fn smollm2_path() -> Option<PathBuf> {
-    if std::env::var("BITSCALE_SKIP_SMOLLM2").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    let root = std::env::var_os("BITSCALE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/bitscale/models")
-        });
-    let path = root.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh (or set BITSCALE_SKIP_SMOLLM2=1)",
-        path.display()
-    );
-    Some(path)
-}
+use common::smollm2_path;
 
 fn answer(level: QuantLevel) -> Option<String> {
     let path = smollm2_path()?;
@@ -143,19 +124,9 @@ fn smollm2_q4_1_is_as_accurate_as_candle_quantized_llama() {
 fn smollm2_stepwise_equals_prefill() {
     let Some(path) = smollm2_path() else { return };
     let m = load(&path, QuantLevel::Q4_1, DeviceKind::Cpu).expect("load SmolLM2");
-    let ids = m
-        .tokenizer
-        .encode("The capital of France is", false)
-        .expect("encode");
-    let mut cache = m.forward.new_cache();
-    let mut batch = [SeqChunk {
-        tokens: &ids,
-        cache: &mut cache,
-        want_logits: true,
-    }];
-    let ours = m.forward.forward(&mut batch).expect("forward")[0]
-        .clone()
-        .expect("logits");
+    let text = "The capital of France is";
+    let ours = last_logits(&m, text);
+    let ids = m.tokenizer.encode(text, false).expect("encode");
     let mut cache = m.forward.new_cache();
     let mut stepwise = Vec::new();
     for t in &ids {

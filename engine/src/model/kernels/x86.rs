@@ -299,6 +299,7 @@ unsafe fn q45<const R: usize, const FIVE: bool>(
                 } else {
                     std::ptr::null()
                 };
+                // A literal 8 lets the inlined loop unroll for the full groups (all but the last).
                 let p = if cnt == 8 {
                     q45_dots::<FIVE>(wb, hb, xb, 8)
                 } else {

@@ -185,6 +185,20 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
         Some(format!("{other}.{cpu}").as_str())
     );
 
+    // Hand edits to children are undone and a deleted child comes back: the operator skips
+    // re-applying children it last applied, but only while they stay as it left them.
+    let scale = serde_json::json!({ "spec": { "replicas": 3 } });
+    deployments
+        .patch(&new_name, &PatchParams::default(), &Patch::Merge(&scale))
+        .await?;
+    let one_replica = |d: Option<&Deployment>| d.and_then(|d| d.spec.replicas) == Some(1);
+    await_condition(deployments.clone(), &new_name, one_replica, TIMEOUT).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let old_uid = services.get("chat").await?.uid();
+    services.delete("chat", &Default::default()).await?;
+    let recreated = |s: Option<&Service>| s.is_some_and(|s| s.uid() != old_uid);
+    await_condition(services.clone(), "chat", recreated, TIMEOUT).await?;
+
     // Deleting the InferenceService garbage-collects its children (kube-controller-manager).
     isvcs.delete("chat", &Default::default()).await?;
     await_deleted(deployments.clone(), &new_name, TIMEOUT).await?;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     /// Reconcile duration in seconds.
     pub duration: Histogram,
+    /// Children written with server-side apply (those unchanged since the last apply are skipped).
+    pub child_writes: Counter,
     registry: Arc<Registry>,
 }
 
@@ -44,10 +46,17 @@ impl Default for Metrics {
             "Reconcile duration",
             duration.clone(),
         );
+        let child_writes = Counter::default();
+        registry.register(
+            "child_applies",
+            "Children written with server-side apply; unchanged children are not re-applied",
+            child_writes.clone(),
+        );
         Self {
             reconciles,
             failures,
             duration,
+            child_writes,
             registry: Arc::new(registry),
         }
     }
@@ -70,6 +79,11 @@ impl Metrics {
                 category: category.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts children written by one reconcile.
+    pub fn children_written(&self, count: usize) {
+        self.child_writes.inc_by(count as u64);
     }
 
     /// Renders the registry in the OpenMetrics text format.

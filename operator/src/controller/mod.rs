@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod status;
+pub mod triggers;
 pub mod validate;
 
 use std::{
@@ -90,6 +91,8 @@ pub struct Context {
     metrics: Metrics,
     recorder: Recorder,
     classes: reflector::Store<HardwareClass>,
+    children: apply::Children,
+    ledger: Arc<apply::Ledger>,
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<InferenceService>>, u32>>,
 }
 
@@ -107,23 +110,7 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     crate::crd::check_installed(&client).await?;
-    let isvcs: Api<DeserializeGuard<InferenceService>> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (deployments, services, pdbs): (Api<Deployment>, Api<Service>, Api<PodDisruptionBudget>) =
-        match &config.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    let isvcs: Api<DeserializeGuard<InferenceService>> = namespaced(&client, &config);
     // HardwareClasses are read from a cache every reconcile needs, and any change to one may
     // change any decision.
     let (classes, class_writer) = reflector::store();
@@ -141,23 +128,64 @@ pub async fn run_until(
         controller: "bitscale-operator".into(),
         instance: config.instance.clone(),
     };
+    // Children: one watch per kind, filtered to the labels the operator puts on them, feeding
+    // both the caches the reconciler reads and the triggers that start it.
+    let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=bitscale-operator");
+    let ledger = Arc::new(apply::Ledger::default());
+    let (deployments, deployment_writer) = reflector::store();
+    let (services, service_writer) = reflector::store();
+    let (pdbs, pdb_writer) = reflector::store();
+    let deployment_changes = triggers::changes(
+        namespaced::<Deployment>(&client, &config),
+        managed(),
+        deployment_writer,
+        triggers::deployment,
+        forget(&ledger),
+    );
+    let service_changes = triggers::changes(
+        namespaced::<Service>(&client, &config),
+        managed(),
+        service_writer,
+        triggers::service,
+        forget(&ledger),
+    );
+    let pdb_changes = triggers::changes(
+        namespaced::<PodDisruptionBudget>(&client, &config),
+        managed(),
+        pdb_writer,
+        triggers::pod_disruption_budget,
+        forget(&ledger),
+    );
+    let (isvc_cache, isvc_writer) = reflector::store();
+    let isvc_changes = triggers::changes(
+        isvcs,
+        watcher::Config::default(),
+        isvc_writer,
+        triggers::inference_service,
+        |_: &_| {},
+    );
     let ctx = Arc::new(Context {
         classes,
+        children: apply::Children {
+            deployments,
+            services,
+            pdbs,
+        },
+        ledger,
         recorder: Recorder::new(client.clone(), reporter),
         client,
         config,
         metrics,
         failures: Mutex::default(),
     });
-    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=bitscale-operator");
     let controller_config = kube::runtime::controller::Config::default()
         .concurrency(ctx.config.concurrency)
         .debounce(ctx.config.debounce);
-    Controller::new(isvcs, watcher::Config::default())
+    Controller::for_stream(isvc_changes, isvc_cache)
         .with_config(controller_config)
-        .owns(deployments, managed.clone())
-        .owns(services, managed.clone())
-        .owns(pdbs, managed)
+        .owns_stream(deployment_changes)
+        .owns_stream(service_changes)
+        .owns_stream(pdb_changes)
         .reconcile_all_on(class_changes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -169,6 +197,23 @@ pub async fn run_until(
         })
         .await;
     Ok(())
+}
+
+/// Removes a deleted child from the ledger.
+fn forget<K: Resource<DynamicType = ()>>(ledger: &Arc<apply::Ledger>) -> impl Fn(&K) + Send + 'static {
+    let ledger = ledger.clone();
+    move |object| ledger.forget(object)
+}
+
+/// An Api over the watched namespace, or all of them.
+fn namespaced<K>(client: &Client, config: &Config) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 #[tracing::instrument(skip_all, fields(object = %guard.name_any(), namespace = guard.namespace()))]
@@ -229,8 +274,11 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
 
     // Blue/green: the Service keeps selecting the variant it serves until the decided one is
     // available, and only then moves; the old Deployment goes after the move.
-    let existing = apply::variant_deployments(client, &valid.owner).await?;
-    let current = apply::serving_variant(client, &valid.owner).await?;
+    // Read from the watch caches: waiting for them matters at start-up, when an empty cache
+    // would show no Service and move traffic to a variant that is not ready.
+    ctx.children.ready().await?;
+    let existing = ctx.children.variant_deployments(&valid.owner);
+    let current = ctx.children.serving_variant(&valid.owner);
     let target_ready_before = existing
         .iter()
         .find(|(v, _)| v == &target)
@@ -251,7 +299,8 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         images: &ctx.config.images,
     };
     let desired = build::desired(&input, &serving);
-    let applied = apply::apply(client, &valid.owner, &desired).await?;
+    let applied = apply::apply(client, &ctx.children, &ctx.ledger, &valid.owner, &desired).await?;
+    ctx.metrics.children_written(applied.writes);
     let switched = serving == target;
     let observed = status::Observed::from_deployment(&applied.deployment, serving.clone(), switched);
     if switched && (observed.ready() || decided.replicas == 0) {
@@ -295,8 +344,9 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     Ok(if switched && observed.ready() {
         Action::requeue(ctx.config.resync)
     } else {
-        // Owned Deployment updates also trigger a reconcile; this is a backstop.
-        Action::requeue(Duration::from_secs(15))
+        // Rollout progress of the Deployment triggers a reconcile by itself; this is a backstop,
+        // and cheap: nothing is written unless something changed.
+        Action::requeue(Duration::from_secs(60))
     })
 }
 

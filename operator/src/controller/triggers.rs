@@ -1,0 +1,142 @@
+//! Which watch events start a reconcile.
+//!
+//! Every write to an object reaches the controller as a watch event, most of them irrelevant: the
+//! operator's own status write comes back on the InferenceService, the disruption controller
+//! rewrites each PDB's status, the Deployment controller reports progress a few times per
+//! rollout. Each costs a full reconcile. Here every watched kind passes through a filter that
+//! lets an object through only when the part of it a reconcile reads has changed (or it was
+//! deleted, so a missing child is recreated), and keeps a cache of the objects for the
+//! reconciler to read instead of asking the API server.
+
+use std::{
+    collections::{HashMap, hash_map::DefaultHasher},
+    hash::{Hash, Hasher},
+};
+
+use bitscale_api::v1alpha1::InferenceService;
+use futures::{Stream, StreamExt, future::ready};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget};
+use kube::{
+    Resource, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+
+/// The part of an object a reconcile depends on, as a hash; `None` passes every event.
+pub type Relevant<K> = fn(&K) -> Option<u64>;
+
+fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Watches `api` into `writer` (the cache the reconciler reads) and yields the objects whose
+/// [`Relevant`] part changed since their last event, plus every deleted object (after calling
+/// `deleted` with it).
+pub fn changes<K>(
+    api: kube::Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    relevant: Relevant<K>,
+    deleted: impl Fn(&K) + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .filter_map(move |event| {
+            ready(match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    let key = object.uid().unwrap_or_else(|| object.name_any());
+                    match relevant(&object) {
+                        Some(now) if seen.insert(key, now) == Some(now) => None,
+                        _ => Some(Ok(object)),
+                    }
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    seen.remove(&object.uid().unwrap_or_else(|| object.name_any()));
+                    deleted(&object);
+                    Some(Ok(object))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(error) => Some(Err(error)),
+            })
+        })
+}
+
+/// An InferenceService matters when its spec (generation) changes; its status is the
+/// operator's own output.
+pub fn inference_service(object: &DeserializeGuard<InferenceService>) -> Option<u64> {
+    object.meta().generation.map(|g| hash(&g))
+}
+
+/// A Deployment matters when its spec changes or its rollout progresses: the fields
+/// `status::Observed` reads, and the variant label the blue/green switch reads.
+pub fn deployment(object: &Deployment) -> Option<u64> {
+    let status = object.status.as_ref();
+    Some(hash(&(
+        object.metadata.generation,
+        object.labels().get(crate::build::LABEL_VARIANT),
+        status.and_then(|s| s.observed_generation),
+        status.and_then(|s| s.replicas),
+        status.and_then(|s| s.updated_replicas),
+        status.and_then(|s| s.available_replicas),
+    )))
+}
+
+/// A Service has no generation; any revision may be an edit to undo.
+pub fn service(object: &Service) -> Option<u64> {
+    object.resource_version().map(|v| hash(&v))
+}
+
+/// A PodDisruptionBudget matters when its spec changes, not when the disruption controller
+/// recounts healthy pods.
+pub fn pod_disruption_budget(object: &PodDisruptionBudget) -> Option<u64> {
+    object.metadata.generation.map(|g| hash(&g))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{apps::v1::DeploymentStatus, policy::v1::PodDisruptionBudgetStatus};
+
+    use super::*;
+
+    #[test]
+    fn deployment_progress_matters_and_unrelated_status_does_not() {
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(1);
+        let before = deployment(&d);
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        let observed = deployment(&d);
+        assert_ne!(before, observed);
+        if let Some(s) = d.status.as_mut() {
+            s.collision_count = Some(1);
+        }
+        assert_eq!(observed, deployment(&d), "collisionCount is not read by a reconcile");
+        if let Some(s) = d.status.as_mut() {
+            s.available_replicas = Some(1);
+        }
+        assert_ne!(observed, deployment(&d));
+    }
+
+    #[test]
+    fn pdb_status_does_not_matter() {
+        let mut p = PodDisruptionBudget::default();
+        p.metadata.generation = Some(2);
+        let before = pod_disruption_budget(&p);
+        p.status = Some(PodDisruptionBudgetStatus {
+            current_healthy: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(before, pod_disruption_budget(&p));
+        p.metadata.generation = Some(3);
+        assert_ne!(before, pod_disruption_budget(&p));
+    }
+}

@@ -2,6 +2,10 @@
 //! administrator offers. Types only: no client, no runtime, so the engine, the operator and the e2e
 //! suite can all share them.
 
+// kube's `printcolumn(name = …, type_ = …)` repeats keys across columns by design; clippy reads
+// them as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod v1alpha1;
 
 /// The API group of every Bitscale resource.

@@ -157,7 +157,9 @@ async fn run(
         args.idle.as_secs()
     );
 
-    let idle = operator.watch_idle(args.idle).await?;
+    let idle = operator
+        .watch_idle(args.idle, &Api::namespaced(client.clone(), namespace))
+        .await?;
     let peak_rss = operator.peak_rss_bytes()?;
     let rss_samples = sampler.stop().await;
     let errors = operator.errors().await?;

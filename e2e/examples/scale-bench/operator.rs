@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::Context as _;
 use bitscale_e2e::Cluster;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, api::ListParams};
 use rustix::process::{Pid, Signal};
 use serde_json::json;
 use tokio::{process::Child, sync::oneshot, task::JoinHandle};
@@ -149,6 +151,13 @@ impl Operator {
         Ok(sum_metric(&text, "bitscale_operator_reconciles_total") as u64)
     }
 
+    /// Children written, from `bitscale_operator_child_applies_total` (unchanged children are
+    /// not re-applied, so this stays flat once everything is in place).
+    pub async fn child_writes(&self) -> anyhow::Result<u64> {
+        let text = self.metrics().await?;
+        Ok(sum_metric(&text, "bitscale_operator_child_applies_total") as u64)
+    }
+
     /// Failed reconciles by category, from `bitscale_operator_reconcile_errors_total`.
     pub async fn errors(&self) -> anyhow::Result<serde_json::Value> {
         let text = self.metrics().await?;
@@ -168,19 +177,34 @@ impl Operator {
     }
 
     /// Reads the reconcile counter every 10 s for `duration` and reports the rate.
-    pub async fn watch_idle(&self, duration: Duration) -> anyhow::Result<Idle> {
+    pub async fn watch_idle(
+        &self,
+        duration: Duration,
+        deployments: &Api<Deployment>,
+    ) -> anyhow::Result<Idle> {
         let start = self.reconciles().await?;
+        let writes_start = self.child_writes().await?;
         let cpu_start = self.cpu_seconds()?;
         let started = Instant::now();
-        let mut timeline = vec![(0u64, 0u64)];
+        let mut timeline = vec![IdleSample {
+            second: 0,
+            reconciles: 0,
+            child_writes: 0,
+            deployments_unobserved: unobserved(deployments).await?,
+        }];
         while started.elapsed() < duration {
             tokio::time::sleep(Duration::from_secs(10).min(duration.saturating_sub(started.elapsed()))).await;
-            let now = self.reconciles().await?;
-            timeline.push((started.elapsed().as_secs(), now - start));
+            timeline.push(IdleSample {
+                second: started.elapsed().as_secs(),
+                reconciles: self.reconciles().await? - start,
+                child_writes: self.child_writes().await? - writes_start,
+                deployments_unobserved: unobserved(deployments).await?,
+            });
         }
         Ok(Idle {
             seconds: started.elapsed().as_secs_f64(),
-            reconciles: timeline.last().map_or(0, |(_, n)| *n),
+            reconciles: timeline.last().map_or(0, |s| s.reconciles),
+            child_writes: timeline.last().map_or(0, |s| s.child_writes),
             cpu_seconds: self.cpu_seconds()? - cpu_start,
             timeline,
         })
@@ -216,9 +240,33 @@ impl Operator {
 pub struct Idle {
     seconds: f64,
     reconciles: u64,
+    child_writes: u64,
     cpu_seconds: f64,
-    /// (seconds since the idle phase began, reconciles since then).
-    timeline: Vec<(u64, u64)>,
+    timeline: Vec<IdleSample>,
+}
+
+/// One sample of the idle phase.
+#[derive(serde::Serialize)]
+pub struct IdleSample {
+    /// Seconds since the idle phase began.
+    second: u64,
+    /// Reconciles since then.
+    reconciles: u64,
+    /// Children written since then.
+    child_writes: u64,
+    /// Deployments whose current generation the Deployment controller has not yet observed:
+    /// each one it catches up on is a real change that triggers one more reconcile.
+    deployments_unobserved: usize,
+}
+
+/// Deployments in `api` not yet observed at their generation.
+async fn unobserved(api: &Api<Deployment>) -> anyhow::Result<usize> {
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|d| d.status.as_ref().and_then(|s| s.observed_generation) < d.metadata.generation)
+        .count())
 }
 
 impl Idle {
@@ -228,6 +276,7 @@ impl Idle {
             "seconds": super::round(self.seconds, 1),
             "reconciles": self.reconciles,
             "reconciles_per_minute": super::round(self.reconciles as f64 * 60.0 / self.seconds.max(1.0), 1),
+            "child_writes": self.child_writes,
             "cpu_seconds": super::round(self.cpu_seconds, 2),
             "timeline": self.timeline,
         })

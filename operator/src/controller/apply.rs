@@ -92,41 +92,73 @@ fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
 ///
 /// In memory only: after a restart the first reconcile of each object applies everything.
 #[derive(Default)]
-pub struct Ledger(Mutex<HashMap<(&'static str, String, String), (u64, u64)>>);
+pub struct Ledger(Mutex<HashMap<ChildKey, (u64, u64)>>);
+
+/// Kind, namespace, name.
+type ChildKey = (&'static str, String, String);
 
 impl Ledger {
-    /// A child's state as far as its owner is concerned: identity, spec revision, labels,
-    /// annotations, owners. The Deployment controller's status writes do not change it.
-    fn fingerprint<K: Resource>(object: &K) -> u64 {
-        let meta = object.meta();
+    /// A child's state as far as its owner is concerned: identity, spec revision, the labels and
+    /// annotations the operator sets (others, such as the Deployment controller's revision
+    /// annotation, are not its business), owners. Status writes do not change it.
+    fn fingerprint<K: Resource>(desired: &K, live: &K) -> u64 {
+        let meta = live.meta();
         let revision = match meta.generation {
             Some(generation) => generation.to_string(),
             // Kinds without a generation (Service): every revision counts.
             None => meta.resource_version.clone().unwrap_or_default(),
         };
+        let ours = |wanted: &Option<std::collections::BTreeMap<String, String>>,
+                    have: &Option<std::collections::BTreeMap<String, String>>| {
+            wanted
+                .iter()
+                .flatten()
+                .map(|(k, _)| (k.clone(), have.as_ref().and_then(|h| h.get(k)).cloned()))
+                .collect::<Vec<_>>()
+        };
+        let want = desired.meta();
         let owners: Vec<&str> = meta
             .owner_references
             .iter()
             .flatten()
             .map(|r| r.uid.as_str())
             .collect();
-        hash(&(&meta.uid, revision, &meta.labels, &meta.annotations, owners))
+        hash(&(
+            &meta.uid,
+            revision,
+            ours(&want.labels, &meta.labels),
+            ours(&want.annotations, &meta.annotations),
+            owners,
+        ))
     }
 
-    fn key<K: Resource<DynamicType = ()>>(namespace: &str, object: &K) -> (&'static str, String, String) {
+    fn key<K: Resource<DynamicType = ()>>(namespace: &str, object: &K) -> ChildKey {
         let kind: &'static str = match K::kind(&()) {
             std::borrow::Cow::Borrowed(kind) => kind,
             std::borrow::Cow::Owned(_) => "",
         };
-        (kind, namespace.to_owned(), object.meta().name.clone().unwrap_or_default())
+        (
+            kind,
+            namespace.to_owned(),
+            object.meta().name.clone().unwrap_or_default(),
+        )
     }
 
-    fn current<K: Resource<DynamicType = ()>>(&self, namespace: &str, desired: &K, want: u64, live: &K) -> bool {
-        lock(&self.0).get(&Self::key(namespace, desired)) == Some(&(want, Self::fingerprint(live)))
+    fn current<K: Resource<DynamicType = ()>>(
+        &self,
+        namespace: &str,
+        desired: &K,
+        want: u64,
+        live: &K,
+    ) -> bool {
+        lock(&self.0).get(&Self::key(namespace, desired)) == Some(&(want, Self::fingerprint(desired, live)))
     }
 
     fn record<K: Resource<DynamicType = ()>>(&self, namespace: &str, desired: &K, want: u64, applied: &K) {
-        lock(&self.0).insert(Self::key(namespace, desired), (want, Self::fingerprint(applied)));
+        lock(&self.0).insert(
+            Self::key(namespace, desired),
+            (want, Self::fingerprint(desired, applied)),
+        );
     }
 
     /// Forgets a deleted child.
@@ -382,12 +414,16 @@ mod tests {
         let ledger = Ledger::default();
 
         // First time: all three are written.
-        let first = apply(&client, &children, &ledger, &owner, &wanted).await.expect("applied");
+        let first = apply(&client, &children, &ledger, &owner, &wanted)
+            .await
+            .expect("applied");
         assert_eq!((first.writes, requests()), (3, 3));
         assert_eq!(ledger.len(), 3);
 
         // Still absent from the cache (the watch has not delivered them): written again.
-        apply(&client, &children, &ledger, &owner, &wanted).await.expect("applied");
+        apply(&client, &children, &ledger, &owner, &wanted)
+            .await
+            .expect("applied");
         assert_eq!(requests(), 6);
 
         // The watch delivers them as applied: nothing to write.
@@ -399,22 +435,45 @@ mod tests {
         let mut pdb = wanted.pdb.clone();
         pdb.metadata = as_created(&pdb.metadata);
         pdb_writer.apply_watcher_event(&watcher::Event::Apply(pdb));
-        let quiet = apply(&client, &children, &ledger, &owner, &wanted).await.expect("applied");
+        let quiet = apply(&client, &children, &ledger, &owner, &wanted)
+            .await
+            .expect("applied");
         assert_eq!((quiet.writes, requests()), (0, 6));
         assert_eq!(quiet.deployment.metadata.uid.as_deref(), Some("child-uid"));
+
+        // Another controller annotates the Deployment (as the Deployment controller does with its
+        // revision): not the operator's business, nothing to write.
+        live.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("deployment.kubernetes.io/revision".into(), "1".into());
+        deployment_writer.apply_watcher_event(&watcher::Event::Apply(live.clone()));
+        apply(&client, &children, &ledger, &owner, &wanted)
+            .await
+            .expect("applied");
+        assert_eq!(requests(), 6);
 
         // Someone edits the Deployment's spec (generation moves): it is written again.
         live.metadata.generation = Some(2);
         deployment_writer.apply_watcher_event(&watcher::Event::Apply(live));
-        let undo = apply(&client, &children, &ledger, &owner, &wanted).await.expect("applied");
+        let undo = apply(&client, &children, &ledger, &owner, &wanted)
+            .await
+            .expect("applied");
         assert_eq!((undo.writes, requests()), (1, 7));
         assert!(lock(&seen)[6].contains("/deployments/"));
         deployment_writer.apply_watcher_event(&watcher::Event::Apply(undo.deployment));
 
         // A different desired child (a new decision) is written though the cache is current.
         let mut changed = wanted.clone();
-        changed.pdb.metadata.labels.get_or_insert_default().insert("x".into(), "y".into());
-        apply(&client, &children, &ledger, &owner, &changed).await.expect("applied");
+        changed
+            .pdb
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("x".into(), "y".into());
+        apply(&client, &children, &ledger, &owner, &changed)
+            .await
+            .expect("applied");
         assert_eq!(requests(), 8);
         assert!(lock(&seen)[7].contains("/poddisruptionbudgets/"));
     }

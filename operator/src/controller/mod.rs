@@ -341,13 +341,10 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         }
         apply::apply_status(client, &valid.owner, &new_status).await?;
     }
-    Ok(if switched && observed.ready() {
-        Action::requeue(ctx.config.resync)
-    } else {
-        // Rollout progress of the Deployment triggers a reconcile by itself; this is a backstop,
-        // and cheap: nothing is written unless something changed.
-        Action::requeue(Duration::from_secs(60))
-    })
+    tracing::debug!(?observed, writes = applied.writes, "reconciled");
+    // Progress of the children arrives as watch events (see `triggers`); the periodic resync is
+    // only a safety net, so a variant still rolling out needs no shorter timer.
+    Ok(Action::requeue(ctx.config.resync))
 }
 
 async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error) -> Result<()> {

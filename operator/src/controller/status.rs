@@ -75,6 +75,10 @@ impl Observed {
 }
 
 /// The status for a successful reconcile.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a separate input of the status; a struct would only rename them"
+)]
 pub fn healthy(
     current: Option<&InferenceServiceStatus>,
     generation: Option<i64>,

@@ -517,3 +517,49 @@ async fn bench_slo_mode_finds_the_capacity() {
     assert_eq!(impossible.sustainable_tokens_per_s, 0.0);
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
+
+#[tokio::test]
+async fn generation_tokens_counter_matches_usage_when_the_model_stops() {
+    let (s, base) = server(fake(), SchedulerConfig::default()).await;
+    // The fake model counts up from the last byte: "~" (126) runs to 255, then EOS (256).
+    let r = post(
+        &base,
+        "/v1/completions",
+        r#"{"prompt":"~","max_tokens":300,"temperature":0}"#,
+    )
+    .await;
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 129);
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("bitscale_engine_generation_tokens_total 129\n"),
+        "the stop token is not a generated token:\n{metrics}"
+    );
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_an_openai_shaped_413() {
+    let (s, base) = server(fake(), SchedulerConfig::default()).await;
+    let prompt = "a".repeat(3 << 20);
+    let r = post(
+        &base,
+        "/v1/completions",
+        &format!(r#"{{"prompt":"{prompt}","max_tokens":1}}"#),
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.expect("an OpenAI-shaped JSON error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["code"], "request_too_large");
+    // The server is unharmed.
+    let r = post(&base, "/v1/completions", r#"{"prompt":"a","max_tokens":1}"#).await;
+    assert_eq!(r.status(), 200);
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}

@@ -243,7 +243,6 @@ impl Engine {
                 continue;
             };
             let token = s.sampler.sample(&logits);
-            self.metrics.generation_tokens.inc();
             match s.last_token_at {
                 None => self
                     .metrics
@@ -258,6 +257,8 @@ impl Engine {
             let finish = if s.stop_token_ids.contains(&token) {
                 Some(FinishReason::Stop)
             } else {
+                // Counted as usage counts it: a stop token ends the completion, it is not part of it.
+                self.metrics.generation_tokens.inc();
                 s.generated.push(token);
                 let _ = s.events.send(Event::Token(token));
                 let full = s.prompt.len() + s.generated.len() >= self.shared.context_length;

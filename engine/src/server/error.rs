@@ -94,6 +94,19 @@ impl ApiError {
         }
     }
 
+    /// A body axum could not read: too large (413, beyond its 2 MB default limit) or cut off.
+    pub fn from_body_rejection(rejection: &axum::extract::rejection::BytesRejection) -> Self {
+        let status = rejection.status();
+        Self {
+            status,
+            message: format!("could not read the request body: {}", rejection.body_text()),
+            kind: "invalid_request_error",
+            param: None,
+            code: (status == StatusCode::PAYLOAD_TOO_LARGE).then_some("request_too_large"),
+            retry_after: None,
+        }
+    }
+
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({

@@ -10,6 +10,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::State,
+    extract::rejection::BytesRejection,
     http::{StatusCode, Uri, header},
     response::{IntoResponse, Response, sse},
 };
@@ -27,16 +28,26 @@ use crate::scheduler::{AdmissionError, GenerationRequest, SamplingParams};
 /// Default `max_tokens` of `/v1/completions`, as in OpenAI's API.
 const DEFAULT_COMPLETION_TOKENS: usize = 16;
 
-pub(super) async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Completions)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+pub(super) async fn completions(
+    State(app): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match body {
+        Ok(body) => generate(app, body, Endpoint::Completions).await,
+        Err(rejection) => Err(ApiError::from_body_rejection(&rejection)),
+    }
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub(super) async fn chat_completions(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
-    generate(app, body, Endpoint::Chat)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+pub(super) async fn chat_completions(
+    State(app): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match body {
+        Ok(body) => generate(app, body, Endpoint::Chat).await,
+        Err(rejection) => Err(ApiError::from_body_rejection(&rejection)),
+    }
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(super) async fn models(State(app): State<Arc<AppState>>) -> Json<Value> {

@@ -215,3 +215,52 @@ fn q8k_activations_round_to_nearest_and_sum_per_16() {
         }
     }
 }
+
+/// Timing, not a check: `cargo test --release -p bitscale-engine -- --ignored --nocapture
+/// kernel_timing` prints µs per matmul for SmolLM2's `ffn_down` shape (576 × 1536), ours on one
+/// rayon thread against candle's `QMatMul` (candle's own pool; run with `CANDLE_NUM_THREADS=1`).
+#[test]
+#[ignore = "timing"]
+fn kernel_timing() {
+    use candle_core::Module;
+    use candle_core::quantized::QMatMul;
+    let (n, k) = (576, 1536);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::Q8_0] {
+        let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).expect("tensor");
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        let bytes = q.data().expect("bytes");
+        let p = PackedMatrix::from_ggml(dtype, &bytes, n, k).expect("pack");
+        let mm = QMatMul::from_qtensor(q).expect("qmatmul");
+        for m in [1, 8] {
+            let x = random(m * k, 2);
+            let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("x");
+            let iters = 400 / m;
+            // Best of 7 runs: the machine is shared, and the minimum is the least disturbed.
+            let time = |f: &dyn Fn()| {
+                f();
+                (0..7)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        for _ in 0..iters {
+                            f();
+                        }
+                        t.elapsed().as_secs_f64() * 1e6 / iters as f64
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let ours = pool.install(|| {
+                time(&|| {
+                    std::hint::black_box(matmul(&p, &x, m, Isa::Best));
+                })
+            });
+            let candle = time(&|| {
+                std::hint::black_box(mm.forward(&xt).expect("forward"));
+            });
+            println!("{dtype:?} m={m}: ours {ours:.0} µs, candle {candle:.0} µs");
+        }
+    }
+}

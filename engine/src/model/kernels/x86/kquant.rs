@@ -92,6 +92,22 @@ unsafe fn q45k_chunk<const FIVE: bool>(q: *const u8, c: usize) -> (__m256i, __m2
     }
 }
 
+/// The 8 sub-block scales at `sc` as `i16`, in both 128-bit halves; [`pick_scale`] broadcasts one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45k_scales(sc: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 8 bytes at `sc`.
+    _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(sc.cast()) }))
+}
+
+/// `i16` lane `i` of `both` (8 lanes repeated in each half) in all 16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pick_scale(both: __m256i, i: usize) -> __m256i {
+    let i = i as i16;
+    _mm256_shuffle_epi8(both, _mm256_set1_epi16(2 * i | ((2 * i + 1) << 8)))
+}
+
 /// The 8 minimums at `m` as 16 `i16` lanes `(m0, m0, m1, m1, …)`, so `madd` with the 16
 /// activation block sums of a super-block gives `m_i · bsum32_i` per `i32` lane.
 #[inline]
@@ -115,10 +131,10 @@ unsafe fn q45k_sb<const FIVE: bool>(
     let mut p = _mm256_setzero_si256();
     // SAFETY: the caller guarantees one super-block at every pointer (16 scale bytes at `sc`).
     unsafe {
+        let scales = q45k_scales(sc);
         for c in 0..4 {
             let (lo, hi) = q45k_chunk::<FIVE>(q, c);
-            let s_lo = _mm256_set1_epi16(i16::from(*sc.add(2 * c)));
-            let s_hi = _mm256_set1_epi16(i16::from(*sc.add(2 * c + 1)));
+            let (s_lo, s_hi) = (pick_scale(scales, 2 * c), pick_scale(scales, 2 * c + 1));
             let xa = _mm256_loadu_si256(x.add(64 * c).cast());
             let xb = _mm256_loadu_si256(x.add(64 * c + 32).cast());
             let a = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xa), s_lo);
@@ -263,10 +279,10 @@ unsafe fn q45k_x8<const FIVE: bool>(w: &PackedMatrix, j: usize, x: &QuantActsK, 
             let q = w.qs.as_ptr().add(s * qb);
             let sc = w.sc.as_ptr().add(s * 16);
             let mut p = [_mm256_setzero_si256(); 8];
+            let scales = q45k_scales(sc);
             for c in 0..4 {
                 let (lo, hi) = q45k_chunk::<FIVE>(q, c);
-                let s_lo = _mm256_set1_epi16(i16::from(*sc.add(2 * c)));
-                let s_hi = _mm256_set1_epi16(i16::from(*sc.add(2 * c + 1)));
+                let (s_lo, s_hi) = (pick_scale(scales, 2 * c), pick_scale(scales, 2 * c + 1));
                 for (r, pr) in p.iter_mut().enumerate() {
                     let xr = xq.add(r * k + t * QK + 64 * c);
                     let xa = _mm256_loadu_si256(xr.cast());

@@ -1,5 +1,6 @@
 //! CPU matmul kernels for the weight formats that carry a served model: Q8_0, the 4- and 5-bit
-//! block quants (Q4_0, Q4_1, Q5_0, Q5_1) and f16/bf16.
+//! block quants (Q4_0, Q4_1, Q5_0, Q5_1), the K-quants Q4_K, Q5_K and Q6_K (see `kquant`), and
+//! f16/bf16. Q2_K and Q3_K have no kernel here and still go through candle.
 //!
 //! Why our own and not candle's `QMatMul`: on x86 without AVX-512 VNNI, candle 0.11 computes one
 //! dot product per (activation row, weight row) pair, so a decode step over 8 sequences streams
@@ -11,7 +12,8 @@
 //! (and minimums) live in separate f16 arrays padded to a multiple of 8 per row, so the AVX2 path
 //! converts eight scales with one instruction. The arithmetic is llama.cpp's: activations become
 //! Q8_0 blocks (32 values, one f32 scale); a 4/5-bit weight `d·q + mn` (q unsigned; Q4_0 and
-//! Q5_0 have `mn = −8d` and `−16d`) dots as `d·dx·Σ q·xq + mn·dx·Σ xq`.
+//! Q5_0 have `mn = −8d` and `−16d`) dots as `d·dx·Σ q·xq + mn·dx·Σ xq`. K-quants use Q8_K
+//! activations instead (256 values per scale, with sums per 16), as llama.cpp does.
 
 mod kquant;
 mod pack;

@@ -105,7 +105,7 @@ unsafe fn q45k_scales(sc: *const u8) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn pick_scale(both: __m256i, i: usize) -> __m256i {
     let i = i as i16;
-    _mm256_shuffle_epi8(both, _mm256_set1_epi16(2 * i | ((2 * i + 1) << 8)))
+    _mm256_shuffle_epi8(both, _mm256_set1_epi16((2 * i) | ((2 * i + 1) << 8)))
 }
 
 /// The 8 minimums at `m` as 16 `i16` lanes `(m0, m0, m1, m1, …)`, so `madd` with the 16
@@ -188,7 +188,7 @@ unsafe fn q6k_scales(sc: *const u8, h: usize) -> [__m256i; 4] {
     let both = _mm256_broadcastsi128_si256(s);
     std::array::from_fn(|c| {
         // Byte indices of i16 lane 2c (low half) and 2c + 1 (high half), repeated.
-        let pick = |lane: i32| _mm_set1_epi16((2 * lane | ((2 * lane + 1) << 8)) as i16);
+        let pick = |lane: i32| _mm_set1_epi16(((2 * lane) | ((2 * lane + 1) << 8)) as i16);
         let c = c as i32;
         _mm256_shuffle_epi8(both, _mm256_set_m128i(pick(2 * c + 1), pick(2 * c)))
     })

@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
 /// this must run before any candle op and before any other thread exists.
 ///
 /// Our kernels run on rayon's pool (`threads` workers). candle keeps a separate spinning pool for
-/// the formats it still serves (K-quants): two pools of `threads` spinners on `threads` cores
+/// the formats it still serves (Q2_K, Q3_K, f32): two pools of `threads` spinners on `threads` cores
 /// starve each other (measured: half the tokens per CPU-second), so candle gets one thread.
 #[expect(unsafe_code)]
 fn set_thread_env(threads: usize) {

@@ -2,8 +2,8 @@
 //!
 //! Activations live in plain `Vec<f32>` rows on the host. Each matmul runs once per step with every
 //! batch row stacked (m = total rows): on CPU through our packed kernels (`kernels`) for Q8_0,
-//! 4/5-bit and f16/bf16 weights, which reuse each weight block across rows; through candle's
-//! `QMatMul` for the other formats and on CUDA. Everything else (norms, RoPE, attention, SwiGLU)
+//! 4/5-bit, Q4_K/Q5_K/Q6_K and f16/bf16 weights, which reuse each weight block across rows; through
+//! candle's `QMatMul` for the other formats (Q2_K, Q3_K, f32) and on CUDA. Everything else (norms, RoPE, attention, SwiGLU)
 //! is a tight loop here: one call per matmul instead of a dozen small ops per layer per sequence.
 
 use std::sync::Arc;

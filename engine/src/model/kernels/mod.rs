@@ -1,5 +1,6 @@
 //! CPU matmul kernels for the weight formats that carry a served model: Q8_0, the 4- and 5-bit
-//! block quants (Q4_0, Q4_1, Q5_0, Q5_1) and f16/bf16.
+//! block quants (Q4_0, Q4_1, Q5_0, Q5_1), the K-quants Q4_K, Q5_K and Q6_K (see `kquant`), and
+//! f16/bf16. Q2_K and Q3_K have no kernel here and still go through candle.
 //!
 //! Why our own and not candle's `QMatMul`: on x86 without AVX-512 VNNI, candle 0.11 computes one
 //! dot product per (activation row, weight row) pair, so a decode step over 8 sequences streams
@@ -11,8 +12,10 @@
 //! (and minimums) live in separate f16 arrays padded to a multiple of 8 per row, so the AVX2 path
 //! converts eight scales with one instruction. The arithmetic is llama.cpp's: activations become
 //! Q8_0 blocks (32 values, one f32 scale); a 4/5-bit weight `d·q + mn` (q unsigned; Q4_0 and
-//! Q5_0 have `mn = −8d` and `−16d`) dots as `d·dx·Σ q·xq + mn·dx·Σ xq`.
+//! Q5_0 have `mn = −8d` and `−16d`) dots as `d·dx·Σ q·xq + mn·dx·Σ xq`. K-quants use Q8_K
+//! activations instead (256 values per scale, with sums per 16), as llama.cpp does.
 
+mod kquant;
 mod pack;
 mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -23,6 +26,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
+pub(crate) use kquant::QuantActsK;
 pub(crate) use pack::PackedMatrix;
 
 /// Values per quantization block.
@@ -42,6 +46,12 @@ pub(crate) enum Format {
     F16,
     /// bfloat16.
     Bf16,
+    /// Q4_K: 256-value super-blocks of 4-bit quants with 6-bit sub-scales and minimums.
+    Q4K,
+    /// Q5_K: as [`Format::Q4K`] plus a fifth bit per value.
+    Q5K,
+    /// Q6_K: 256-value super-blocks of 6-bit quants with 8-bit scales per 16 values.
+    Q6K,
 }
 
 impl Format {
@@ -53,12 +63,20 @@ impl Format {
             GgmlDType::Q5_0 | GgmlDType::Q5_1 => Some(Format::Q5),
             GgmlDType::F16 => Some(Format::F16),
             GgmlDType::BF16 => Some(Format::Bf16),
+            GgmlDType::Q4K => Some(Format::Q4K),
+            GgmlDType::Q5K => Some(Format::Q5K),
+            GgmlDType::Q6K => Some(Format::Q6K),
             _ => None,
         }
     }
 
     fn is_float(self) -> bool {
         matches!(self, Format::F16 | Format::Bf16)
+    }
+
+    /// Whether the format has 256-value super-blocks and takes Q8_K activations.
+    fn is_k(self) -> bool {
+        matches!(self, Format::Q4K | Format::Q5K | Format::Q6K)
     }
 }
 
@@ -164,6 +182,7 @@ pub(crate) enum Isa {
 pub(crate) enum Acts<'a> {
     Float(&'a [f32]),
     Quant(QuantActs),
+    QuantK(QuantActsK),
 }
 
 /// Computes `y = x Wᵀ` for `m` rows of `x` (`m × k`); returns `m × n`.
@@ -172,6 +191,8 @@ pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, isa: Isa) -> Vec<f32
     debug_assert_eq!(x.len(), m * k);
     let acts = if w.format.is_float() {
         Acts::Float(x)
+    } else if w.format.is_k() {
+        Acts::QuantK(QuantActsK::new(x, k))
     } else {
         Acts::Quant(QuantActs::new(x, k))
     };

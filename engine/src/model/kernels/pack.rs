@@ -3,7 +3,7 @@
 
 use half::{bf16, f16};
 
-use super::{BLOCK, Format};
+use super::{BLOCK, Format, kquant};
 
 /// A weight matrix `n × k` in a kernel-friendly layout. See the module docs of `kernels`.
 pub(crate) struct PackedMatrix {
@@ -17,11 +17,14 @@ pub(crate) struct PackedMatrix {
     pub qs: Vec<u8>,
     /// Fifth bits of `Q5`, one `u32` per block (`n × k/32`).
     pub qh: Vec<u32>,
-    /// Block scales as f16 bits, `n × scale_stride`.
+    /// K-quant sub-block scales (and minimums), 16 bytes per super-block; see `kquant`.
+    pub sc: Vec<u8>,
+    /// Block scales as f16 bits, `n × scale_stride` (K-quants: one `d` per super-block).
     pub d: Vec<u16>,
-    /// Block minimums as f16 bits (`Q4`/`Q5`), `n × scale_stride`.
+    /// Block minimums as f16 bits (`Q4`/`Q5`), `n × scale_stride` (`Q4K`/`Q5K`: `dmin`, one per
+    /// super-block).
     pub mn: Vec<u16>,
-    /// Scales per row, `k/32` rounded up to a multiple of 8.
+    /// Scales per row: `k/32` rounded up to a multiple of 8 (K-quants: `k/256`).
     pub scale_stride: usize,
 }
 
@@ -78,12 +81,18 @@ impl PackedMatrix {
             k,
             qs: Vec::new(),
             qh: Vec::new(),
+            sc: Vec::new(),
             d: Vec::new(),
             mn: Vec::new(),
             scale_stride,
         };
         if format.is_float() {
             m.qs = bytes.to_vec();
+            return Ok(m);
+        }
+        if format.is_k() {
+            m.scale_stride = k / kquant::QK;
+            kquant::pack(&mut m, bytes, dtype.type_size());
             return Ok(m);
         }
         m.d = vec![0; n * scale_stride];
@@ -121,8 +130,8 @@ impl PackedMatrix {
                     m.qs.extend_from_slice(&qs[..BLOCK / 2]);
                 }
             }
-            // Returned above, whole.
-            Format::F16 | Format::Bf16 => {}
+            // Returned above.
+            Format::F16 | Format::Bf16 | Format::Q4K | Format::Q5K | Format::Q6K => {}
         }
         Ok(m)
     }
@@ -162,6 +171,7 @@ impl PackedMatrix {
                 }
                 out
             }
+            Format::Q4K | Format::Q5K | Format::Q6K => kquant::row(self, i),
         }
     }
 }

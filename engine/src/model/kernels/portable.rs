@@ -13,6 +13,7 @@ pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows:
             *y = match acts {
                 Acts::Float(x) => float_row(w, j, &x[r * w.k..(r + 1) * w.k]),
                 Acts::Quant(q) => quant_row(w, j, q, r),
+                Acts::QuantK(q) => super::kquant::row_dot(w, j, q, r),
             };
         }
     }
@@ -76,7 +77,7 @@ fn quant_row(w: &PackedMatrix, j: usize, x: &super::QuantActs, r: usize) -> f32 
                 acc = (dot as f32).mul_add(sc(&w.d, b) * dx, acc);
                 mins = sc(&w.mn, b).mul_add(sx, mins);
             }
-            Format::F16 | Format::Bf16 => {}
+            Format::F16 | Format::Bf16 | Format::Q4K | Format::Q5K | Format::Q6K => {}
         }
     }
     acc + mins

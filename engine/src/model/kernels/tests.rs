@@ -1,5 +1,5 @@
 //! The packed kernels against candle's dequantized weights in f32, for every format, odd batch
-//! sizes and row lengths that leave a partial group of eight blocks.
+//! sizes and row lengths that leave a partial group of eight blocks (or K-quant super-blocks).
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -38,7 +38,7 @@ fn packed(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (PackedMatrix, Vec
     (PackedMatrix::from_ggml(dtype, &bytes, n, k).expect("pack"), deq)
 }
 
-const FORMATS: [GgmlDType; 7] = [
+const FORMATS: [GgmlDType; 10] = [
     GgmlDType::Q8_0,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
@@ -46,12 +46,34 @@ const FORMATS: [GgmlDType; 7] = [
     GgmlDType::Q5_1,
     GgmlDType::F16,
     GgmlDType::BF16,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
 ];
+
+fn is_k(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
+}
+
+/// A row length for `dtype` that is `blocks32` blocks of 32, or that many super-blocks of 256
+/// for K-quants.
+fn row_len(dtype: GgmlDType, blocks32: usize) -> usize {
+    if is_k(dtype) {
+        blocks32 * 256
+    } else {
+        blocks32 * 32
+    }
+}
 
 #[test]
 fn every_format_matches_the_dequantized_reference() {
-    // 576 = 18 blocks: two full groups of eight plus two; 13 rows exercise the 8/4/1 row groups.
-    for (dtype, (n, k)) in FORMATS.into_iter().flat_map(|d| [(d, (37, 576)), (d, (70, 64))]) {
+    // 18 blocks (K-quants: 10 super-blocks): full groups of eight plus a partial one; 13 rows
+    // exercise the 8/4/1 row groups.
+    let shapes = |d| {
+        let long = if is_k(d) { 10 } else { 18 };
+        [(d, (37, row_len(d, long))), (d, (70, row_len(d, 2)))]
+    };
+    for (dtype, (n, k)) in FORMATS.into_iter().flat_map(shapes) {
         let (w, deq) = packed(dtype, n, k, 1);
         for m in [1, 2, 3, 8, 13] {
             let x = random(m * k, 2 + m as u64);
@@ -59,7 +81,8 @@ fn every_format_matches_the_dequantized_reference() {
             let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt() / (want.len() as f32).sqrt();
             for isa in [Isa::Best, Isa::Portable] {
                 let got = matmul(&w, &x, m, isa);
-                // Activations are quantized to 8 bits, as in llama.cpp: ~1% of the typical output.
+                // Activations are quantized to 8 bits, as in llama.cpp: ~1% of the typical output
+                // (Q8_K's one scale per 256 values is coarser than Q8_0's per 32, still ≤ 3%).
                 let err = got
                     .iter()
                     .zip(&want)
@@ -82,8 +105,9 @@ fn every_format_matches_the_dequantized_reference() {
 #[test]
 fn simd_and_portable_agree_closely() {
     for dtype in FORMATS {
-        let (w, _) = packed(dtype, 19, 320, 5);
-        let x = random(9 * 320, 6);
+        let k = row_len(dtype, 10);
+        let (w, _) = packed(dtype, 19, k, 5);
+        let x = random(9 * k, 6);
         let a = matmul(&w, &x, 9, Isa::Best);
         let b = matmul(&w, &x, 9, Isa::Portable);
         for (u, v) in a.iter().zip(&b) {
@@ -93,11 +117,28 @@ fn simd_and_portable_agree_closely() {
 }
 
 #[test]
+fn k_quant_simd_and_portable_agree_exactly() {
+    // Both compute the same exact integers per super-block and add them in the same order.
+    for dtype in FORMATS.into_iter().filter(|&d| is_k(d)) {
+        for (n, k, m) in [(19, 2560, 9), (40, 1536, 1), (9, 256, 16)] {
+            let (w, _) = packed(dtype, n, k, 7);
+            let x = random(m * k, 8);
+            assert_eq!(
+                matmul(&w, &x, m, Isa::Best),
+                matmul(&w, &x, m, Isa::Portable),
+                "{dtype:?} n={n} k={k} m={m}"
+            );
+        }
+    }
+}
+
+#[test]
 fn rows_dequantize_exactly_as_candle_does() {
     for dtype in FORMATS {
-        let (w, deq) = packed(dtype, 5, 96, 9);
+        let k = row_len(dtype, 3);
+        let (w, deq) = packed(dtype, 5, k, 9);
         for i in 0..5 {
-            assert_eq!(w.row(i), deq[i * 96..(i + 1) * 96], "{dtype:?} row {i}");
+            assert_eq!(w.row(i), deq[i * k..(i + 1) * k], "{dtype:?} row {i}");
         }
     }
 }
@@ -106,12 +147,13 @@ fn rows_dequantize_exactly_as_candle_does() {
 fn a_batch_row_gets_the_same_result_as_alone() {
     // 13 rows run as groups of 8, 4 and 1; each row must come out bit for bit as when alone.
     for dtype in FORMATS {
-        let (w, _) = packed(dtype, 33, 576, 3);
-        let x = random(13 * 576, 4);
+        let k = row_len(dtype, if is_k(dtype) { 10 } else { 18 });
+        let (w, _) = packed(dtype, 33, k, 3);
+        let x = random(13 * k, 4);
         for isa in [Isa::Best, Isa::Portable] {
             let batch = matmul(&w, &x, 13, isa);
             for r in 0..13 {
-                let alone = matmul(&w, &x[r * 576..(r + 1) * 576], 1, isa);
+                let alone = matmul(&w, &x[r * k..(r + 1) * k], 1, isa);
                 assert_eq!(alone, batch[r * 33..(r + 1) * 33], "{dtype:?} {isa:?} row {r}");
             }
         }
@@ -120,7 +162,9 @@ fn a_batch_row_gets_the_same_result_as_alone() {
 
 #[test]
 fn refuses_unsupported_or_misshapen_input() {
-    assert!(PackedMatrix::from_ggml(GgmlDType::Q4K, &[0; 144], 1, 256).is_err());
+    assert!(PackedMatrix::from_ggml(GgmlDType::Q3K, &[0; 110], 1, 256).is_err());
+    assert!(PackedMatrix::from_ggml(GgmlDType::Q4K, &[0; 144], 1, 288).is_err());
+    assert!(PackedMatrix::from_ggml(GgmlDType::Q6K, &[0; 209], 1, 256).is_err());
     assert!(PackedMatrix::from_ggml(GgmlDType::Q8_0, &[0; 33], 1, 32).is_err());
     assert!(PackedMatrix::from_ggml(GgmlDType::Q8_0, &[0; 34], 1, 48).is_err());
 }
@@ -138,5 +182,85 @@ fn simd_quantization_matches_portable() {
             assert_eq!((pa, a), (pb, b));
         }
         let _ = &mut b;
+    }
+}
+
+#[test]
+fn q8k_activations_round_to_nearest_and_sum_per_16() {
+    let mut x = random(3 * 512, 12);
+    x[256..512].fill(0.0);
+    let q = super::QuantActsK::new(&x, 512);
+    for (b, src) in x.chunks_exact(256).enumerate() {
+        let (qs, dx) = (&q.qs[b * 256..(b + 1) * 256], q.d[b]);
+        if b == 1 {
+            assert!(
+                dx == 0.0 && qs.iter().all(|&v| v == 0),
+                "an all-zero block stays zero"
+            );
+            continue;
+        }
+        // llama.cpp's convention: the value of largest magnitude becomes −128 (or 128, clamped to
+        // 127, when it is negative: off by one step); the others round to the nearest step.
+        assert!(qs.contains(&-128) || qs.contains(&127), "block {b}");
+        for (&v, &s) in qs.iter().zip(src) {
+            let tol = if v == 127 { 1.0001 } else { 0.5001 };
+            assert!(
+                (f32::from(v) * dx - s).abs() <= dx.abs() * tol,
+                "block {b}: {v}·{dx} vs {s}"
+            );
+        }
+        for (g, &sum) in q.bsums[b * 16..(b + 1) * 16].iter().enumerate() {
+            let want: i16 = qs[g * 16..(g + 1) * 16].iter().map(|&v| i16::from(v)).sum();
+            assert_eq!(sum, want, "block {b} sum {g}");
+        }
+    }
+}
+
+/// Timing, not a check: `cargo test --release -p bitscale-engine -- --ignored --nocapture
+/// kernel_timing` prints µs per matmul for SmolLM2's `ffn_down` shape (576 × 1536), ours on one
+/// rayon thread against candle's `QMatMul` (candle's own pool; run with `CANDLE_NUM_THREADS=1`).
+#[test]
+#[ignore = "timing"]
+fn kernel_timing() {
+    use candle_core::Module;
+    use candle_core::quantized::QMatMul;
+    let (n, k) = (576, 1536);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::Q8_0] {
+        let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).expect("tensor");
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        let bytes = q.data().expect("bytes");
+        let p = PackedMatrix::from_ggml(dtype, &bytes, n, k).expect("pack");
+        let mm = QMatMul::from_qtensor(q).expect("qmatmul");
+        for m in [1, 8] {
+            let x = random(m * k, 2);
+            let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("x");
+            let iters = 400 / m;
+            // Best of 7 runs: the machine is shared, and the minimum is the least disturbed.
+            let time = |f: &dyn Fn()| {
+                f();
+                (0..7)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        for _ in 0..iters {
+                            f();
+                        }
+                        t.elapsed().as_secs_f64() * 1e6 / iters as f64
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let ours = pool.install(|| {
+                time(&|| {
+                    std::hint::black_box(matmul(&p, &x, m, Isa::Best));
+                })
+            });
+            let candle = time(&|| {
+                std::hint::black_box(mm.forward(&xt).expect("forward"));
+            });
+            println!("{dtype:?} m={m}: ours {ours:.0} µs, candle {candle:.0} µs");
+        }
     }
 }

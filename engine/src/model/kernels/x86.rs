@@ -12,6 +12,8 @@
               and a size check of every buffer"
 )]
 
+mod kquant;
+
 use std::arch::x86_64::*;
 
 use super::{Acts, BLOCK, Format, PackedMatrix, QuantActs};
@@ -20,6 +22,9 @@ use super::{Acts, BLOCK, Format, PackedMatrix, QuantActs};
 /// activation row. Callers must have checked AVX2, FMA and F16C (`super::has_avx2`).
 pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
     assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    if let Acts::QuantK(x) = acts {
+        return kquant::rows(w, x, m, j0, rows, out);
+    }
     check_sizes(w, acts, m, j0 + rows, out.len() == rows * m);
     // SAFETY: the CPU has the features (asserted above) and `check_sizes` proved every read below
     // (rows < n, activation rows < m, scale arrays padded to `scale_stride`) is in bounds.
@@ -34,6 +39,8 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, row_end: usize, out_
         Format::Q8 => n * k,
         Format::Q4 | Format::Q5 => n * k / 2,
         Format::F16 | Format::Bf16 => 2 * n * k,
+        // Q8_K activations go to `kquant::rows`; other activations do not fit these weights.
+        Format::Q4K | Format::Q5K | Format::Q6K => usize::MAX,
     };
     let mut ok = out_ok && row_end <= n && w.qs.len() == quants && w.scale_stride >= nb;
     ok &= w.scale_stride.is_multiple_of(8);
@@ -54,6 +61,7 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, row_end: usize, out_
             let ok_d = q.d.len() == m * q.stride && q.s.len() == q.d.len();
             q.qs.len() == m * k && ok_stride && ok_d && ok8
         }
+        Acts::QuantK(_) => false,
     };
     assert!(ok, "packed matmul called with inconsistent buffers");
 }

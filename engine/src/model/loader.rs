@@ -449,8 +449,12 @@ fn build(
         None
     };
     let embed = match &tied_head {
-        // Lookups read the packed head; the GGML copy goes.
-        Some(head) if head.can_lookup() => None,
+        // Lookups read the packed head; the GGML copy goes now (a shadowed binding would keep it
+        // to the end of the load).
+        Some(head) if head.can_lookup() => {
+            drop(embed);
+            None
+        }
         _ => Some(embed),
     };
 

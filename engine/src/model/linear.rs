@@ -77,6 +77,8 @@ fn packed_format(dtype: GgmlDType) -> Option<Format> {
 /// serving replica has it. On aarch64 with dot-product instructions, Q4_K, Q5_K and Q6_K are
 /// interleaved 8 rows at a time (`BlockQ4Kx8` etc.: the same bytes again). Not counted: the AMX
 /// Q4_K tiles (CPUs with AMX only) and candle's Q8_0 tiles (never used: Q8_0 is packed here).
+/// Decided by target architecture, not by the CPU `plan` runs on: a serving node is assumed to
+/// have AVX2 (x86) or dot-product instructions (aarch64), so a plan never under-counts.
 /// Measured: SmolLM2-135M at q6_k gains 51 MiB of RSS while serving against q8_0's 20; its 30
 /// Q6_K `ffn_down` matrices (576 × 1536) re-tile to 33 MB.
 pub(crate) fn candle_repack_bytes(dtype: GgmlDType, n: usize, k: usize) -> u64 {

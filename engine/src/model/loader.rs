@@ -441,7 +441,7 @@ fn build(
     tracing::info!(dtype = ?embed.dtype(), "loaded token embeddings");
     // A tied head is built now, while the embedding is the only weight held: packing it needs the
     // GGML copy and the packed one at once, and done last that doubling would sit on top of every
-    // other weight (SmolLM2: +29 MiB at q8_0, +54 MiB at f16 on the process's peak RSS).
+    // other weight (SmolLM2: one embedding more on the peak RSS, 29 MiB at q8_0, 54 MiB at f16).
     let tied = !src.has("output.weight");
     let tied_head = if tied {
         Some(Linear::shared(embed.clone())?)

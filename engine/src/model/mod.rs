@@ -156,8 +156,8 @@ pub fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow::Resul
 /// Hands the pages malloc holds free back to the OS. Loading frees a model's worth of transient
 /// buffers (tensors as read, dequantized f32, GGML blocks before packing); glibc keeps most of
 /// them (its mmap threshold rises to the size of the first large block freed, so later ones come
-/// from arenas it only trims from the top). Measured on SmolLM2-135M: 6–20 MiB of resident
-/// memory that varied by level (most at f16) and that no one would ever use again, which made
+/// from arenas it only trims from the top). Measured on SmolLM2-135M: 4–19 MiB of resident
+/// memory that varied by level (most at f16 and q6_k) and that no one would ever use again, which made
 /// the steady RSS unpredictable from the weights.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(unsafe_code)]

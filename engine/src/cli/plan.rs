@@ -10,15 +10,17 @@ use super::serve::parse_quant;
 use crate::model::{ModelHeader, QuantLevel};
 
 /// Resident memory of a serving process besides weights, KV, step buffers and the tokenizer: the
-/// binary, runtime, allocator arenas, HTTP server and thread stacks. Measured: a `serve` of
-/// the generated test model (vocabulary 300, 0.4 MB of weights) holds 12–13 MiB idle and 15–16
-/// MiB after serving 8 streams.
-pub const RUNTIME_BASE_BYTES: u64 = 14 << 20;
+/// binary, runtime, allocator arenas, HTTP server and thread stacks. Measured with
+/// `scripts/rss-vs-plan` on the generated test model (vocabulary 300, 0.1–0.4 MiB of weights,
+/// under 1 MiB of KV and step buffers at 8 streams): 11 MiB idle, 13–14 MiB peak after serving
+/// 8 streams, at every level (2026-11-23, BENCHMARKS.md "plan against peak RSS").
+pub const RUNTIME_BASE_BYTES: u64 = 12 << 20;
 
-/// Resident bytes per vocabulary entry: the tokenizer's vocabulary and merge tables plus the
-/// loader's leftovers. Measured: SmolLM2-135M (vocabulary 49,152) idles at 42–51 MiB above its
-/// weights, 30–39 MiB above the base (`BENCHMARKS.md`, the ladder section).
-pub const BYTES_PER_VOCAB_ENTRY: u64 = 700;
+/// Resident bytes per vocabulary entry: the tokenizer's vocabulary, merge and decode tables.
+/// Measured: SmolLM2-135M (vocabulary 49,152) idles at 27–33 MiB above its resident weights at
+/// every level once the load's freed buffers are trimmed, 11 MiB of which is the base above:
+/// 16–22 MiB, about 400 bytes per entry.
+pub const BYTES_PER_VOCAB_ENTRY: u64 = 400;
 
 /// Flags of `plan`.
 #[derive(Debug, Clone, Args)]
@@ -46,6 +48,8 @@ pub struct MemoryPlan {
     pub level: String,
     pub context: usize,
     pub concurrency: usize,
+    /// Weights as the engine holds them on CPU (packed layouts, candle's repacked K-quant copy):
+    /// the `bitscale_engine_weight_bytes` gauge of the loaded model.
     pub weight_bytes: u64,
     pub kv_bytes_per_token: u64,
     /// KV of `concurrency` sequences at `context`, as allocated (a sequence's cache grows by

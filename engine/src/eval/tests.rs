@@ -124,12 +124,7 @@ fn header_sizing_matches_the_loaded_weights() {
         for path in [&files.gguf, &files.hf_dir] {
             let header = ModelHeader::read(path).expect("header");
             assert_eq!(header.source_level, QuantLevel::F32);
-            for level in [
-                QuantLevel::F16,
-                QuantLevel::Q8_0,
-                QuantLevel::Q4K,
-                QuantLevel::Q2K,
-            ] {
+            for level in QuantLevel::ALL {
                 let m = load(path, level, DeviceKind::Cpu).expect("load");
                 let info = m.forward.info();
                 assert_eq!(
@@ -139,6 +134,30 @@ fn header_sizing_matches_the_loaded_weights() {
                     path.display()
                 );
                 assert_eq!(header.kv_bytes_per_token, info.kv_bytes_per_token);
+            }
+        }
+    }
+}
+
+#[test]
+fn header_sizing_matches_the_loaded_weights_of_quantized_files() {
+    // A quantized file served at its own level keeps its mix; at another level it is converted.
+    // The narrow default spec makes K-quant files a mix of fallbacks.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (spec, name) in [(spec(), "wide"), (TestModelSpec::default(), "narrow")] {
+        let spec = TestModelSpec { tied: true, ..spec };
+        let files = write_test_model(&dir.path().join(name), &spec).expect("test model");
+        for source in [QuantLevel::Q4K, QuantLevel::Q4_1, QuantLevel::Q6K] {
+            let file = dir.path().join(format!("{name}-{source}.gguf"));
+            crate::model::quantize_model(&files.gguf, source, &file).expect("quantize");
+            let header = ModelHeader::read(&file).expect("header");
+            for level in [source, QuantLevel::Q8_0, QuantLevel::Q4_0, QuantLevel::Q2K] {
+                let m = load(&file, level, DeviceKind::Cpu).expect("load");
+                assert_eq!(
+                    header.weight_bytes(level),
+                    m.forward.info().weight_bytes,
+                    "{name} {source} file at {level}"
+                );
             }
         }
     }

@@ -24,7 +24,7 @@ impl Matmul {
     fn new(w: Arc<QTensor>) -> Result<Self, ModelError> {
         let (n, k) = w.shape().dims2()?;
         let dtype = w.dtype();
-        if w.device().is_cpu() && Format::for_dtype(dtype).is_some() && !candle_kernels_forced() {
+        if w.device().is_cpu() && packed_format(dtype).is_some() {
             let packed = PackedMatrix::from_ggml(dtype, &w.data()?, n, k)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             return Ok(Matmul::Packed(packed));
@@ -36,6 +36,22 @@ impl Matmul {
         }))
     }
 
+    /// Bytes this matrix holds once serving: the packed buffers, or candle's storage plus the
+    /// copy candle repacks on first use ([`candle_repack_bytes`]).
+    fn bytes(&self) -> u64 {
+        match self {
+            Matmul::Packed(p) => p.bytes(),
+            Matmul::Candle(QMatMul::QTensor(w)) => {
+                // Weights are 2-D by construction (`Matmul::new` checked).
+                let (n, k) = w.shape().dims2().unwrap_or((0, 0));
+                w.storage_size_in_bytes() as u64 + candle_repack_bytes(w.dtype(), n, k)
+            }
+            Matmul::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                (t.elem_count() * t.dtype().size_in_bytes()) as u64
+            }
+        }
+    }
+
     fn forward(&self, x: &[f32], m: usize, k: usize, device: &Device) -> Result<Vec<f32>, ModelError> {
         match self {
             Matmul::Packed(p) => Ok(kernels::matmul(p, x, m, isa())),
@@ -45,6 +61,77 @@ impl Matmul {
             }
         }
     }
+}
+
+/// The packed format a weight of `dtype` gets on CPU, or `None` when candle multiplies by it.
+fn packed_format(dtype: GgmlDType) -> Option<Format> {
+    Format::for_dtype(dtype).filter(|_| !candle_kernels_forced())
+}
+
+/// Bytes of the copy candle 0.11.1 builds, on a matrix's first matmul, next to the GGML storage
+/// it keeps (`QTensor::repacked_qs`, `candle-core/src/quantized/repack_x86.rs` and `repack.rs`).
+/// On x86 with AVX2 (`repack_x86::select`), Q4_K and Q6_K matrices with `n % 16 == 0` and
+/// `k % 256 == 0` are re-tiled per 16 rows × 256 values: `TileQ4K` is 3,072 bytes (f32 scales
+/// and minimums unpacked, 0.75 bytes a value) and `TileQ6K` 5,120 (1.25 bytes a value). Q6_K is
+/// re-tiled only for multi-row matmuls, which every prefill of more than one token is, so a
+/// serving replica has it. On aarch64 with dot-product instructions, Q4_K, Q5_K and Q6_K are
+/// interleaved 8 rows at a time (`BlockQ4Kx8` etc.: the same bytes again). Not counted: the AMX
+/// Q4_K tiles (CPUs with AMX only) and candle's Q8_0 tiles (never used: Q8_0 is packed here).
+/// Decided by target architecture, not by the CPU `plan` runs on: a serving node is assumed to
+/// have AVX2 (x86) or dot-product instructions (aarch64), so a plan never under-counts.
+/// Measured: SmolLM2-135M at q6_k gains 51 MiB of RSS while serving against q8_0's 20; its 30
+/// Q6_K `ffn_down` matrices (576 × 1536) re-tile to 33 MB.
+pub(crate) fn candle_repack_bytes(dtype: GgmlDType, n: usize, k: usize) -> u64 {
+    if cfg!(target_arch = "x86_64") && n.is_multiple_of(16) && k.is_multiple_of(256) {
+        let tile = match dtype {
+            GgmlDType::Q4K => 3072,
+            GgmlDType::Q6K => 5120,
+            _ => return 0,
+        };
+        return (n / 16 * (k / 256) * tile) as u64;
+    }
+    if cfg!(target_arch = "aarch64")
+        && n.is_multiple_of(8)
+        && matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
+    {
+        return ggml_bytes(dtype, n * k);
+    }
+    0
+}
+
+/// Bytes of `elems` values in GGML's own layout of `dtype`.
+pub(crate) fn ggml_bytes(dtype: GgmlDType, elems: usize) -> u64 {
+    (elems / dtype.block_size() * dtype.type_size()) as u64
+}
+
+/// Bytes a CPU replica holds for an `n × k` weight of `dtype` (see [`Matmul::bytes`]), predicted
+/// without loading it. The loaded model's [`Linear::bytes`] equals this by construction of both
+/// on [`PackedMatrix::bytes_for`] and [`candle_repack_bytes`] (tested on every level).
+pub(crate) fn resident_bytes(dtype: GgmlDType, n: usize, k: usize) -> u64 {
+    match packed_format(dtype) {
+        Some(format) => PackedMatrix::bytes_for(format, n, k),
+        None => ggml_bytes(dtype, n * k) + candle_repack_bytes(dtype, n, k),
+    }
+}
+
+/// Bytes of a [`Linear`] over weights of `(dtype, rows)` with rows of `k`, in output order: the
+/// same grouping into fused matrices as [`Linear::new`].
+pub(crate) fn linear_resident_bytes(parts: &[(GgmlDType, usize)], k: usize) -> u64 {
+    let mut groups: Vec<(GgmlDType, usize)> = Vec::new();
+    for &(dtype, n) in parts {
+        match groups.last_mut() {
+            Some((d, rows)) if *d == dtype => *rows += n,
+            _ => groups.push((dtype, n)),
+        }
+    }
+    groups.iter().map(|&(d, n)| resident_bytes(d, n, k)).sum()
+}
+
+/// Whether a tied embedding of `dtype` keeps its own copy next to the output head on CPU: the
+/// head can neither serve lookups (it is not packed) nor share the embedding's storage (candle
+/// widens f32 weights into a separate `Tensor`).
+pub(crate) fn tied_embedding_kept_apart(dtype: GgmlDType) -> bool {
+    packed_format(dtype).is_none() && dtype == GgmlDType::F32
 }
 
 /// `BITSCALE_KERNELS=candle` routes every matmul through candle and `=portable` runs our kernels
@@ -92,8 +179,9 @@ impl Linear {
             let (n, k) = fused.shape().dims2()?;
             in_dim = k;
             out_dim += n;
-            bytes += fused.storage_size_in_bytes() as u64;
-            parts.push((Matmul::new(Arc::new(fused))?, n));
+            let mm = Matmul::new(Arc::new(fused))?;
+            bytes += mm.bytes();
+            parts.push((mm, n));
         }
         Ok(Self {
             parts,
@@ -106,9 +194,10 @@ impl Linear {
     /// A layer over a weight shared with another use (the tied embedding / output head).
     pub(crate) fn shared(w: Arc<QTensor>) -> Result<Self, ModelError> {
         let (n, k) = w.shape().dims2()?;
-        let bytes = w.storage_size_in_bytes() as u64;
+        let mm = Matmul::new(w)?;
+        let bytes = mm.bytes();
         Ok(Self {
-            parts: vec![(Matmul::new(w)?, n)],
+            parts: vec![(mm, n)],
             in_dim: k,
             out_dim: n,
             bytes,
@@ -119,7 +208,7 @@ impl Linear {
         self.out_dim
     }
 
-    /// Bytes of the weights as stored.
+    /// Bytes the layer's weights hold once serving ([`resident_bytes`] of each fused part).
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }

@@ -148,5 +148,26 @@ pub struct LoadedModel {
 /// `path` is a `.gguf` file or a folder with `config.json`, `*.safetensors`, `tokenizer.json` and
 /// optionally `tokenizer_config.json`. Errors are [`ModelError`]s naming the file at fault.
 pub fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow::Result<LoadedModel> {
-    loader::load(path, level, device)
+    let model = loader::load(path, level, device)?;
+    release_freed_memory();
+    Ok(model)
 }
+
+/// Hands the pages malloc holds free back to the OS. Loading frees a model's worth of transient
+/// buffers (tensors as read, dequantized f32, GGML blocks before packing); glibc keeps most of
+/// them (its mmap threshold rises to the size of the first large block freed, so later ones come
+/// from arenas it only trims from the top). Measured on SmolLM2-135M: 4–19 MiB of resident
+/// memory that varied by level (most at f16 and q6_k) and that no one would ever use again, which made
+/// the steady RSS unpredictable from the weights.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(unsafe_code, reason = "one FFI call into glibc with no arguments from us")]
+fn release_freed_memory() {
+    // SAFETY: `malloc_trim` only walks glibc's own arenas under their locks; it takes no
+    // pointers from us.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}

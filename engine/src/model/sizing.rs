@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{GgmlDType, gguf_file};
 
 use super::config::LlamaConfig;
+use super::linear::{ggml_bytes, linear_resident_bytes, tied_embedding_kept_apart};
 use super::loader::{head_dtype, is_float};
 use super::quant::dtype_for_row;
 use super::{ModelError, QuantLevel};
@@ -92,58 +93,66 @@ impl ModelHeader {
         })
     }
 
-    /// Bytes of the weights once loaded at `level`: matrices at the dtype the loader gives them
-    /// (`dtype_for_row`, the head policy, the file's own mix kept at its own level), norms as f32.
-    /// Equals `ModelInfo::weight_bytes` of the loaded model.
+    /// Bytes of the weights once loaded at `level` and serving on CPU: each matrix at the dtype
+    /// the loader gives it (`dtype_for_row`, the head policy, the file's own mix kept at its own
+    /// level), fused as the loader fuses it, in the layout the engine holds it
+    /// ([`linear_resident_bytes`]); block norms as f32. Equals `ModelInfo::weight_bytes` of the
+    /// loaded model (the `bitscale_engine_weight_bytes` gauge).
     pub fn weight_bytes(&self, level: QuantLevel) -> u64 {
         let keep_native = self.source_level == level && !level.is_float();
+        let by_name: HashMap<String, &TensorHead> =
+            self.tensors.iter().map(|t| (gguf_name(&t.name), t)).collect();
+        // (held dtype, rows, cols) of a matrix, when the file has it.
+        let matrix = |name: &str| -> Option<(GgmlDType, usize, usize)> {
+            let t = by_name.get(name)?;
+            let &[rows, cols] = t.dims.as_slice() else {
+                return None;
+            };
+            let target = if name == "token_embd.weight" || name == "output.weight" {
+                head_dtype(level, self.hidden)
+            } else {
+                dtype_for_row(level, cols)
+            };
+            let held = if t.dtype == target || (keep_native && !is_float(t.dtype)) {
+                t.dtype
+            } else {
+                target
+            };
+            Some((held, rows, cols))
+        };
+        // A fused layer over `names` (all with rows of the same length).
+        let linear = |names: &[String]| -> u64 {
+            let parts: Vec<(GgmlDType, usize, usize)> = names.iter().filter_map(|n| matrix(n)).collect();
+            let k = parts.first().map_or(0, |p| p.2);
+            let parts: Vec<(GgmlDType, usize)> = parts.iter().map(|&(d, n, _)| (d, n)).collect();
+            linear_resident_bytes(&parts, k)
+        };
         let mut total = 0u64;
-        for t in &self.tensors {
-            let gguf_name = gguf_name(&t.name);
-            let is_block_norm =
-                gguf_name.ends_with("attn_norm.weight") || gguf_name.ends_with("ffn_norm.weight");
-            match t.dims.as_slice() {
-                [_] if is_block_norm => total += 4 * t.dims[0] as u64,
-                // candle gives GGUF dims as [rows, cols], like safetensors.
-                [rows, cols] if is_matrix(&gguf_name) => {
-                    let (rows, cols) = (*rows, *cols);
-                    let target = if gguf_name == "token_embd.weight" || gguf_name == "output.weight" {
-                        head_dtype(level, self.hidden)
-                    } else {
-                        dtype_for_row(level, cols)
-                    };
-                    let dtype = if t.dtype == target || (keep_native && !is_float(t.dtype)) {
-                        t.dtype
-                    } else {
-                        target
-                    };
-                    total += stored_bytes(dtype, rows * cols);
+        for i in 0..self.layers {
+            let n = |leaf: &str| format!("blk.{i}.{leaf}.weight");
+            for norm in ["attn_norm", "ffn_norm"] {
+                if let Some(t) = by_name.get(&n(norm)) {
+                    total += 4 * t.dims.iter().product::<usize>() as u64;
                 }
-                _ => {}
+            }
+            total += linear(&[n("attn_q"), n("attn_k"), n("attn_v")]);
+            total += linear(&[n("attn_output")]);
+            total += linear(&[n("ffn_gate"), n("ffn_up")]);
+            total += linear(&[n("ffn_down")]);
+        }
+        let embed = matrix("token_embd.weight");
+        let embed_ggml = embed.map_or(0, |(d, n, k)| ggml_bytes(d, n * k));
+        if by_name.contains_key("output.weight") {
+            // Untied: the head, and the embedding as GGML blocks for lookups.
+            total += linear(&["output.weight".into()]) + embed_ggml;
+        } else if let Some((dtype, rows, cols)) = embed {
+            total += linear_resident_bytes(&[(dtype, rows)], cols);
+            if tied_embedding_kept_apart(dtype) {
+                total += embed_ggml;
             }
         }
         total
     }
-}
-
-/// Bytes of `elems` values stored as `dtype`.
-fn stored_bytes(dtype: GgmlDType, elems: usize) -> u64 {
-    (elems / dtype.block_size() * dtype.type_size()) as u64
-}
-
-fn is_matrix(gguf_name: &str) -> bool {
-    const MATS: [&str; 7] = [
-        "attn_q.weight",
-        "attn_k.weight",
-        "attn_v.weight",
-        "attn_output.weight",
-        "ffn_gate.weight",
-        "ffn_up.weight",
-        "ffn_down.weight",
-    ];
-    gguf_name == "token_embd.weight"
-        || gguf_name == "output.weight"
-        || (gguf_name.starts_with("blk.") && MATS.iter().any(|m| gguf_name.ends_with(m)))
 }
 
 /// The GGUF name of a Hugging Face tensor name (GGUF names pass through).

@@ -264,3 +264,19 @@ fn kernel_timing() {
         }
     }
 }
+
+#[test]
+fn planned_bytes_are_the_packed_bytes() {
+    for (dtype, (n, k)) in FORMATS
+        .into_iter()
+        .flat_map(|d| [(d, (37, row_len(d, 18))), (d, (70, row_len(d, 2))), (d, (8, 256))])
+    {
+        let (w, _) = packed(dtype, n, k, 3);
+        let format = super::Format::for_dtype(dtype).expect("format");
+        assert_eq!(
+            PackedMatrix::bytes_for(format, n, k),
+            w.bytes(),
+            "{dtype:?} {n}×{k}"
+        );
+    }
+}

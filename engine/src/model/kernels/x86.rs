@@ -68,8 +68,9 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, row_end: usize, out_
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
-    // One activation row: eight weight rows at a time, one per lane, so the per-block scaling is
-    // one vector operation for eight rows instead of eight scalar ones.
+    // One activation row of 4/5-bit weights: eight weight rows at a time, one per lane, so the
+    // per-block scaling is one vector operation for eight rows instead of eight scalar ones. (The
+    // same for Q8_0 was faster with the weights in cache but slower on the streamed output head.)
     let mut first = 0;
     if let (1, Acts::Quant(x)) = (m, acts) {
         while first + 8 <= rows {
@@ -77,7 +78,6 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
             // SAFETY: rows `j..j + 8` exist (`check_sizes` saw `j0 + rows <= n`); features by the caller.
             let sums = unsafe {
                 match w.format {
-                    Format::Q8 => q8_w8(w, j, x),
                     Format::Q4 => q45_w8::<false>(w, j, x),
                     Format::Q5 => q45_w8::<true>(w, j, x),
                     _ => break,
@@ -248,6 +248,17 @@ unsafe fn q45_x8<const FIVE: bool>(w: &PackedMatrix, j: usize, x: &QuantActs, g:
     }
 }
 
+/// Asks for `lines` cache lines from `p` on. The eight-row kernels walk eight rows in turn, a
+/// pattern the hardware prefetcher does not follow as it does one row at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(p: *const u8, lines: usize) {
+    for l in 0..lines {
+        // A prefetch is a hint and does not fault, whatever the address.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l * 64).cast());
+    }
+}
+
 /// The f16 scales of weight rows `j..j + 8`, blocks `b..b + 8` (`ss` apart per row), as f32 and
 /// transposed: vector `t` holds block `b + t` of the eight rows.
 #[inline]
@@ -284,52 +295,17 @@ unsafe fn scales_8x8(p: *const u16, ss: usize) -> [__m256; 8] {
     ]
 }
 
-/// Q8_0 weight rows `j..j + 8` · one Q8_0 activation row: lane `t` is row `j + t`, accumulated
-/// block by block with the fused multiply-add `q8::<1>` does, so results match it bit for bit.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_w8(w: &PackedMatrix, j: usize, x: &QuantActs) -> [f32; 8] {
-    let k = w.k;
-    let nb = k / BLOCK;
-    let ss = w.scale_stride;
-    // SAFETY: rows `j..j + 8` of the weights exist, activation row 0 exists, and both scale
-    // arrays are padded to a multiple of 8 per row (`check_sizes`).
-    unsafe {
-        let wq = w.qs.as_ptr().add(j * k);
-        let wd = w.d.as_ptr().add(j * ss);
-        let (xq, xd) = (x.qs.as_ptr(), x.d.as_ptr());
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut b = 0;
-        while b < nb {
-            let dw = scales_8x8(wd.add(b), ss);
-            for (t, &dwt) in dw.iter().enumerate().take(nb - b) {
-                let i = b + t;
-                let xv = _mm256_loadu_si256(xq.add(i * BLOCK).cast());
-                let mut p = [_mm256_setzero_si256(); 8];
-                for (r, pr) in p.iter_mut().enumerate() {
-                    let wv = _mm256_loadu_si256(wq.add(r * k + i * BLOCK).cast());
-                    let sx = _mm256_sign_epi8(xv, wv);
-                    *pr = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), sx), ones);
-                }
-                let scale = _mm256_mul_ps(dwt, _mm256_set1_ps(*xd.add(i)));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8(p)), scale, acc);
-            }
-            b += 8;
-        }
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(out.as_mut_ptr(), acc);
-        out
-    }
-}
-
-/// Q4_x / Q5_x weight rows `j..j + 8` · one Q8_0 activation row; see `q8_w8` (matches
-/// `q45::<1>` bit for bit).
+/// Q4_x / Q5_x weight rows `j..j + 8` · one Q8_0 activation row: lane `t` is row `j + t`,
+/// accumulated block by block with the fused multiply-adds `q45::<1>` does, so results match it
+/// bit for bit.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_w8<const FIVE: bool>(w: &PackedMatrix, j: usize, x: &QuantActs) -> [f32; 8] {
     let k = w.k;
     let nb = k / BLOCK;
     let ss = w.scale_stride;
-    // SAFETY: as in `q8_w8`; `qh` has one word per block (checked for Q5 only, read only for Q5).
+    // SAFETY: rows `j..j + 8` of the weights exist, activation row 0 exists, the scale arrays are
+    // padded to a multiple of 8 per row, and `qh` has one word per block (checked for Q5 only,
+    // read only for Q5) (`check_sizes`).
     unsafe {
         let wq = w.qs.as_ptr().add(j * k / 2);
         let wd = w.d.as_ptr().add(j * ss);
@@ -341,6 +317,12 @@ unsafe fn q45_w8<const FIVE: bool>(w: &PackedMatrix, j: usize, x: &QuantActs) ->
         let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut b = 0;
         while b < nb {
+            for r in 0..8 {
+                prefetch(wq.wrapping_add(r * k / 2 + (b + 8) * BLOCK / 2), 2);
+                if FIVE {
+                    prefetch(w.qh.as_ptr().wrapping_add((j + r) * nb + b + 8).cast(), 1);
+                }
+            }
             let dw = scales_8x8(wd.add(b), ss);
             let mw = scales_8x8(wm.add(b), ss);
             for (t, (&dwt, &mwt)) in dw.iter().zip(&mw).enumerate().take(nb - b) {

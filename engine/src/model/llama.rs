@@ -186,13 +186,24 @@ impl Llama {
     }
 }
 
+/// Runs `f` on a rayon worker. A step makes ~150 parallel calls (every matmul, every layer's
+/// attention); from the scheduler's own thread each would be injected into the pool and waited
+/// for on a futex, a sleep/wake round trip per call. From a worker they are pushed onto its local
+/// queue and the other workers steal them while still spinning.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
+}
+
 impl Forward for Llama {
     fn forward(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
-        Ok(self.step(batch, false)?)
+        Ok(on_pool(|| self.step(batch, false))?)
     }
 
     fn forward_every_position(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let out = self.step(batch, true)?;
+        let out = on_pool(|| self.step(batch, true))?;
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 

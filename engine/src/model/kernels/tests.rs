@@ -224,12 +224,21 @@ fn q8k_activations_round_to_nearest_and_sum_per_16() {
 fn kernel_timing() {
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
-    let (n, k) = (576, 1536);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .expect("pool");
-    for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::Q8_0] {
+    // SmolLM2-135M shapes: ffn_down (the K-quant tensor), fused gate+up and the output head.
+    let shapes = [
+        (GgmlDType::Q4K, 576, 1536),
+        (GgmlDType::Q5K, 576, 1536),
+        (GgmlDType::Q6K, 576, 1536),
+        (GgmlDType::Q8_0, 576, 1536),
+        (GgmlDType::Q5_0, 3072, 576),
+        (GgmlDType::Q5_0, 960, 576),
+        (GgmlDType::Q8_0, 49152, 576),
+    ];
+    for (dtype, n, k) in shapes {
         let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).expect("tensor");
         let q = QTensor::quantize(&w, dtype).expect("quantize");
         let bytes = q.data().expect("bytes");
@@ -238,7 +247,7 @@ fn kernel_timing() {
         for m in [1, 8] {
             let x = random(m * k, 2);
             let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("x");
-            let iters = 400 / m;
+            let iters = (400 / m * 576 * 1536 / (n * k)).max(2);
             // Best of 7 runs: the machine is shared, and the minimum is the least disturbed.
             let time = |f: &dyn Fn()| {
                 f();
@@ -260,7 +269,9 @@ fn kernel_timing() {
             let candle = time(&|| {
                 std::hint::black_box(mm.forward(&xt).expect("forward"));
             });
-            println!("{dtype:?} m={m}: ours {ours:.0} µs, candle {candle:.0} µs");
+            let bytes = p.qs.len() + 4 * p.qh.len() + p.sc.len() + 2 * (p.d.len() + p.mn.len());
+            let gbs = bytes as f64 / ours / 1e3;
+            println!("{dtype:?} {n}x{k} m={m}: ours {ours:.0} µs ({gbs:.1} GB/s), candle {candle:.0} µs");
         }
     }
 }

@@ -41,6 +41,16 @@ async fn post(base: &str, path: &str, body: &str) -> reqwest::Response {
         .expect("request")
 }
 
+/// The server's `/metrics` page.
+async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 /// Reads an SSE body into its `data:` payloads.
 async fn sse_frames(resp: reqwest::Response) -> Vec<String> {
     let body = tokio::time::timeout(Duration::from_secs(30), resp.text())
@@ -152,12 +162,7 @@ async fn streaming_ends_with_done_and_usage() {
     let first: Value = serde_json::from_str(&frames[0]).expect("json");
     assert_eq!(first["object"], "chat.completion.chunk");
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&base).await;
     for name in [
         "bitscale_engine_time_to_first_token_seconds_bucket",
         "bitscale_engine_inter_token_latency_seconds_bucket",
@@ -263,12 +268,7 @@ async fn saturation_answers_429_with_retry_after() {
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["error"]["type"], "rate_limit_error");
     drop(stream);
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&base).await;
     assert!(
         metrics.contains("bitscale_engine_request_rejected_total{reason=\"queue_full\"} 1"),
         "{metrics}"
@@ -531,12 +531,7 @@ async fn generation_tokens_counter_matches_usage_when_the_model_stops() {
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["completion_tokens"], 129);
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&base).await;
     assert!(
         metrics.contains("bitscale_engine_generation_tokens_total 129\n"),
         "the stop token is not a generated token:\n{metrics}"

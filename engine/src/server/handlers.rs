@@ -32,22 +32,18 @@ pub(super) async fn completions(
     State(app): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match body {
-        Ok(body) => generate(app, body, Endpoint::Completions).await,
-        Err(rejection) => Err(ApiError::from_body_rejection(&rejection)),
-    }
-    .unwrap_or_else(IntoResponse::into_response)
+    generate(app, body, Endpoint::Completions)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(super) async fn chat_completions(
     State(app): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match body {
-        Ok(body) => generate(app, body, Endpoint::Chat).await,
-        Err(rejection) => Err(ApiError::from_body_rejection(&rejection)),
-    }
-    .unwrap_or_else(IntoResponse::into_response)
+    generate(app, body, Endpoint::Chat)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub(super) async fn models(State(app): State<Arc<AppState>>) -> Json<Value> {
@@ -109,8 +105,13 @@ fn request_id(endpoint: Endpoint) -> String {
     }
 }
 
-async fn generate(app: Arc<AppState>, body: Bytes, endpoint: Endpoint) -> Result<Response, ApiError> {
+async fn generate(
+    app: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    let body = body.map_err(|rejection| ApiError::from_body_rejection(&rejection))?;
     if app.draining.load(Ordering::SeqCst) {
         app.metrics.record_rejection("draining");
         return Err(ApiError::unavailable("the server is shutting down"));

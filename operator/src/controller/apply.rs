@@ -3,8 +3,7 @@
 use bitscale_api::v1alpha1::{InferenceService, InferenceServiceStatus};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget};
 use std::{
-    collections::{HashMap, hash_map::DefaultHasher},
-    hash::{Hash, Hasher},
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
@@ -17,6 +16,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     build::{Desired, FIELD_MANAGER, LABEL_VARIANT, Owner},
+    controller::triggers::hash,
     error::{Error, Result},
 };
 
@@ -77,12 +77,6 @@ where
     K: Resource<DynamicType = ()> + Clone,
 {
     store.get(&ObjectRef::new(object.meta().name.as_deref()?).within(namespace))
-}
-
-fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// What the operator last applied to each child and how the API server answered, so that a
@@ -291,6 +285,14 @@ mod tests {
     use super::*;
     use crate::{build::fixtures::owner, controller::backoff};
 
+    fn json_response(code: u16, body: &serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
+            .expect("a valid response")
+    }
+
     // A kube Client whose API server answers every request with `code` and a Status body, and
     // records each request's method and URI.
     fn api_server_answering(code: u16) -> (Client, Arc<Mutex<Vec<String>>>) {
@@ -306,14 +308,7 @@ mod tests {
                     "kind": "Status", "apiVersion": "v1", "status": "Failure",
                     "message": format!("mock {code}"), "reason": "Mock", "code": code,
                 });
-                let body = serde_json::to_vec(&status).unwrap_or_default();
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .status(code)
-                        .header("content-type", "application/json")
-                        .body(Body::from(body))
-                        .expect("a valid response"),
-                )
+                Ok::<_, Infallible>(json_response(code, &status))
             }
         });
         (Client::new(service, "default"), seen)
@@ -371,14 +366,7 @@ mod tests {
                 object["metadata"]["uid"] = "child-uid".into();
                 object["metadata"]["generation"] = 1.into();
                 object["metadata"]["resourceVersion"] = "7".into();
-                let body = serde_json::to_vec(&object).unwrap_or_default();
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .status(200)
-                        .header("content-type", "application/json")
-                        .body(Body::from(body))
-                        .expect("a valid response"),
-                )
+                Ok::<_, Infallible>(json_response(200, &object))
             }
         });
         (Client::new(service, "default"), seen)

@@ -25,7 +25,8 @@ use kube::{
 /// The part of an object a reconcile depends on, as a hash; `None` passes every event.
 pub type Relevant<K> = fn(&K) -> Option<u64>;
 
-fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
+/// A process-local hash (for comparing, never for storing).
+pub(crate) fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
     let mut hasher = DefaultHasher::new();
     value.hash(&mut hasher);
     hasher.finish()

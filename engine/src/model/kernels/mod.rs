@@ -5,12 +5,12 @@
 //! Why our own and not candle's `QMatMul`: on x86 without AVX-512 VNNI, candle 0.11 computes one
 //! dot product per (activation row, weight row) pair, so a decode step over 8 sequences streams
 //! every weight block 8 times, and its Q4_1/Q5_x paths are scalar. Here each weight block is
-//! loaded once and used against up to 8 activation rows while it sits in registers, the
-//! activations are quantized once per matmul, and weight rows are split across threads.
+//! loaded once and used against several activation rows while it sits in cache, the activations
+//! are quantized once per matmul, and weight rows are split across threads.
 //!
-//! Layout ([`PackedMatrix`]): the quants of each row are contiguous and the per-block scales
-//! (and minimums) live in separate f16 arrays padded to a multiple of 8 per row, so the AVX2 path
-//! converts eight scales with one instruction. The arithmetic is llama.cpp's: activations become
+//! Layout ([`PackedMatrix`]): the 32-value block formats interleave eight weight rows, so one
+//! vector instruction computes partial dots of eight rows and their scales (f16, apart from the
+//! quants) convert with one instruction. The arithmetic is llama.cpp's: activations become
 //! Q8_0 blocks (32 values, one f32 scale); a 4/5-bit weight `d·q + mn` (q unsigned; Q4_0 and
 //! Q5_0 have `mn = −8d` and `−16d`) dots as `d·dx·Σ q·xq + mn·dx·Σ xq`. K-quants use Q8_K
 //! activations instead (256 values per scale, with sums per 16), as llama.cpp does.
@@ -27,7 +27,7 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 pub(crate) use kquant::QuantActsK;
-pub(crate) use pack::PackedMatrix;
+pub(crate) use pack::{PackedMatrix, ROWS};
 
 /// Values per quantization block.
 pub(crate) const BLOCK: usize = 32;
@@ -84,18 +84,12 @@ impl Format {
 pub(crate) struct QuantActs {
     /// `m × k` quants.
     pub qs: Vec<i8>,
-    /// Scales, `m × stride` (`k/32` per row, zero-padded to a multiple of 8 so a kernel can load
-    /// eight at a time).
+    /// Scales, `m × stride` (`k/32` per row).
     pub d: Vec<f32>,
     /// Block sums `d · Σ q` (for the minimum term of 4/5-bit weights), laid out as `d`.
     pub s: Vec<f32>,
     /// Entries per row of `d` and `s`.
     pub stride: usize,
-    /// `d` for each full group of 8 rows, block-major (`[group][block][row]`), so a kernel
-    /// loads the 8 rows' scales of one block as one vector.
-    pub d8: Vec<f32>,
-    /// `s` in the same layout as `d8`.
-    pub s8: Vec<f32>,
 }
 
 impl QuantActs {
@@ -103,11 +97,10 @@ impl QuantActs {
     /// on AVX2: scale = max |x| / 127 (kept at f16 precision), round half to even.
     pub(crate) fn new(x: &[f32], k: usize) -> Self {
         debug_assert!(k.is_multiple_of(BLOCK));
-        let (nb, m) = (k / BLOCK, x.len() / k);
-        let stride = nb.div_ceil(8) * 8;
+        let stride = k / BLOCK;
         let mut qs = vec![0i8; x.len()];
-        let mut d = vec![0f32; m * stride];
-        let mut s = vec![0f32; m * stride];
+        let mut d = vec![0f32; x.len() / BLOCK];
+        let mut s = vec![0f32; x.len() / BLOCK];
         let simd = has_avx2();
         for (i, (src, dst)) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)).enumerate() {
             let (Ok(src), Ok(dst)) = (<&[f32; BLOCK]>::try_from(src), <&mut [i8; BLOCK]>::try_from(dst))
@@ -127,28 +120,10 @@ impl QuantActs {
                 portable::quantize_block(src, dst)
             };
             let scale = half::f16::from_f32(scale).to_f32();
-            let at = (i / nb) * stride + i % nb;
-            d[at] = scale;
-            s[at] = scale * sum as f32;
+            d[i] = scale;
+            s[i] = scale * sum as f32;
         }
-        let mut d8 = Vec::with_capacity(m / 8 * 8 * nb);
-        let mut s8 = Vec::with_capacity(m / 8 * 8 * nb);
-        for g in 0..m / 8 {
-            for b in 0..nb {
-                for r in 0..8 {
-                    d8.push(d[(g * 8 + r) * stride + b]);
-                    s8.push(s[(g * 8 + r) * stride + b]);
-                }
-            }
-        }
-        Self {
-            qs,
-            d,
-            s,
-            stride,
-            d8,
-            s8,
-        }
+        Self { qs, d, s, stride }
     }
 }
 
@@ -197,10 +172,10 @@ pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, isa: Isa) -> Vec<f32
         Acts::Quant(QuantActs::new(x, k))
     };
     let simd = isa == Isa::Best && has_avx2();
-    // Weight rows are split across threads; each task fills its rows of the transposed output
-    // (`n × m`), so tasks write disjoint contiguous slices.
+    // Weight rows are split across threads, in whole interleaved groups; each task fills its rows
+    // of the transposed output (`n × m`), so tasks write disjoint contiguous slices.
     let threads = rayon::current_num_threads().max(1);
-    let rows_per_task = n.div_ceil(threads * 4).max(16);
+    let rows_per_task = n.div_ceil(threads * 4).max(16).next_multiple_of(ROWS);
     let mut yt = vec![0f32; n * m];
     yt.par_chunks_mut(rows_per_task * m)
         .enumerate()

@@ -1,31 +1,49 @@
-//! [`PackedMatrix`]: GGML blocks rearranged for the kernels (quants per row contiguous, scales
-//! apart), and the way back to f32 for embedding lookups.
+//! [`PackedMatrix`]: GGML blocks rearranged for the kernels, and the way back to f32 for embedding
+//! lookups.
+//!
+//! The 32-value block formats (Q8_0, Q4_x, Q5_x) interleave eight weight rows ([`ROWS`]): for each
+//! group of eight rows and each block, 32-byte vector `c` holds four consecutive quants of every
+//! row (`[row][4]`), so one vector instruction against an activation broadcast four values at a
+//! time yields a partial dot for eight rows at once, with no horizontal sums. The row count is
+//! padded to a multiple of eight with zero rows.
 
 use half::{bf16, f16};
 
 use super::{BLOCK, Format, kquant};
 
-/// A weight matrix `n × k` in a kernel-friendly layout. See the module docs of `kernels`.
+/// Weight rows interleaved in one group (see the module docs).
+pub(crate) const ROWS: usize = 8;
+
+/// A weight matrix `n × k` in a kernel-friendly layout. See the module docs.
 pub(crate) struct PackedMatrix {
     pub format: Format,
     /// Output rows.
     pub n: usize,
     /// Values per row.
     pub k: usize,
-    /// Quants (`Q8`: `n × k` bytes as i8; `Q4`/`Q5`: `n × k/2` nibble pairs) or float bits
-    /// (`F16`/`Bf16`: `n × k` as `u16`, little-endian byte pairs).
+    /// Quants. `Q8`: per group of eight rows and block, 256 bytes; byte `c·32 + r·4 + e` is row
+    /// `r`'s quant `4c + e` (as i8). `Q4`/`Q5`: 128 bytes per group and block; byte
+    /// `c·32 + r·4 + e` holds row `r`'s quant `4c + e` in its low nibble and `16 + 4c + e` in its
+    /// high nibble (`c < 4`). `F16`/`Bf16`: `n × k` values, little-endian byte pairs. K-quants: see
+    /// `kquant`.
     pub qs: Vec<u8>,
-    /// Fifth bits of `Q5`, one `u32` per block (`n × k/32`).
+    /// Fifth bits of `Q5`: per group and block eight words, one per row; bit `c` of byte `e` of
+    /// row `r`'s word is the fifth bit of its quant `4c + e`.
     pub qh: Vec<u32>,
     /// K-quant sub-block scales (and minimums), 16 bytes per super-block; see `kquant`.
     pub sc: Vec<u8>,
-    /// Block scales as f16 bits, `n × scale_stride` (K-quants: one `d` per super-block).
+    /// Scales as f16 bits: per group and block the eight rows' (K-quants: `n × k/256`).
     pub d: Vec<u16>,
-    /// Block minimums as f16 bits (`Q4`/`Q5`), `n × scale_stride` (`Q4K`/`Q5K`: `dmin`, one per
-    /// super-block).
+    /// Minimums as f16 bits (`Q4`/`Q5`), laid out as `d` (`Q4K`/`Q5K`: `dmin` per super-block).
     pub mn: Vec<u16>,
-    /// Scales per row: `k/32` rounded up to a multiple of 8 (K-quants: `k/256`).
+    /// K-quants: super-blocks per row (`k/256`), the stride of `d` and `mn`.
     pub scale_stride: usize,
+}
+
+/// Index of row `j`'s entry for block `b` in `d`, `mn` and `qh` of a 32-value block format
+/// (`nb` blocks per row).
+pub(super) fn group_at(j: usize, nb: usize, b: usize) -> usize {
+    ((j / ROWS) * nb + b) * ROWS + j % ROWS
 }
 
 /// Why a tensor cannot be packed.
@@ -52,18 +70,19 @@ fn le16(b: &[u8], at: usize) -> u16 {
 impl PackedMatrix {
     /// Bytes an `n × k` matrix of `format` takes once packed: exactly what [`PackedMatrix::from_ggml`]
     /// allocates (and [`PackedMatrix::bytes`] reports), so a plan made from a file's header alone
-    /// agrees with the loaded model. The padded scales make this more than the GGML bytes: Q4_0 on
-    /// 576-wide rows holds 21.3 bytes per 32 values against GGML's 18.
+    /// agrees with the loaded model (rows padded to a multiple of eight; Q4_0 holds 20 bytes per 32
+    /// values against GGML's 18, as the minimum is kept for all 4/5-bit formats).
     pub(crate) fn bytes_for(format: Format, n: usize, k: usize) -> u64 {
         let nb = k / BLOCK;
-        let scales = 2 * n * nb.div_ceil(8) * 8;
+        let padded = n.div_ceil(ROWS) * ROWS;
+        let scales = 2 * padded * nb;
         // K-quants: per super-block the quants, 16 bytes of unpacked sub-scales, `d` (and `dmin`).
         let super_blocks = n * (k / super::kquant::QK);
         let bytes = match format {
             Format::F16 | Format::Bf16 => 2 * n * k,
-            Format::Q8 => n * k + scales,
-            Format::Q4 => n * k / 2 + 2 * scales,
-            Format::Q5 => n * k / 2 + 4 * n * nb + 2 * scales,
+            Format::Q8 => padded * k + scales,
+            Format::Q4 => padded * k / 2 + 2 * scales,
+            Format::Q5 => padded * k / 2 + 4 * padded * nb + 2 * scales,
             Format::Q4K | Format::Q5K => super_blocks * (super::kquant::qs_bytes(format) + 16 + 2 + 2),
             Format::Q6K => super_blocks * (super::kquant::qs_bytes(format) + 16 + 2),
         };
@@ -103,7 +122,6 @@ impl PackedMatrix {
             });
         }
         let nb = k / BLOCK;
-        let scale_stride = nb.div_ceil(8) * 8;
         let mut m = Self {
             format,
             n,
@@ -113,7 +131,7 @@ impl PackedMatrix {
             sc: Vec::new(),
             d: Vec::new(),
             mn: Vec::new(),
-            scale_stride,
+            scale_stride: 0,
         };
         if format.is_float() {
             m.qs = bytes.to_vec();
@@ -124,39 +142,50 @@ impl PackedMatrix {
             kquant::pack(&mut m, bytes, dtype.type_size());
             return Ok(m);
         }
-        m.d = vec![0; n * scale_stride];
+        let padded = n.div_ceil(ROWS) * ROWS;
+        m.d = vec![0; padded * nb];
         let ts = dtype.type_size();
         match format {
             Format::Q8 => {
-                m.qs = Vec::with_capacity(n * k);
-                for (i, b) in bytes.chunks_exact(ts).enumerate() {
-                    m.d[(i / nb) * scale_stride + i % nb] = le16(b, 0);
-                    m.qs.extend_from_slice(&b[2..2 + BLOCK]);
+                m.qs = vec![0; padded * k];
+                for (i, blk) in bytes.chunks_exact(ts).enumerate() {
+                    let (j, b) = (i / nb, i % nb);
+                    m.d[group_at(j, nb, b)] = le16(blk, 0);
+                    let base = ((j / ROWS) * nb + b) * ROWS * BLOCK + (j % ROWS) * 4;
+                    for (c, q) in blk[2..2 + BLOCK].chunks_exact(4).enumerate() {
+                        m.qs[base + c * 32..base + c * 32 + 4].copy_from_slice(q);
+                    }
                 }
             }
             Format::Q4 | Format::Q5 => {
-                m.mn = vec![0; n * scale_stride];
-                m.qs = Vec::with_capacity(n * k / 2);
+                m.mn = vec![0; padded * nb];
+                m.qs = vec![0; padded * k / 2];
                 if format == Format::Q5 {
-                    m.qh = Vec::with_capacity(n * nb);
+                    m.qh = vec![0; padded * nb];
                 }
-                for (i, b) in bytes.chunks_exact(ts).enumerate() {
-                    let at = (i / nb) * scale_stride + i % nb;
-                    let d = le16(b, 0);
+                for (i, blk) in bytes.chunks_exact(ts).enumerate() {
+                    let (j, b) = (i / nb, i % nb);
+                    let at = group_at(j, nb, b);
+                    let d = le16(blk, 0);
                     let (mn, rest) = match dtype {
-                        T::Q4_0 => (-8.0 * f16::from_bits(d).to_f32(), &b[2..]),
-                        T::Q5_0 => (-16.0 * f16::from_bits(d).to_f32(), &b[2..]),
-                        _ => (f16::from_bits(le16(b, 2)).to_f32(), &b[4..]),
+                        T::Q4_0 => (-8.0 * f16::from_bits(d).to_f32(), &blk[2..]),
+                        T::Q5_0 => (-16.0 * f16::from_bits(d).to_f32(), &blk[2..]),
+                        _ => (f16::from_bits(le16(blk, 2)).to_f32(), &blk[4..]),
                     };
                     m.d[at] = d;
                     m.mn[at] = f16::from_f32(mn).to_bits();
                     let qs = if format == Format::Q5 {
-                        m.qh.push(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]));
+                        m.qh[at] =
+                            interleave_fifth_bits(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]));
                         &rest[4..]
                     } else {
                         rest
                     };
-                    m.qs.extend_from_slice(&qs[..BLOCK / 2]);
+                    // GGML's byte `t` holds quants `t` and `t + 16`: exactly our byte for `4c + e = t`.
+                    let base = ((j / ROWS) * nb + b) * ROWS * BLOCK / 2 + (j % ROWS) * 4;
+                    for (c, q) in qs[..BLOCK / 2].chunks_exact(4).enumerate() {
+                        m.qs[base + c * 32..base + c * 32 + 4].copy_from_slice(q);
+                    }
                 }
             }
             // Returned above.
@@ -169,7 +198,6 @@ impl PackedMatrix {
     pub(crate) fn row(&self, i: usize) -> Vec<f32> {
         let k = self.k;
         let nb = k / BLOCK;
-        let sc = |v: &[u16], b: usize| f16::from_bits(v[i * self.scale_stride + b]).to_f32();
         match self.format {
             Format::F16 => self.qs[2 * i * k..2 * (i + 1) * k]
                 .chunks_exact(2)
@@ -179,28 +207,59 @@ impl PackedMatrix {
                 .chunks_exact(2)
                 .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
                 .collect(),
-            Format::Q8 => {
-                let q = &self.qs[i * k..(i + 1) * k];
-                (0..k)
-                    .map(|j| sc(&self.d, j / BLOCK) * f32::from(q[j] as i8))
-                    .collect()
-            }
-            Format::Q4 | Format::Q5 => {
-                let mut out = Vec::with_capacity(k);
-                for b in 0..nb {
-                    let (d, mn) = (sc(&self.d, b), sc(&self.mn, b));
-                    let at = (i * nb + b) * BLOCK / 2;
-                    let qs = &self.qs[at..at + BLOCK / 2];
-                    let hi = self.qh.get(i * nb + b).copied().unwrap_or(0);
-                    for j in 0..BLOCK {
-                        let nib = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
-                        let fifth = ((hi >> j) & 1) as u8;
-                        out.push(d * f32::from(nib | (fifth << 4)) + mn);
-                    }
-                }
-                out
-            }
+            Format::Q8 | Format::Q4 | Format::Q5 => (0..nb)
+                .flat_map(|b| {
+                    let (d, mn) = (self.scale(i, b), self.min(i, b));
+                    (0..BLOCK).map(move |e| d * f32::from(self.quant(i, b, e)) + mn)
+                })
+                .collect(),
             Format::Q4K | Format::Q5K | Format::Q6K => kquant::row(self, i),
         }
     }
+}
+
+impl PackedMatrix {
+    /// Row `j`'s quant `e` of block `b` in a 32-value block format: signed for `Q8`, `0..16` or
+    /// `0..32` for `Q4`/`Q5` (the reference kernels and embedding lookups read through this).
+    pub(super) fn quant(&self, j: usize, b: usize, e: usize) -> i16 {
+        let nb = self.k / BLOCK;
+        let (c, r) = (e % 16 / 4, j % ROWS);
+        match self.format {
+            Format::Q8 => {
+                let at = ((j / ROWS) * nb + b) * ROWS * BLOCK + (e / 4) * 32 + r * 4 + e % 4;
+                i16::from(self.qs[at] as i8)
+            }
+            _ => {
+                let at = ((j / ROWS) * nb + b) * ROWS * BLOCK / 2 + c * 32 + r * 4 + e % 4;
+                let nib = if e < 16 {
+                    self.qs[at] & 0x0F
+                } else {
+                    self.qs[at] >> 4
+                };
+                let fifth = self
+                    .qh
+                    .get(group_at(j, nb, b))
+                    .map_or(0, |h| (h >> ((e % 4) * 8 + e / 4)) & 1);
+                i16::from(nib) | ((fifth as i16) << 4)
+            }
+        }
+    }
+
+    /// Row `j`'s scale for block `b` (32-value block formats).
+    pub(super) fn scale(&self, j: usize, b: usize) -> f32 {
+        f16::from_bits(self.d[group_at(j, self.k / BLOCK, b)]).to_f32()
+    }
+
+    /// Row `j`'s minimum for block `b` (0 for `Q8`).
+    pub(super) fn min(&self, j: usize, b: usize) -> f32 {
+        self.mn
+            .get(group_at(j, self.k / BLOCK, b))
+            .map_or(0.0, |&m| f16::from_bits(m).to_f32())
+    }
+}
+
+/// GGML's fifth bits of one block (bit `t` for quant `t`) in our order: bit `c` of byte `e` for
+/// quant `4c + e`.
+fn interleave_fifth_bits(h: u32) -> u32 {
+    (0..BLOCK).fold(0, |acc, t| acc | (((h >> t) & 1) << ((t % 4) * 8 + t / 4)))
 }

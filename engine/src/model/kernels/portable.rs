@@ -49,35 +49,18 @@ fn float_row(w: &PackedMatrix, j: usize, x: &[f32]) -> f32 {
 fn quant_row(w: &PackedMatrix, j: usize, x: &super::QuantActs, r: usize) -> f32 {
     let k = w.k;
     let nb = k / BLOCK;
-    let sc = |v: &[u16], b: usize| f16::from_bits(v[j * w.scale_stride + b]).to_f32();
     let (mut acc, mut mins) = (0f32, 0f32);
     for b in 0..nb {
         let xq = &x.qs[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
         let (dx, sx) = (x.d[r * x.stride + b], x.s[r * x.stride + b]);
-        match w.format {
-            Format::Q8 => {
-                let wq = &w.qs[j * k + b * BLOCK..j * k + (b + 1) * BLOCK];
-                let dot: i32 = wq
-                    .iter()
-                    .zip(xq)
-                    .map(|(&a, &c)| i32::from(a as i8) * i32::from(c))
-                    .sum();
-                acc = (dot as f32).mul_add(sc(&w.d, b) * dx, acc);
-            }
-            Format::Q4 | Format::Q5 => {
-                let at = (j * nb + b) * BLOCK / 2;
-                let qs = &w.qs[at..at + BLOCK / 2];
-                let hi = w.qh.get(j * nb + b).copied().unwrap_or(0);
-                let mut dot = 0i32;
-                for (i, &c) in xq.iter().enumerate() {
-                    let nib = if i < 16 { qs[i] & 0x0F } else { qs[i - 16] >> 4 };
-                    let q = nib | ((((hi >> i) & 1) as u8) << 4);
-                    dot += i32::from(q) * i32::from(c);
-                }
-                acc = (dot as f32).mul_add(sc(&w.d, b) * dx, acc);
-                mins = sc(&w.mn, b).mul_add(sx, mins);
-            }
-            Format::F16 | Format::Bf16 | Format::Q4K | Format::Q5K | Format::Q6K => {}
+        let dot: i32 = xq
+            .iter()
+            .enumerate()
+            .map(|(e, &c)| i32::from(w.quant(j, b, e)) * i32::from(c))
+            .sum();
+        acc = (dot as f32).mul_add(w.scale(j, b) * dx, acc);
+        if w.format != Format::Q8 {
+            mins = w.min(j, b).mul_add(sx, mins);
         }
     }
     acc + mins

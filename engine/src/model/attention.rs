@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{axpy, dot};
+use super::kernels::{HeadGroup, attend_heads};
 
 /// One sequence's keys and values for every layer, rows appended as positions are written.
 ///
@@ -136,28 +136,23 @@ pub(crate) fn attend(
         })
         .collect();
     let qkv = &*qkv;
-    out.par_chunks_mut(hd)
+    // One task per (row, KV head): the query heads sharing a KV head read its cache together.
+    out.par_chunks_mut(group * hd)
         .enumerate()
         .for_each_init(Vec::new, |scores, (at, o)| {
-            let (r, h) = (at / dims.heads, at % dims.heads);
+            let (r, kvh) = (at / dims.kv_heads, at % dims.kv_heads);
             let (si, visible) = owner[r];
             let (kc, vc) = caches[si];
-            let kvh = h / group;
-            let q = &qkv[r * width + h * hd..][..hd];
-            scores.resize(visible, 0.0);
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                *s = dot(q, &kc[j * kvd + kvh * hd..][..hd]) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            for (j, &p) in scores.iter().enumerate() {
-                axpy(o, p / sum, &vc[j * kvd + kvh * hd..][..hd]);
-            }
+            let heads = HeadGroup {
+                q: &qkv[r * width + kvh * group * hd..][..group * hd],
+                k: &kc[kvh * hd..],
+                v: &vc[kvh * hd..],
+                stride: kvd,
+                head_dim: hd,
+                visible,
+                scale,
+            };
+            attend_heads(&heads, scores, o);
         });
     out
 }

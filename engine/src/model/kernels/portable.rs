@@ -84,8 +84,26 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// [`super::attend_heads`] in plain Rust; `scores` is `heads × visible`.
+pub(super) fn attend_heads(a: &super::HeadGroup<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let (hd, vis) = (a.head_dim, a.visible);
+    for (h, row) in scores.chunks_exact_mut(vis.max(1)).enumerate() {
+        let q = &a.q[h * hd..(h + 1) * hd];
+        for (j, s) in row.iter_mut().enumerate() {
+            *s = dot(q, &a.k[j * a.stride..j * a.stride + hd]) * a.scale;
+        }
+    }
+    super::softmax_rows(scores, vis);
+    for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+        o.fill(0.0);
+        for (j, &p) in scores[h * vis..(h + 1) * vis].iter().enumerate() {
+            axpy(o, p, &a.v[j * a.stride..j * a.stride + hd]);
+        }
+    }
+}
+
 /// `y += a * x`.
-pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (d, &s) in y.iter_mut().zip(x) {
         *d += a * s;
     }

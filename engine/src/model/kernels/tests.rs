@@ -291,3 +291,43 @@ fn planned_bytes_are_the_packed_bytes() {
         );
     }
 }
+
+#[test]
+fn attention_simd_matches_portable_and_the_softmax_definition() {
+    use super::{HeadGroup, attend_heads, portable};
+    for (heads, hd, visible, stride) in [(3, 64, 37, 192), (1, 24, 1, 24), (2, 128, 5, 256)] {
+        let q = random(heads * hd, 7);
+        let k = random(visible * stride, 8);
+        let v = random(visible * stride, 9);
+        let a = HeadGroup {
+            q: &q,
+            k: &k,
+            v: &v,
+            stride,
+            head_dim: hd,
+            visible,
+            scale: 0.125,
+        };
+        let (mut scores, mut got) = (Vec::new(), vec![0f32; heads * hd]);
+        attend_heads(&a, &mut scores, &mut got);
+        let mut plain = vec![0f32; heads * hd];
+        let mut s = vec![0f32; heads * visible];
+        portable::attend_heads(&a, &mut s, &mut plain);
+        // The definition, in f64.
+        for h in 0..heads {
+            let logits: Vec<f64> = (0..visible)
+                .map(|j| (0..hd).map(|i| f64::from(q[h * hd + i]) * f64::from(k[j * stride + i])).sum::<f64>() * 0.125)
+                .collect();
+            let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for i in 0..hd {
+                let want: f64 = (0..visible).map(|j| e[j] / sum * f64::from(v[j * stride + i])).sum();
+                for (name, out) in [("simd", &got), ("portable", &plain)] {
+                    let d = (f64::from(out[h * hd + i]) - want).abs();
+                    assert!(d < 1e-5, "{name} head {h} value {i}: {} vs {want}", out[h * hd + i]);
+                }
+            }
+        }
+    }
+}

@@ -448,32 +448,56 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     hsum(_mm256_add_ps(s0, s1)) + tail
 }
 
-/// `y += a · x` over `min(len)` values. Callers must have checked AVX2.
-pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+/// [`super::attend_heads`] with AVX2; `head_dim` must be a multiple of 8 and `scores` is
+/// `heads × visible`. Callers must have checked AVX2.
+pub(super) fn attend_heads(a: &super::HeadGroup<'_>, scores: &mut [f32], out: &mut [f32]) {
     assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
-    // SAFETY: features asserted; `axpy_avx2` touches only indices below `min(y.len(), x.len())`.
-    unsafe { axpy_avx2(y, a, x) }
+    let (hd, vis) = (a.head_dim, a.visible);
+    let heads = a.q.len() / hd;
+    let kv_end = vis.saturating_sub(1) * a.stride + hd;
+    let ok = hd.is_multiple_of(8) && heads * hd == a.q.len() && out.len() == a.q.len();
+    let ok = ok && scores.len() == heads * vis && (vis == 0 || (a.k.len() >= kv_end && a.v.len() >= kv_end));
+    assert!(ok, "attention called with inconsistent buffers");
+    // SAFETY: features asserted; the checks above bound every read and write below.
+    unsafe { attend_avx2(a, heads, scores, out) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
-    let n = y.len().min(x.len());
-    let n8 = n / 8 * 8;
-    let av = _mm256_set1_ps(a);
-    let mut i = 0;
-    // SAFETY: `i + 8 <= n8 <= n` for every load and store.
+unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32], out: &mut [f32]) {
+    let (hd, vis) = (a.head_dim, a.visible);
+    // SAFETY: rows `j < visible` of K and V hold `hd` values at `j · stride`; `q`, `out` and
+    // `scores` have `heads × hd` and `heads × visible` entries (`attend_heads`).
     unsafe {
-        while i < n8 {
-            let yp = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(
-                yp,
-                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
-            );
-            i += 8;
+        // Scores: each cached key is read once for all the group's heads.
+        for j in 0..vis {
+            let kp = a.k.as_ptr().add(j * a.stride);
+            for h in 0..heads {
+                let qp = a.q.as_ptr().add(h * hd);
+                let mut acc = _mm256_setzero_ps();
+                for i in (0..hd).step_by(8) {
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), acc);
+                }
+                scores[h * vis + j] = hsum(acc) * a.scale;
+            }
         }
-    }
-    for (d, &s) in y[n8..n].iter_mut().zip(&x[n8..n]) {
-        *d = a.mul_add(s, *d);
+        super::softmax_rows(scores, vis);
+        // Weighted values: per head, up to 64 output values stay in registers across positions.
+        for h in 0..heads {
+            for i0 in (0..hd).step_by(64) {
+                let nv = ((hd - i0) / 8).min(8);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for j in 0..vis {
+                    let p = _mm256_set1_ps(scores[h * vis + j]);
+                    let vp = a.v.as_ptr().add(j * a.stride + i0);
+                    for (t, acc) in acc.iter_mut().enumerate().take(nv) {
+                        *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(8 * t)), *acc);
+                    }
+                }
+                for (t, acc) in acc.iter().enumerate().take(nv) {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + i0 + 8 * t), *acc);
+                }
+            }
+        }
     }
 }
 

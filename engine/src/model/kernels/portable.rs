@@ -4,12 +4,11 @@ use half::{bf16, f16};
 
 use super::{Acts, BLOCK, Format, PackedMatrix};
 
-/// Fills `out` (`rows × m`, transposed) with weight rows `j0..j0 + rows` dotted with every
-/// activation row.
+/// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` dotted with every activation row.
 pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
-    for (jj, col) in out.chunks_exact_mut(m).enumerate().take(rows) {
-        let j = j0 + jj;
-        for (r, y) in col.iter_mut().enumerate() {
+    for (r, dst) in out.chunks_exact_mut(rows).enumerate().take(m) {
+        for (jj, y) in dst.iter_mut().enumerate() {
+            let j = j0 + jj;
             *y = match acts {
                 Acts::Float(x) => float_row(w, j, &x[r * w.k..(r + 1) * w.k]),
                 Acts::Quant(q) => quant_row(w, j, q, r),

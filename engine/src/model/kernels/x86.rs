@@ -20,7 +20,7 @@ use std::arch::x86_64::*;
 
 use super::{Acts, BLOCK, Format, PackedMatrix, QuantActs, ROWS};
 
-/// Fills `out` (`rows × m`, transposed) with weight rows `j0..j0 + rows` dotted with every
+/// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` dotted with every
 /// activation row. Callers must have checked AVX2, FMA and F16C (`super::has_avx2`).
 pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
     assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
@@ -87,9 +87,8 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
                     }
                 };
                 for (i, s) in sums.iter().enumerate().take(tile) {
-                    for (t, v) in s.iter().enumerate().take(take) {
-                        out[(g0 + t) * m + a + i] = *v;
-                    }
+                    let at = (a + i) * rows + g0;
+                    out[at..at + take].copy_from_slice(&s[..take]);
                 }
                 a += tile;
             }
@@ -98,7 +97,7 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
         return;
     }
     let Acts::Float(x) = acts else { return };
-    for (jj, col) in out.chunks_exact_mut(m).enumerate().take(rows) {
+    for jj in 0..rows {
         let j = j0 + jj;
         let mut r = 0;
         while r < m {
@@ -108,23 +107,30 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
                 2 | 3 => 2,
                 _ => 1,
             };
-            let dst = &mut col[r..r + take];
             // SAFETY: bounds checked by `check_sizes`; features by the caller.
-            unsafe {
-                match (take, w.format) {
-                    (8, Format::Bf16) => dst.copy_from_slice(&float::<8, true>(w, j, x, r)),
-                    (8, _) => dst.copy_from_slice(&float::<8, false>(w, j, x, r)),
-                    (4, Format::Bf16) => dst.copy_from_slice(&float::<4, true>(w, j, x, r)),
-                    (4, _) => dst.copy_from_slice(&float::<4, false>(w, j, x, r)),
-                    (2, Format::Bf16) => dst.copy_from_slice(&float::<2, true>(w, j, x, r)),
-                    (2, _) => dst.copy_from_slice(&float::<2, false>(w, j, x, r)),
-                    (_, Format::Bf16) => dst.copy_from_slice(&float::<1, true>(w, j, x, r)),
-                    (_, _) => dst.copy_from_slice(&float::<1, false>(w, j, x, r)),
+            let sums: [f32; 8] = unsafe {
+                match (take, w.format == Format::Bf16) {
+                    (8, true) => float::<8, true>(w, j, x, r),
+                    (8, false) => float::<8, false>(w, j, x, r),
+                    (4, true) => pad8(float::<4, true>(w, j, x, r)),
+                    (4, false) => pad8(float::<4, false>(w, j, x, r)),
+                    (2, true) => pad8(float::<2, true>(w, j, x, r)),
+                    (2, false) => pad8(float::<2, false>(w, j, x, r)),
+                    (_, true) => pad8(float::<1, true>(w, j, x, r)),
+                    (_, false) => pad8(float::<1, false>(w, j, x, r)),
                 }
+            };
+            for (i, v) in sums.into_iter().enumerate().take(take) {
+                out[(r + i) * rows + jj] = v;
             }
             r += take;
         }
     }
+}
+
+/// `v` padded to eight entries (the rest unused).
+fn pad8<const R: usize>(v: [f32; R]) -> [f32; 8] {
+    std::array::from_fn(|i| v.get(i).copied().unwrap_or(0.0))
 }
 
 /// Activation rows one pass over a group of weight rows serves (`R` of the kernels below): their
@@ -323,6 +329,21 @@ fn sum8(p: [__m256i; 8]) -> __m256i {
     )
 }
 
+/// Lane `t` of the result is the sum of the eight lanes of `p[t]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum8_ps(p: [__m256; 8]) -> __m256 {
+    let s01 = _mm256_hadd_ps(p[0], p[1]);
+    let s23 = _mm256_hadd_ps(p[2], p[3]);
+    let s45 = _mm256_hadd_ps(p[4], p[5]);
+    let s67 = _mm256_hadd_ps(p[6], p[7]);
+    let lo = _mm256_hadd_ps(s01, s23);
+    let hi = _mm256_hadd_ps(s45, s67);
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(lo, hi),
+        _mm256_permute2f128_ps::<0x31>(lo, hi),
+    )
+}
+
 /// Asks for `lines` cache lines from `p` on (a block or more ahead of the kernel).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -468,16 +489,31 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
     // SAFETY: rows `j < visible` of K and V hold `hd` values at `j · stride`; `q`, `out` and
     // `scores` have `heads × hd` and `heads × visible` entries (`attend_heads`).
     unsafe {
-        // Scores: each cached key is read once for all the group's heads.
-        for j in 0..vis {
-            let kp = a.k.as_ptr().add(j * a.stride);
-            for h in 0..heads {
-                let qp = a.q.as_ptr().add(h * hd);
+        // Scores, eight positions at a time: eight independent accumulators (one dependent
+        // chain of fused multiply-adds per score was latency-bound) reduced with one transpose.
+        for h in 0..heads {
+            let qp = a.q.as_ptr().add(h * hd);
+            let dst = scores.as_mut_ptr().add(h * vis);
+            let mut j = 0;
+            while j + 8 <= vis {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for i in (0..hd).step_by(8) {
+                    let qv = _mm256_loadu_ps(qp.add(i));
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let kv = _mm256_loadu_ps(a.k.as_ptr().add((j + t) * a.stride + i));
+                        *acc = _mm256_fmadd_ps(qv, kv, *acc);
+                    }
+                }
+                _mm256_storeu_ps(dst.add(j), _mm256_mul_ps(sum8_ps(acc), _mm256_set1_ps(a.scale)));
+                j += 8;
+            }
+            for j in j..vis {
+                let kp = a.k.as_ptr().add(j * a.stride);
                 let mut acc = _mm256_setzero_ps();
                 for i in (0..hd).step_by(8) {
                     acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), acc);
                 }
-                scores[h * vis + j] = hsum(acc) * a.scale;
+                *dst.add(j) = hsum(acc) * a.scale;
             }
         }
         super::softmax_rows(scores, vis);

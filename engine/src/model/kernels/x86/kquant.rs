@@ -14,7 +14,7 @@ use super::super::kquant::{QK, QuantActsK, qs_bytes};
 use super::super::{Format, PackedMatrix};
 use super::sum8;
 
-/// Fills `out` (`rows × m`, transposed) with weight rows `j0..j0 + rows` of a K-quant matrix
+/// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` of a K-quant matrix
 /// dotted with every activation row. Callers must have checked AVX2, FMA and F16C.
 pub(super) fn rows(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
     check_sizes(w, x, m, j0 + rows, out.len() == rows * m);
@@ -37,10 +37,10 @@ fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, row_end: usize, out_o
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
-    for (jj, col) in out.chunks_exact_mut(m).enumerate().take(rows) {
+    for jj in 0..rows {
         let j = j0 + jj;
         let full = m / 8 * 8;
-        for (g, dst) in col[..full].chunks_exact_mut(8).enumerate() {
+        for g in 0..full / 8 {
             // SAFETY: forwarded from `rows`.
             let sums = unsafe {
                 match w.format {
@@ -49,11 +49,13 @@ unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, rows:
                     _ => q6k_x8(w, j, x, g),
                 }
             };
-            dst.copy_from_slice(&sums);
+            for (i, v) in sums.into_iter().enumerate() {
+                out[(g * 8 + i) * rows + jj] = v;
+            }
         }
-        for (r, y) in col.iter_mut().enumerate().skip(full) {
+        for r in full..m {
             // SAFETY: forwarded from `rows`.
-            *y = unsafe { row1(w, j, x, r) };
+            out[r * rows + jj] = unsafe { row1(w, j, x, r) };
         }
     }
 }

@@ -217,9 +217,9 @@ unsafe fn q8_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActs, a0:
 
 /// Q4_x / Q5_x weight rows `8g..8g + 8` (`d·q + mn`, q unsigned) · Q8_0 activation rows
 /// `a0..a0 + R`; as [`q8_rows`], plus the minimums `Σ_blocks mn · (row scale · Σ row quants)`
-/// summed apart and added at the end. Q4 adds four `maddubs` results as 16-bit integers before
-/// widening (each at most 2·15·127, four of them fit); Q5's are twice as large, so it widens per
-/// vector.
+/// summed apart and added at the end. `maddubs` results are added as 16-bit integers before
+/// widening: each pair of Q4 products is at most 2·15·127, so eight fit; Q5's are at most 2·31·127,
+/// so four do.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_rows<const R: usize, const FIVE: bool>(
     w: &PackedMatrix,
@@ -265,16 +265,11 @@ unsafe fn q45_rows<const R: usize, const FIVE: bool>(
                         _mm256_maddubs_epi16(lo, broadcast4(xa)),
                         _mm256_maddubs_epi16(hi, broadcast4(xa.add(16))),
                     );
-                    if FIVE {
-                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
-                    } else {
-                        *s16 = _mm256_add_epi16(*s16, p);
+                    *s16 = _mm256_add_epi16(*s16, p);
+                    if c == 3 || (FIVE && c == 1) {
+                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*s16, ones));
+                        *s16 = _mm256_setzero_si256();
                     }
-                }
-            }
-            if !FIVE {
-                for (s, s16) in isum.iter_mut().zip(&s16) {
-                    *s = _mm256_madd_epi16(*s16, ones);
                 }
             }
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b * ROWS).cast()));

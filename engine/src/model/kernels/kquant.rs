@@ -12,16 +12,19 @@
 //! row alone or in a batch, agree bit for bit as long as the float accumulation runs in the same
 //! order (super-block by super-block, with fused multiply-adds).
 //!
-//! Packed layout per row (super-block `s` at offset `s·QS`): `qs` holds the quants as GGUF does
-//! (Q4_K: 128 bytes of nibble pairs; Q5_K: those then the 32 bytes of fifth bits; Q6_K: 128 bytes
-//! of low nibbles then 64 of high bit pairs); `sc` holds 16 bytes of unpacked sub-scales per
-//! super-block (Q4_K/Q5_K: 8 scales then 8 minimums, u8; Q6_K: 16 i8 scales); `d` and `mn` hold
-//! `d` and `dmin` as f16 bits, one per super-block. Q4_K and Q5_K grow by 4 bytes per super-block
-//! over GGUF (144 → 148, 176 → 180); Q6_K keeps its 210.
+//! Packed layouts. Q4_K and Q5_K interleave eight rows as the 32-value block formats do (see
+//! `pack`): per group of eight rows and super-block, each of the eight 32-value sub-blocks is 128
+//! bytes laid out as a Q4 block (byte `c·32 + r·4 + e` holds row `r`'s quants `4c + e` and
+//! `16 + 4c + e` of the sub-block), Q5_K's fifth bits are eight words per sub-block as Q5's, `sc`
+//! holds 128 bytes (the sub-scales `[sub-block][row]`, then the minimums likewise, u8), and `d` and
+//! `mn` hold the eight rows' `d` and `dmin` (f16 bits). Q6_K stays per row (super-block `s` at
+//! `s·210` in `qs`: 128 bytes of low nibbles then 64 of high bit pairs, as GGUF; `sc` its 16 i8
+//! scales; `d` one f16 per super-block). Q4_K and Q5_K grow by 4 bytes per super-block over GGUF
+//! (144 → 148, 176 → 180); Q6_K keeps its 210.
 
 use half::f16;
 
-use super::{Format, PackedMatrix};
+use super::{Format, PackedMatrix, ROWS};
 
 /// Values per K-quant super-block.
 pub(crate) const QK: usize = 256;
@@ -111,87 +114,122 @@ fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-/// Fills `m.qs`, `m.sc`, `m.d` (and `m.mn`) from the GGUF super-blocks in `bytes` (already
-/// checked to be `n·k/256` blocks of the format's size).
+/// Fills `m.qs`, `m.sc`, `m.d` (and `m.mn`, `m.qh`) from the GGUF super-blocks in `bytes`
+/// (already checked to be `n·k/256` blocks of the format's size).
 pub(super) fn pack(m: &mut PackedMatrix, bytes: &[u8], block_bytes: usize) {
-    let blocks = bytes.len() / block_bytes;
-    m.qs = Vec::with_capacity(blocks * qs_bytes(m.format));
-    m.sc = Vec::with_capacity(blocks * 16);
-    m.d = Vec::with_capacity(blocks);
-    if m.format != Format::Q6K {
-        m.mn = Vec::with_capacity(blocks);
+    if m.format == Format::Q6K {
+        let blocks = bytes.len() / block_bytes;
+        m.qs = Vec::with_capacity(blocks * qs_bytes(m.format));
+        m.sc = Vec::with_capacity(blocks * 16);
+        m.d = Vec::with_capacity(blocks);
+        for b in bytes.chunks_exact(block_bytes) {
+            m.qs.extend_from_slice(&b[..192]);
+            m.sc.extend_from_slice(&b[192..208]);
+            m.d.push(le16(b, 208));
+        }
+        return;
     }
-    for b in bytes.chunks_exact(block_bytes) {
-        match m.format {
-            Format::Q4K | Format::Q5K => {
-                m.d.push(le16(b, 0));
-                m.mn.push(le16(b, 2));
-                let scales = &b[4..16];
-                let pairs: [(u8, u8); 8] = std::array::from_fn(|j| scale_min(j, scales));
-                m.sc.extend(pairs.iter().map(|p| p.0));
-                m.sc.extend(pairs.iter().map(|p| p.1));
-                // GGUF: Q5_K has the fifth bits before the nibbles; we keep nibbles first so
-                // Q4_K and Q5_K share offsets.
-                if m.format == Format::Q5K {
-                    m.qs.extend_from_slice(&b[48..176]);
-                    m.qs.extend_from_slice(&b[16..48]);
-                } else {
-                    m.qs.extend_from_slice(&b[16..144]);
-                }
+    let nsb = m.k / QK;
+    let padded = m.n.div_ceil(ROWS) * ROWS;
+    m.qs = vec![0; padded * nsb * QK / 2];
+    m.sc = vec![0; padded * nsb * 16];
+    m.d = vec![0; padded * nsb];
+    m.mn = vec![0; padded * nsb];
+    if m.format == Format::Q5K {
+        m.qh = vec![0; padded * nsb * 8];
+    }
+    for (s, b) in bytes.chunks_exact(block_bytes).enumerate() {
+        let (j, t) = (s / nsb, s % nsb);
+        let (sb, r) = ((j / ROWS) * nsb + t, j % ROWS);
+        m.d[sb * ROWS + r] = le16(b, 0);
+        m.mn[sb * ROWS + r] = le16(b, 2);
+        for i in 0..8 {
+            let (scale, min) = scale_min(i, &b[4..16]);
+            m.sc[sb * 128 + i * ROWS + r] = scale;
+            m.sc[sb * 128 + 64 + i * ROWS + r] = min;
+        }
+        // GGUF Q5_K: fifth bits (32 bytes) then nibbles; Q4_K: nibbles only.
+        let (nibbles, bits) = if m.format == Format::Q5K {
+            (&b[48..176], Some(&b[16..48]))
+        } else {
+            (&b[16..144], None)
+        };
+        for i in 0..8 {
+            let nib = |e: usize| {
+                let byte = nibbles[i / 2 * 32 + e];
+                if i % 2 == 0 { byte & 0xF } else { byte >> 4 }
+            };
+            let base = (sb * 8 + i) * 128 + r * 4;
+            for q in 0..16 {
+                m.qs[base + q / 4 * 32 + q % 4] = nib(q) | (nib(q + 16) << 4);
             }
-            _ => {
-                m.qs.extend_from_slice(&b[..192]);
-                m.sc.extend_from_slice(&b[192..208]);
-                m.d.push(le16(b, 208));
+            if let Some(bits) = bits {
+                let word = (0..32).fold(0u32, |acc, e| {
+                    let bit = u32::from((bits[e] >> i) & 1);
+                    acc | (bit << ((e % 4) * 8 + e / 4))
+                });
+                m.qh[(sb * 8 + i) * ROWS + r] = word;
             }
         }
     }
 }
 
+/// Index of row `j`'s super-block `t` in `d` and `mn` (and, times 16, its scales in `sc` for
+/// Q6_K).
+fn d_at(w: &PackedMatrix, j: usize, t: usize) -> usize {
+    let nsb = w.k / QK;
+    if w.format == Format::Q6K {
+        j * nsb + t
+    } else {
+        ((j / ROWS) * nsb + t) * ROWS + j % ROWS
+    }
+}
+
+/// Q4_K/Q5_K: row `j`'s quant `v` (0..256) of super-block `t`, with the fifth bit for Q5_K.
+fn q45k_quant(w: &PackedMatrix, j: usize, t: usize, v: usize) -> i32 {
+    let sb = (j / ROWS) * (w.k / QK) + t;
+    let (i, e, r) = (v / 32, v % 32, j % ROWS);
+    let q = e % 16;
+    let byte = w.qs[(sb * 8 + i) * 128 + q / 4 * 32 + r * 4 + q % 4];
+    let nib = if e < 16 { byte & 0xF } else { byte >> 4 };
+    let fifth =
+        w.qh.get((sb * 8 + i) * ROWS + r)
+            .map_or(0, |h| (h >> ((e % 4) * 8 + e / 4)) & 1);
+    i32::from(nib) | (fifth as i32) << 4
+}
+
+/// Q4_K/Q5_K: row `j`'s scale and minimum of sub-block `i` in super-block `t`.
+fn q45k_scale_min(w: &PackedMatrix, j: usize, t: usize, i: usize) -> (i32, i32) {
+    let sb = (j / ROWS) * (w.k / QK) + t;
+    let at = sb * 128 + i * ROWS + j % ROWS;
+    (i32::from(w.sc[at]), i32::from(w.sc[at + 64]))
+}
+
 /// Row `i` as f32, with candle's dequantization arithmetic (so embedding lookups match it).
 pub(super) fn row(w: &PackedMatrix, i: usize) -> Vec<f32> {
     let nsb = w.k / QK;
-    let qb = qs_bytes(w.format);
     let mut out = Vec::with_capacity(w.k);
-    for s in i * nsb..(i + 1) * nsb {
-        let q = &w.qs[s * qb..(s + 1) * qb];
-        let sc = &w.sc[s * 16..(s + 1) * 16];
-        let d = f16::from_bits(w.d[s]).to_f32();
+    for t in 0..nsb {
+        let d = f16::from_bits(w.d[d_at(w, i, t)]).to_f32();
         if w.format == Format::Q6K {
+            let s = i * nsb + t;
+            let q = &w.qs[s * 192..(s + 1) * 192];
+            let sc = &w.sc[s * 16..(s + 1) * 16];
             for v in 0..QK {
                 let scale = f32::from(sc[v / 16] as i8);
                 out.push(d * scale * (q6(q, v) - 32) as f32);
             }
             continue;
         }
-        let dmin = f16::from_bits(w.mn[s]).to_f32();
+        let dmin = f16::from_bits(w.mn[d_at(w, i, t)]).to_f32();
         for v in 0..QK {
-            let sub = v / 32;
-            let (d1, m1) = (d * f32::from(sc[sub]), dmin * f32::from(sc[8 + sub]));
-            let nib = q4(q, v);
-            let x = if w.format == Format::Q5K {
-                // candle adds the fifth bit as 16.0 to the nibble as f32; the same value.
-                f32::from(nib) + if fifth(q, v) { 16.0 } else { 0.0 }
-            } else {
-                f32::from(nib)
-            };
-            out.push(d1 * x - m1);
+            let (sc, m) = q45k_scale_min(w, i, t, v / 32);
+            let (d1, m1) = (d * sc as f32, dmin * m as f32);
+            // candle adds Q5_K's fifth bit as 16.0 to the nibble as f32; the same value.
+            out.push(d1 * q45k_quant(w, i, t, v) as f32 - m1);
         }
     }
     out
-}
-
-/// The 4-bit part of value `v` of a Q4_K/Q5_K super-block: 64-value chunk `v/64` is 32 bytes,
-/// low nibbles first.
-fn q4(q: &[u8], v: usize) -> u8 {
-    let byte = q[v / 64 * 32 + v % 32];
-    if v % 64 < 32 { byte & 0xF } else { byte >> 4 }
-}
-
-/// Whether value `v` of a Q5_K super-block has its fifth bit (bit `v/32` of byte `v % 32` of the
-/// bit field after the nibbles).
-fn fifth(q: &[u8], v: usize) -> bool {
-    (q[QK / 2 + v % 32] >> (v / 32)) & 1 == 1
 }
 
 /// Value `v` of a Q6_K super-block, unsigned (0..64).
@@ -203,13 +241,13 @@ fn q6(q: &[u8], v: usize) -> i32 {
     i32::from(low | (high << 4))
 }
 
-/// The two exact integer sums of weight super-block `s` (global index) with activation
-/// super-block `xq` / `bs`: `(Σ sc·(q·x) [− 32·Σ sc·bsum16 for Q6_K], Σ m·bsum32)`.
-pub(super) fn superblock_sums(w: &PackedMatrix, s: usize, xq: &[i8], bs: &[i16]) -> (i32, i32) {
-    let qb = qs_bytes(w.format);
-    let q = &w.qs[s * qb..(s + 1) * qb];
-    let sc = &w.sc[s * 16..(s + 1) * 16];
+/// The two exact integer sums of row `j`'s super-block `t` with activation super-block `xq` /
+/// `bs`: `(Σ sc·(q·x) [− 32·Σ sc·bsum16 for Q6_K], Σ m·bsum32)`.
+pub(super) fn superblock_sums(w: &PackedMatrix, j: usize, t: usize, xq: &[i8], bs: &[i16]) -> (i32, i32) {
     if w.format == Format::Q6K {
+        let s = j * (w.k / QK) + t;
+        let q = &w.qs[s * 192..(s + 1) * 192];
+        let sc = &w.sc[s * 16..(s + 1) * 16];
         let mut dot = 0i32;
         for (g, chunk) in xq.chunks_exact(16).enumerate() {
             let part: i32 = chunk
@@ -226,36 +264,29 @@ pub(super) fn superblock_sums(w: &PackedMatrix, s: usize, xq: &[i8], bs: &[i16])
         let part: i32 = chunk
             .iter()
             .enumerate()
-            .map(|(l, &x)| {
-                let v = sub * 32 + l;
-                let hi = if w.format == Format::Q5K && fifth(q, v) {
-                    16
-                } else {
-                    0
-                };
-                (i32::from(q4(q, v)) + hi) * i32::from(x)
-            })
+            .map(|(l, &x)| q45k_quant(w, j, t, sub * 32 + l) * i32::from(x))
             .sum();
-        dot += i32::from(sc[sub]) * part;
-        mins += i32::from(sc[8 + sub]) * (i32::from(bs[2 * sub]) + i32::from(bs[2 * sub + 1]));
+        let (sc, m) = q45k_scale_min(w, j, t, sub);
+        dot += sc * part;
+        mins += m * (i32::from(bs[2 * sub]) + i32::from(bs[2 * sub + 1]));
     }
     (dot, mins)
 }
 
 /// Weight row `j` · activation row `r`: the super-block sums accumulated in order with fused
-/// multiply-adds (the order the AVX2 kernel uses).
+/// multiply-adds (the order the AVX2 kernels use).
 pub(super) fn row_dot(w: &PackedMatrix, j: usize, x: &QuantActsK, r: usize) -> f32 {
     let (k, nsb) = (w.k, w.k / QK);
     let (mut acc, mut mins) = (0f32, 0f32);
     for t in 0..nsb {
-        let s = j * nsb + t;
         let xq = &x.qs[r * k + t * QK..r * k + (t + 1) * QK];
         let bs = &x.bsums[(r * nsb + t) * 16..(r * nsb + t + 1) * 16];
-        let (dot, msum) = superblock_sums(w, s, xq, bs);
+        let (dot, msum) = superblock_sums(w, j, t, xq, bs);
         let dx = x.d[r * nsb + t];
-        acc = (dot as f32).mul_add(f16::from_bits(w.d[s]).to_f32() * dx, acc);
+        let at = d_at(w, j, t);
+        acc = (dot as f32).mul_add(f16::from_bits(w.d[at]).to_f32() * dx, acc);
         if w.format != Format::Q6K {
-            mins = (msum as f32).mul_add(f16::from_bits(w.mn[s]).to_f32() * dx, mins);
+            mins = (msum as f32).mul_add(f16::from_bits(w.mn[at]).to_f32() * dx, mins);
         }
     }
     acc - mins

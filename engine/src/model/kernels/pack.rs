@@ -83,7 +83,9 @@ impl PackedMatrix {
             Format::Q8 => padded * k + scales,
             Format::Q4 => padded * k / 2 + 2 * scales,
             Format::Q5 => padded * k / 2 + 4 * padded * nb + 2 * scales,
-            Format::Q4K | Format::Q5K => super_blocks * (super::kquant::qs_bytes(format) + 16 + 2 + 2),
+            Format::Q4K | Format::Q5K => {
+                padded * (k / super::kquant::QK) * (super::kquant::qs_bytes(format) + 16 + 2 + 2)
+            }
             Format::Q6K => super_blocks * (super::kquant::qs_bytes(format) + 16 + 2),
         };
         bytes as u64

@@ -316,16 +316,27 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
         // The definition, in f64.
         for h in 0..heads {
             let logits: Vec<f64> = (0..visible)
-                .map(|j| (0..hd).map(|i| f64::from(q[h * hd + i]) * f64::from(k[j * stride + i])).sum::<f64>() * 0.125)
+                .map(|j| {
+                    (0..hd)
+                        .map(|i| f64::from(q[h * hd + i]) * f64::from(k[j * stride + i]))
+                        .sum::<f64>()
+                        * 0.125
+                })
                 .collect();
             let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
             let sum: f64 = e.iter().sum();
             for i in 0..hd {
-                let want: f64 = (0..visible).map(|j| e[j] / sum * f64::from(v[j * stride + i])).sum();
+                let want: f64 = (0..visible)
+                    .map(|j| e[j] / sum * f64::from(v[j * stride + i]))
+                    .sum();
                 for (name, out) in [("simd", &got), ("portable", &plain)] {
                     let d = (f64::from(out[h * hd + i]) - want).abs();
-                    assert!(d < 1e-5, "{name} head {h} value {i}: {} vs {want}", out[h * hd + i]);
+                    assert!(
+                        d < 1e-5,
+                        "{name} head {h} value {i}: {} vs {want}",
+                        out[h * hd + i]
+                    );
                 }
             }
         }

@@ -70,31 +70,15 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
     if let Acts::Quant(x) = acts {
-        let mut g0 = 0;
-        while g0 < rows {
-            let (g, take) = ((j0 + g0) / ROWS, (rows - g0).min(ROWS));
-            let mut a = 0;
-            while a < m {
-                let tile = (m - a).min(TILE);
-                // SAFETY: group `g` exists (padded rows included), activation rows `a..a + tile`
-                // exist (`check_sizes`); features by the caller.
-                let sums = unsafe {
-                    match tile {
-                        TILE => group_rows::<TILE>(w, g, x, a),
-                        3 => pad(group_rows::<3>(w, g, x, a)),
-                        2 => pad(group_rows::<2>(w, g, x, a)),
-                        _ => pad(group_rows::<1>(w, g, x, a)),
-                    }
-                };
-                for (i, s) in sums.iter().enumerate().take(tile) {
-                    let at = (a + i) * rows + g0;
-                    out[at..at + take].copy_from_slice(&s[..take]);
-                }
-                a += tile;
-            }
-            g0 += take;
-        }
-        return;
+        // SAFETY: groups and activation rows in bounds (`check_sizes`); features by the caller.
+        return unsafe {
+            for_groups(m, j0, rows, out, |g, a, tile| match tile {
+                TILE => group_rows::<TILE>(w, g, x, a),
+                3 => pad(group_rows::<3>(w, g, x, a)),
+                2 => pad(group_rows::<2>(w, g, x, a)),
+                _ => pad(group_rows::<1>(w, g, x, a)),
+            })
+        };
     }
     let Acts::Float(x) = acts else { return };
     for jj in 0..rows {
@@ -133,12 +117,39 @@ fn pad8<const R: usize>(v: [f32; R]) -> [f32; 8] {
     std::array::from_fn(|i| v.get(i).copied().unwrap_or(0.0))
 }
 
+/// Runs `kernel(group, first activation row, tile)` over the interleaved groups of weight rows
+/// `j0..j0 + rows` (`j0` a multiple of eight) and activation rows in tiles of up to [`TILE`],
+/// and stores lane `t` of result `i` at `out[(a + i) · rows + (row − j0)]` for the rows that exist.
+pub(super) fn for_groups(
+    m: usize,
+    j0: usize,
+    rows: usize,
+    out: &mut [f32],
+    mut kernel: impl FnMut(usize, usize, usize) -> [[f32; ROWS]; TILE],
+) {
+    let mut g0 = 0;
+    while g0 < rows {
+        let (g, take) = ((j0 + g0) / ROWS, (rows - g0).min(ROWS));
+        let mut a = 0;
+        while a < m {
+            let tile = (m - a).min(TILE);
+            let sums = kernel(g, a, tile);
+            for (i, s) in sums.iter().enumerate().take(tile) {
+                let at = (a + i) * rows + g0;
+                out[at..at + take].copy_from_slice(&s[..take]);
+            }
+            a += tile;
+        }
+        g0 += take;
+    }
+}
+
 /// Activation rows one pass over a group of weight rows serves (`R` of the kernels below): their
 /// accumulators and the unpacked weights fit the sixteen vector registers.
 const TILE: usize = 4;
 
 /// `v` padded to [`TILE`] entries (the rest unused).
-fn pad<const R: usize>(v: [[f32; ROWS]; R]) -> [[f32; ROWS]; TILE] {
+pub(super) fn pad<const R: usize>(v: [[f32; ROWS]; R]) -> [[f32; ROWS]; TILE] {
     std::array::from_fn(|i| v.get(i).copied().unwrap_or([0.0; ROWS]))
 }
 
@@ -163,12 +174,12 @@ unsafe fn group_rows<const R: usize>(
 /// Four activation quants at `p`, repeated in every 32-bit lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn broadcast4(p: *const i8) -> __m256i {
+pub(super) unsafe fn broadcast4(p: *const i8) -> __m256i {
     // SAFETY: the caller guarantees four readable bytes at `p`.
     _mm256_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
 }
 
-fn lanes(v: __m256) -> [f32; ROWS] {
+pub(super) fn lanes(v: __m256) -> [f32; ROWS] {
     // SAFETY: `__m256` and `[f32; 8]` have the same size, and every bit pattern is a valid f32.
     unsafe { std::mem::transmute::<__m256, [f32; ROWS]>(v) }
 }
@@ -294,7 +305,7 @@ unsafe fn q45_rows<const R: usize, const FIVE: bool>(
 /// into another byte's bit 4.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn fifth_bits(h: __m256i, c: usize) -> __m256i {
+pub(super) fn fifth_bits(h: __m256i, c: usize) -> __m256i {
     let v = match c {
         0 => _mm256_slli_epi16::<4>(h),
         1 => _mm256_slli_epi16::<3>(h),

@@ -289,17 +289,6 @@ pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// `silu(gate) * up` for rows laid out as `[gate | up]`, each half `ffn` wide.
-pub(crate) fn swiglu(gate_up: &[f32], ffn: usize) -> Vec<f32> {
-    let rows = gate_up.len() / (2 * ffn);
-    let mut out = Vec::with_capacity(rows * ffn);
-    for row in gate_up.chunks_exact(2 * ffn) {
-        let (g, u) = row.split_at(ffn);
-        out.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
-    }
-    out
-}
-
 /// `x += y`, elementwise.
 pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {

@@ -10,7 +10,8 @@ use candle_core::{Device, Tensor};
 
 use super::attention::{AttnDims, RopeRows, SeqKv, SeqRows, attend};
 use super::config::LlamaConfig;
-use super::linear::{Linear, add_assign, rms_norm, swiglu};
+use super::kernels::swiglu;
+use super::linear::{Linear, add_assign, rms_norm};
 use super::{Forward, KvCache, ModelError, ModelInfo, SeqChunk};
 
 /// Positions reserved up front in a new cache (it grows by doubling after that).

@@ -244,15 +244,43 @@ pub(crate) fn attend_heads(a: &HeadGroup<'_>, scores: &mut Vec<f32>, out: &mut [
 fn softmax_rows(scores: &mut [f32], visible: usize) {
     for row in scores.chunks_exact_mut(visible.max(1)) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0.0;
         for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+            *s -= max;
         }
+        exp_in_place(row);
+        let sum: f32 = row.iter().sum();
         for s in row.iter_mut() {
             *s /= sum;
         }
     }
+}
+
+/// `x = eˣ` elementwise (AVX2: a degree-6 polynomial after range reduction, within 2 ulp of
+/// `f32::exp` over the range softmax and SiLU use).
+pub(crate) fn exp_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return x86::exp_in_place(x);
+    }
+    for v in x {
+        *v = v.exp();
+    }
+}
+
+/// `silu(gate) · up` for rows laid out as `[gate | up]`, each half `ffn` wide.
+pub(crate) fn swiglu(gate_up: &[f32], ffn: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(gate_up.len() / 2);
+    for row in gate_up.chunks_exact(2 * ffn) {
+        let (g, u) = row.split_at(ffn);
+        let start = out.len();
+        out.extend(g.iter().map(|&g| -g));
+        let e = &mut out[start..];
+        exp_in_place(e);
+        for ((e, &g), &u) in e.iter_mut().zip(g).zip(u) {
+            *e = g / (1.0 + *e) * u;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -342,3 +342,37 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
         }
     }
 }
+
+#[test]
+fn exp_is_within_a_few_ulp_of_the_standard_library() {
+    let mut x: Vec<f32> = (0..20_001).map(|i| -87.0 + 174.0 * i as f32 / 20_000.0).collect();
+    x.extend([0.0, -0.0, 1e-8, -1e-8, 0.5, -0.5]);
+    let want: Vec<f32> = x.iter().map(|v| v.exp()).collect();
+    super::exp_in_place(&mut x);
+    for (got, want) in x.iter().zip(&want) {
+        let rel = ((got - want) / want).abs();
+        assert!(rel < 4.0 * f32::EPSILON, "e^x: {got} vs {want} (rel {rel})");
+    }
+}
+
+#[test]
+fn swiglu_is_silu_of_gate_times_up() {
+    let ffn = 13;
+    let gu = random(3 * 2 * ffn, 11)
+        .iter()
+        .map(|v| v * 12.0)
+        .collect::<Vec<_>>();
+    let got = super::swiglu(&gu, ffn);
+    for (r, row) in gu.chunks_exact(2 * ffn).enumerate() {
+        for i in 0..ffn {
+            let (g, u) = (f64::from(row[i]), f64::from(row[ffn + i]));
+            let want = g / (1.0 + (-g).exp()) * u;
+            let d = (f64::from(got[r * ffn + i]) - want).abs();
+            assert!(
+                d <= 1e-5 * want.abs().max(1.0),
+                "row {r} value {i}: {} vs {want}",
+                got[r * ffn + i]
+            );
+        }
+    }
+}

@@ -543,6 +543,47 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
     }
 }
 
+/// `x = eˣ` elementwise. Callers must have checked AVX2.
+pub(super) fn exp_in_place(x: &mut [f32]) {
+    assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: features asserted; an eight-value load and store within the chunk.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr()))) };
+    }
+    for v in chunks.into_remainder() {
+        *v = v.exp();
+    }
+}
+
+/// eˣ for eight lanes: `x = n·ln 2 + r` with |r| ≤ ln 2 / 2, eʳ by Cephes' `expf` polynomial,
+/// 2ⁿ built in the exponent bits. Inputs are clamped to ±87.3 (the normal range of f32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(87.3));
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    // ln 2 in two parts, so `n · ln2_hi` is exact.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -86,9 +86,12 @@ pub fn plan(
     let weight_bytes = header.weight_bytes(level);
     let per_seq = header.kv_bytes_per_token * kv_allocated_positions(context) as u64;
     let kv_bytes = per_seq * concurrency as u64;
-    // Per row of a step: the residual stream and its norm, QKV, attention output, gate|up and the
-    // SwiGLU product (f32), counted twice for the copies candle makes around each matmul.
-    let per_row = 4 * (6 * header.hidden + 2 * header.kv_dim) as u64 * 2;
+    // Per row of a step, f32, at the larger of the two peaks: in the feed-forward half the
+    // residual and its norm, gate|up twice (the threads' tiles, then the assembled rows) and the
+    // SwiGLU product; in the attention half the residual, its norm, QKV twice and the attention
+    // output. (The FFN is usually the larger: 2.7 × hidden wide in SmolLM2 and Llama 2.)
+    let (h, ffn, kv) = (header.hidden, header.ffn, header.kv_dim);
+    let per_row = 4 * (2 * h + 5 * ffn).max(5 * h + 4 * kv) as u64;
     let step_bytes = per_row * max_batch_tokens as u64 + 4 * header.vocab as u64 * concurrency as u64;
     let runtime_overhead_bytes = RUNTIME_BASE_BYTES + BYTES_PER_VOCAB_ENTRY * header.vocab as u64;
     let total_bytes = weight_bytes + kv_bytes + step_bytes + runtime_overhead_bytes;

@@ -20,6 +20,8 @@ pub struct ModelHeader {
     pub source_level: QuantLevel,
     pub layers: usize,
     pub hidden: usize,
+    /// Width of the feed-forward layer (gate and up each).
+    pub ffn: usize,
     pub kv_dim: usize,
     pub vocab: usize,
     pub context_length: usize,
@@ -85,6 +87,7 @@ impl ModelHeader {
             source_level,
             layers: cfg.layers,
             hidden: cfg.hidden,
+            ffn: cfg.ffn,
             kv_dim: cfg.kv_dim(),
             vocab: cfg.vocab,
             context_length: cfg.context,

@@ -1,11 +1,13 @@
 //! [`PackedMatrix`]: GGML blocks rearranged for the kernels, and the way back to f32 for embedding
 //! lookups.
 //!
-//! The 32-value block formats (Q8_0, Q4_x, Q5_x) interleave eight weight rows ([`ROWS`]): for each
-//! group of eight rows and each block, 32-byte vector `c` holds four consecutive quants of every
-//! row (`[row][4]`), so one vector instruction against an activation broadcast four values at a
-//! time yields a partial dot for eight rows at once, with no horizontal sums. The row count is
-//! padded to a multiple of eight with zero rows.
+//! Every format interleaves eight weight rows ([`ROWS`]). For the 32-value block formats (Q8_0,
+//! Q4_x, Q5_x; the K-quants Q4_K and Q5_K alike per 32-value sub-block) 32-byte vector `c` of a
+//! group and block holds four consecutive quants of every row (`[row][4]`), so one vector
+//! instruction against an activation broadcast four values at a time yields a partial dot for
+//! eight rows at once, with no horizontal sums. For f16/bf16 each column of a group is the eight
+//! rows' values (16 bytes), multiplied by one broadcast activation. The row count is padded to a
+//! multiple of eight with zero rows.
 
 use half::{bf16, f16};
 
@@ -24,8 +26,8 @@ pub(crate) struct PackedMatrix {
     /// Quants. `Q8`: per group of eight rows and block, 256 bytes; byte `c·32 + r·4 + e` is row
     /// `r`'s quant `4c + e` (as i8). `Q4`/`Q5`: 128 bytes per group and block; byte
     /// `c·32 + r·4 + e` holds row `r`'s quant `4c + e` in its low nibble and `16 + 4c + e` in its
-    /// high nibble (`c < 4`). `F16`/`Bf16`: `n × k` values, little-endian byte pairs. K-quants: see
-    /// `kquant`.
+    /// high nibble (`c < 4`). `F16`/`Bf16`: per group, column `i` is 16 bytes, row `r`'s value at
+    /// `i·16 + 2r` (little-endian). K-quants: see `kquant`.
     pub qs: Vec<u8>,
     /// Fifth bits of `Q5`: per group and block eight words, one per row; bit `c` of byte `e` of
     /// row `r`'s word is the fifth bit of its quant `4c + e`.
@@ -79,7 +81,7 @@ impl PackedMatrix {
         // K-quants: per super-block the quants, 16 bytes of unpacked sub-scales, `d` (and `dmin`).
         let super_blocks = n * (k / super::kquant::QK);
         let bytes = match format {
-            Format::F16 | Format::Bf16 => 2 * n * k,
+            Format::F16 | Format::Bf16 => 2 * padded * k,
             Format::Q8 => padded * k + scales,
             Format::Q4 => padded * k / 2 + 2 * scales,
             Format::Q5 => padded * k / 2 + 4 * padded * nb + 2 * scales,
@@ -136,7 +138,14 @@ impl PackedMatrix {
             scale_stride: 0,
         };
         if format.is_float() {
-            m.qs = bytes.to_vec();
+            // Column `i` of a group of eight rows is 16 bytes: the eight rows' values.
+            m.qs = vec![0; n.div_ceil(ROWS) * ROWS * k * 2];
+            for (j, row) in bytes.chunks_exact(2 * k).enumerate() {
+                let base = (j / ROWS) * ROWS * k * 2 + (j % ROWS) * 2;
+                for (i, v) in row.chunks_exact(2).enumerate() {
+                    m.qs[base + i * ROWS * 2..base + i * ROWS * 2 + 2].copy_from_slice(v);
+                }
+            }
             return Ok(m);
         }
         if format.is_k() {
@@ -201,14 +210,7 @@ impl PackedMatrix {
         let k = self.k;
         let nb = k / BLOCK;
         match self.format {
-            Format::F16 => self.qs[2 * i * k..2 * (i + 1) * k]
-                .chunks_exact(2)
-                .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect(),
-            Format::Bf16 => self.qs[2 * i * k..2 * (i + 1) * k]
-                .chunks_exact(2)
-                .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect(),
+            Format::F16 | Format::Bf16 => (0..k).map(|c| self.float(i, c)).collect(),
             Format::Q8 | Format::Q4 | Format::Q5 => (0..nb)
                 .flat_map(|b| {
                     let (d, mn) = (self.scale(i, b), self.min(i, b));
@@ -244,6 +246,17 @@ impl PackedMatrix {
                     .map_or(0, |h| (h >> ((e % 4) * 8 + e / 4)) & 1);
                 i16::from(nib) | ((fifth as i16) << 4)
             }
+        }
+    }
+
+    /// Row `j`'s value in column `c` of an `F16`/`Bf16` matrix.
+    pub(super) fn float(&self, j: usize, c: usize) -> f32 {
+        let at = ((j / ROWS) * self.k + c) * ROWS * 2 + (j % ROWS) * 2;
+        let bits = u16::from_le_bytes([self.qs[at], self.qs[at + 1]]);
+        if self.format == Format::Bf16 {
+            bf16::from_bits(bits).to_f32()
+        } else {
+            f16::from_bits(bits).to_f32()
         }
     }
 

@@ -1,7 +1,5 @@
 //! Plain-Rust kernels: any CPU, and the reference the SIMD ones are tested against.
 
-use half::{bf16, f16};
-
 use super::{Acts, BLOCK, Format, PackedMatrix};
 
 /// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` dotted with every activation row.
@@ -34,15 +32,7 @@ pub(super) fn quantize_block(src: &[f32; BLOCK], dst: &mut [i8; BLOCK]) -> (f32,
 }
 
 fn float_row(w: &PackedMatrix, j: usize, x: &[f32]) -> f32 {
-    let k = w.k;
-    let bits = w.qs[2 * j * k..2 * (j + 1) * k].chunks_exact(2);
-    let to_f32: fn(u16) -> f32 = match w.format {
-        Format::Bf16 => |b| bf16::from_bits(b).to_f32(),
-        _ => |b| f16::from_bits(b).to_f32(),
-    };
-    bits.zip(x)
-        .map(|(b, &v)| to_f32(u16::from_le_bytes([b[0], b[1]])) * v)
-        .sum()
+    x.iter().enumerate().map(|(c, &v)| w.float(j, c) * v).sum()
 }
 
 fn quant_row(w: &PackedMatrix, j: usize, x: &super::QuantActs, r: usize) -> f32 {

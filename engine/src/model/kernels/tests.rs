@@ -234,6 +234,8 @@ fn kernel_timing() {
         (GgmlDType::Q5K, 576, 1536),
         (GgmlDType::Q6K, 576, 1536),
         (GgmlDType::Q8_0, 576, 1536),
+        (GgmlDType::F16, 576, 1536),
+        (GgmlDType::F16, 3072, 576),
         (GgmlDType::Q5_0, 3072, 576),
         (GgmlDType::Q5_0, 960, 576),
         (GgmlDType::Q8_0, 49152, 576),

@@ -41,14 +41,14 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: 
     let quants = match w.format {
         Format::Q8 => padded * k,
         Format::Q4 | Format::Q5 => padded * k / 2,
-        Format::F16 | Format::Bf16 => 2 * n * k,
+        Format::F16 | Format::Bf16 => 2 * padded * k,
         // Q8_K activations go to `kquant::rows`; other activations do not fit these weights.
         Format::Q4K | Format::Q5K | Format::Q6K => usize::MAX,
     };
-    let mut ok = out_ok && row_end <= n && w.qs.len() == quants;
+    // Rows go in whole interleaved groups of eight, from a group's first row.
+    let mut ok = out_ok && row_end <= n && w.qs.len() == quants && j0.is_multiple_of(ROWS);
     if !matches!(w.format, Format::F16 | Format::Bf16) {
-        // Quantized rows go in whole groups of eight, from a group's first row.
-        ok &= k.is_multiple_of(BLOCK) && w.d.len() == padded * nb && j0.is_multiple_of(ROWS);
+        ok &= k.is_multiple_of(BLOCK) && w.d.len() == padded * nb;
     }
     if matches!(w.format, Format::Q4 | Format::Q5) {
         ok &= w.mn.len() == padded * nb;
@@ -81,40 +81,20 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
         };
     }
     let Acts::Float(x) = acts else { return };
-    for jj in 0..rows {
-        let j = j0 + jj;
-        let mut r = 0;
-        while r < m {
-            let take = match m - r {
-                8.. => 8,
-                4..=7 => 4,
-                2 | 3 => 2,
-                _ => 1,
-            };
-            // SAFETY: bounds checked by `check_sizes`; features by the caller.
-            let sums: [f32; 8] = unsafe {
-                match (take, w.format == Format::Bf16) {
-                    (8, true) => float::<8, true>(w, j, x, r),
-                    (8, false) => float::<8, false>(w, j, x, r),
-                    (4, true) => pad8(float::<4, true>(w, j, x, r)),
-                    (4, false) => pad8(float::<4, false>(w, j, x, r)),
-                    (2, true) => pad8(float::<2, true>(w, j, x, r)),
-                    (2, false) => pad8(float::<2, false>(w, j, x, r)),
-                    (_, true) => pad8(float::<1, true>(w, j, x, r)),
-                    (_, false) => pad8(float::<1, false>(w, j, x, r)),
-                }
-            };
-            for (i, v) in sums.into_iter().enumerate().take(take) {
-                out[(r + i) * rows + jj] = v;
-            }
-            r += take;
-        }
+    let bf = w.format == Format::Bf16;
+    // SAFETY: groups and activation rows in bounds (`check_sizes`); features by the caller.
+    unsafe {
+        for_groups(m, j0, rows, out, |g, a, tile| match (tile, bf) {
+            (TILE, false) => float_rows::<TILE, 2, false>(w, g, x, a),
+            (TILE, true) => float_rows::<TILE, 2, true>(w, g, x, a),
+            (3, false) => pad(float_rows::<3, 2, false>(w, g, x, a)),
+            (3, true) => pad(float_rows::<3, 2, true>(w, g, x, a)),
+            (2, false) => pad(float_rows::<2, 2, false>(w, g, x, a)),
+            (2, true) => pad(float_rows::<2, 2, true>(w, g, x, a)),
+            (_, false) => pad(float_rows::<1, 2, false>(w, g, x, a)),
+            (_, true) => pad(float_rows::<1, 2, true>(w, g, x, a)),
+        });
     }
-}
-
-/// `v` padded to eight entries (the rest unused).
-fn pad8<const R: usize>(v: [f32; R]) -> [f32; 8] {
-    std::array::from_fn(|i| v.get(i).copied().unwrap_or(0.0))
 }
 
 /// Runs `kernel(group, first activation row, tile)` over the interleaved groups of weight rows
@@ -360,47 +340,56 @@ fn prefetch(p: *const u8, lines: usize) {
     }
 }
 
-/// f16 / bf16 weights · f32 activations.
+/// f16 / bf16 weight rows `8g..8g + 8` · f32 activation rows `a0..a0 + R`: per column, the
+/// eight rows' values (one 16-byte load) times the broadcast activation, into `U` interleaved
+/// accumulators per activation row (columns `i ≡ u mod U`), so `R · U` fused multiply-adds are
+/// independent. `U` must not depend on `R` (a row's sum would then depend on its batch). The activations are read as scalars,
+/// so a 1536-wide row group streams its weights once per tile, not its activations once per row.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn float<const R: usize, const BF: bool>(
+unsafe fn float_rows<const R: usize, const U: usize, const BF: bool>(
     w: &PackedMatrix,
-    j: usize,
+    g: usize,
     x: &[f32],
-    r0: usize,
-) -> [f32; R] {
+    a0: usize,
+) -> [[f32; ROWS]; R] {
     let k = w.k;
-    let k8 = k / 8 * 8;
-    // SAFETY: row `j` holds `k` two-byte values and rows `r0..r0 + R` of `x` exist (`check_sizes`).
+    // SAFETY: group `g` holds `k` columns of 16 bytes and activation rows `a0..a0 + R` hold `k`
+    // values each (`check_sizes`).
     unsafe {
-        let wp = w.qs.as_ptr().add(2 * j * k);
-        let xp = x.as_ptr().add(r0 * k);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut i = 0;
-        while i < k8 {
-            let raw = _mm_loadu_si128(wp.add(2 * i).cast());
-            let wv = if BF {
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))
+        let wp = w.qs.as_ptr().add(g * k * ROWS * 2);
+        let xp = x.as_ptr().add(a0 * k);
+        let load = |i: usize| {
+            let raw = _mm_loadu_si128(wp.add(i * ROWS * 2).cast());
+            if BF {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
             } else {
                 _mm256_cvtph_ps(raw)
-            };
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(r * k + i)), *a);
             }
-            i += 8;
+        };
+        let mut acc = [[_mm256_setzero_ps(); R]; U];
+        let mut i = 0;
+        while i + U <= k {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let wv = load(i + u);
+                for (a, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*xp.add(a * k + i + u)), *acc);
+                }
+            }
+            i += U;
         }
-        let mut sums = acc.map(|a| hsum(a));
-        for i in k8..k {
-            let bits = u16::from_le_bytes([*wp.add(2 * i), *wp.add(2 * i + 1)]);
-            let wv = if BF {
-                half::bf16::from_bits(bits).to_f32()
-            } else {
-                half::f16::from_bits(bits).to_f32()
-            };
-            for (r, s) in sums.iter_mut().enumerate() {
-                *s += wv * *xp.add(r * k + i);
+        for (u, c) in (i..k).enumerate() {
+            let wv = load(c);
+            for (a, acc) in acc[u].iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*xp.add(a * k + c)), *acc);
             }
         }
-        sums
+        std::array::from_fn(|a| {
+            let mut sum = acc[0][a];
+            for acc in &acc[1..] {
+                sum = _mm256_add_ps(sum, acc[a]);
+            }
+            lanes(sum)
+        })
     }
 }
 

@@ -339,3 +339,87 @@ async fn permanent_errors_set_ready_false_and_recover_on_change() -> anyhow::Res
     ns.delete().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn fewer_replicas_wait_for_the_scale_down_delay() -> anyhow::Result<()> {
+    let cluster = Cluster::shared().await?;
+    let client = cluster.client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "op-scale-down").await?;
+    let classes = [cpu_class(&ns.name)];
+    apply_classes(&client, &classes).await?;
+    let operator = start_operator(client.clone(), &ns.name);
+
+    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
+    let mut isvc = smol("chat", &ns.name, &[&format!("{}-cpu", ns.name)]);
+    isvc.spec.scaling.min_replicas = 2;
+    isvc.spec.scaling.scale_down_delay = "8s".into();
+    isvcs.create(&PostParams::default(), &isvc).await?;
+    await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
+
+    // The decision drops to one replica; the two running ones stay for the delay.
+    let lowered = serde_json::json!({ "spec": { "scaling": { "minReplicas": 1 } } });
+    isvcs
+        .patch("chat", &PatchParams::default(), &Patch::Merge(&lowered))
+        .await?;
+    let held = await_condition(
+        isvcs.clone(),
+        "chat",
+        |o: Option<&InferenceService>| {
+            ready(o)
+                && o.and_then(|o| o.status.as_ref())
+                    .is_some_and(|s| s.scale_down_since.is_some())
+        },
+        TIMEOUT,
+    )
+    .await?;
+    let status = held.status.expect("status");
+    let decision = status.decision.expect("decision");
+    assert_eq!(
+        decision.replicas, 2,
+        "held at the running count: {}",
+        decision.reason
+    );
+    assert!(decision.reason.contains("scaleDownDelay"), "{}", decision.reason);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let running = deployments.list(&ListParams::default()).await?;
+    assert!(
+        running.items.iter().all(|d| d.spec.replicas == Some(2)),
+        "the Deployment keeps two replicas during the delay"
+    );
+
+    // After the delay the operator comes back by itself (no event needed) and scales down.
+    let done = await_condition(
+        isvcs.clone(),
+        "chat",
+        |o: Option<&InferenceService>| {
+            o.and_then(|o| o.status.as_ref()).is_some_and(|s| {
+                s.scale_down_since.is_none() && s.decision.as_ref().is_some_and(|d| d.replicas == 1)
+            })
+        },
+        TIMEOUT,
+    )
+    .await?;
+    let since = status.scale_down_since.expect("since").0;
+    let waited = k8s_openapi::jiff::Timestamp::now().duration_since(since);
+    assert!(
+        waited.as_secs() >= 8,
+        "scaled down after {waited:?}, before the 8 s delay"
+    );
+    assert!(
+        done.status
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready"))
+    );
+    await_list(
+        &deployments,
+        &ListParams::default(),
+        |ds: &[Deployment]| !ds.is_empty() && ds.iter().all(|d| d.spec.replicas == Some(1)),
+        TIMEOUT,
+    )
+    .await?;
+
+    operator.abort();
+    delete_classes(&client, &classes).await;
+    ns.delete().await?;
+    Ok(())
+}

@@ -324,6 +324,11 @@ pub struct InferenceServiceStatus {
     /// The latest decision and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+
+    /// When the decision first called for fewer replicas than are running; they are removed
+    /// once `spec.scaling.scaleDownDelay` has passed since. Absent when no scale-down waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// A quantization level on a HardwareClass.

@@ -3,6 +3,7 @@
 //! transient ones retry with per-object exponential backoff.
 
 pub mod apply;
+pub mod scale_down;
 pub mod status;
 pub mod triggers;
 pub mod validate;
@@ -13,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use bitscale_api::v1alpha1::{HardwareClass, InferenceService};
+use bitscale_api::v1alpha1::{Decision, HardwareClass, InferenceService};
 use futures::StreamExt;
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget},
@@ -265,7 +266,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     let classes: Vec<HardwareClass> = ctx.classes.state().iter().map(|c| (**c).clone()).collect();
     let valid = validate::validate(isvc, &classes)?;
     let outcome = decision::decide(&valid.inputs)?;
-    let decided = outcome.decision;
+    let mut decided = outcome.decision;
     let target = variant_label(&decided.variant);
     let class = valid
         .classes
@@ -284,6 +285,8 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         .find(|(v, _)| v == &target)
         .map(|(_, d)| status::Observed::from_deployment(d, target.clone(), true).ready())
         .unwrap_or(false);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let (scale_down_since, requeue) = hold_scale_down(isvc, &valid, &mut decided, &now);
     let old_still_there = |v: &String| existing.iter().any(|(e, _)| e == v);
     let serving = match current {
         Some(v) if v != target && old_still_there(&v) && !target_ready_before && decided.replicas > 0 => v,
@@ -312,8 +315,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         "http://{}.{}.svc:{ENGINE_PORT}",
         valid.owner.name, valid.owner.namespace
     );
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::healthy(
+    let mut new_status = status::healthy(
         isvc.status.as_ref(),
         valid.generation,
         &decided,
@@ -323,6 +325,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         outcome.overloaded,
         &now,
     );
+    new_status.scale_down_since = scale_down_since;
     if isvc.status.as_ref() != Some(&new_status) {
         let previous = isvc
             .status
@@ -343,8 +346,57 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     }
     tracing::debug!(?observed, writes = applied.writes, "reconciled");
     // Progress of the children arrives as watch events (see `triggers`); the periodic resync is
-    // only a safety net, so a variant still rolling out needs no shorter timer.
-    Ok(Action::requeue(ctx.config.resync))
+    // only a safety net, so a variant still rolling out needs no shorter timer. A held
+    // scale-down is the one thing that changes with time alone.
+    Ok(Action::requeue(
+        requeue.map_or(ctx.config.resync, |r| r.min(ctx.config.resync)),
+    ))
+}
+
+/// Applies `spec.scaling.scaleDownDelay` to `decided` (see `scale_down`): while it holds, the
+/// decision keeps the replica count the operator last set for that variant (from
+/// `status.decision`, so a hand edit of the Deployment is not mistaken for it), says so in its
+/// reason, and costs what runs. Returns the `status.scaleDownSince` to record and when to look
+/// again.
+fn hold_scale_down(
+    isvc: &InferenceService,
+    valid: &validate::Validated,
+    decided: &mut Decision,
+    now: &Time,
+) -> (Option<Time>, Option<Duration>) {
+    if valid.inputs.external {
+        // An external autoscaler owns the count and has its own stabilization window.
+        return (None, None);
+    }
+    let status = isvc.status.as_ref();
+    let running = status
+        .and_then(|s| s.decision.as_ref())
+        .filter(|d| d.variant == decided.variant)
+        .map(|d| d.replicas);
+    let pending = status.and_then(|s| s.scale_down_since.as_ref());
+    match scale_down::scale_down(decided.replicas, running, pending, valid.scale_down_delay, now) {
+        scale_down::ScaleDown::Apply => (None, None),
+        scale_down::ScaleDown::Hold {
+            replicas,
+            since,
+            until,
+        } => {
+            let per_replica = decided.cost_per_hour / f64::from(decided.replicas.max(1));
+            if decided.replicas > 0 {
+                decided.cost_per_million_tokens *= f64::from(replicas) / f64::from(decided.replicas);
+                decided.cost_per_hour = per_replica * f64::from(replicas);
+            }
+            decided.reason = format!(
+                "{}; holding the {replicas} running replica(s) until {} (scaleDownDelay), then {}",
+                decided.reason, until.0, decided.replicas
+            );
+            decided.replicas = replicas;
+            let wait = until.0.duration_since(now.0);
+            // One second past the deadline, so the next reconcile finds it expired.
+            let wait = Duration::try_from(wait).unwrap_or_default() + Duration::from_secs(1);
+            (Some(since), Some(wait))
+        }
+    }
 }
 
 async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error) -> Result<()> {

@@ -183,6 +183,8 @@ pub fn healthy(
         selector: Some(selector),
         endpoint: Some(endpoint),
         decision: Some(decision.clone()),
+        // Set by the caller (see `scale_down`).
+        scale_down_since: None,
     }
 }
 

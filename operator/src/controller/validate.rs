@@ -25,6 +25,8 @@ pub struct Validated {
     pub inputs: Inputs,
     /// The candidate HardwareClasses by name.
     pub classes: BTreeMap<String, HardwareClass>,
+    /// `spec.scaling.scaleDownDelay`.
+    pub scale_down_delay: Duration,
 }
 
 /// Validates `isvc` against the existing HardwareClasses.
@@ -108,6 +110,11 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
     };
 
     let scaling = &spec.scaling;
+    let scale_down_delay = duration(
+        "spec.scaling.scaleDownDelay",
+        &Some(scaling.scale_down_delay.clone()),
+    )?
+    .unwrap_or_default();
     Ok(Validated {
         owner: Owner {
             name,
@@ -143,6 +150,7 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
             classes: decision_classes,
         },
         classes,
+        scale_down_delay,
     })
 }
 

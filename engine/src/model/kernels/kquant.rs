@@ -12,15 +12,16 @@
 //! row alone or in a batch, agree bit for bit as long as the float accumulation runs in the same
 //! order (super-block by super-block, with fused multiply-adds).
 //!
-//! Packed layouts. Q4_K and Q5_K interleave eight rows as the 32-value block formats do (see
-//! `pack`): per group of eight rows and super-block, each of the eight 32-value sub-blocks is 128
-//! bytes laid out as a Q4 block (byte `c·32 + r·4 + e` holds row `r`'s quants `4c + e` and
-//! `16 + 4c + e` of the sub-block), Q5_K's fifth bits are eight words per sub-block as Q5's, `sc`
-//! holds 128 bytes (the sub-scales `[sub-block][row]`, then the minimums likewise, u8), and `d` and
-//! `mn` hold the eight rows' `d` and `dmin` (f16 bits). Q6_K stays per row (super-block `s` at
-//! `s·210` in `qs`: 128 bytes of low nibbles then 64 of high bit pairs, as GGUF; `sc` its 16 i8
-//! scales; `d` one f16 per super-block). Q4_K and Q5_K grow by 4 bytes per super-block over GGUF
-//! (144 → 148, 176 → 180); Q6_K keeps its 210.
+//! Packed layout: every K-quant interleaves eight rows as the 32-value block formats do (see
+//! `pack`). Per group of eight rows and super-block, each of the eight 32-value sub-blocks is 128
+//! bytes of low nibbles laid out as a Q4 block (byte `c·32 + r·4 + e` holds the low four bits of
+//! row `r`'s quants `4c + e` and `16 + 4c + e` of the sub-block). The bits above them are planes of
+//! eight words per sub-block as Q5's fifth bits (bit `c` of byte `e` of row `r`'s word is the bit
+//! of quant `4c + e`): one plane for Q5_K, two (bits 4 and 5) for Q6_K, in `qh`. `sc` holds 128
+//! bytes per group and super-block: Q4_K/Q5_K the sub-scales `[sub-block][row]` then the
+//! minimums likewise (u8), Q6_K its sixteen scales `[16-value block][row]` (i8). `d` and `mn` hold
+//! the eight rows' `d` and `dmin` (f16 bits). Q4_K and Q5_K grow by 4 bytes per super-block over
+//! GGUF (144 → 148, 176 → 180); Q6_K keeps its 210.
 
 use half::f16;
 
@@ -46,9 +47,6 @@ pub(crate) struct QuantActsK {
     pub d: Vec<f32>,
     /// Sums of each 16 consecutive quants, `m × k/16`.
     pub bsums: Vec<i16>,
-    /// `d` for each full group of 8 rows, `[group][super-block][row]`, so a kernel loads the
-    /// 8 rows' scales of one super-block as one vector.
-    pub d8: Vec<f32>,
 }
 
 /// llama.cpp's `nearest_int`: round half to even through the float adder (exact for |v| < 2²²,
@@ -88,13 +86,7 @@ impl QuantActsK {
             }
             *dx = 1.0 / iscale;
         }
-        let mut d8 = Vec::with_capacity(m / 8 * 8 * nsb);
-        for g in 0..m / 8 {
-            for s in 0..nsb {
-                d8.extend((0..8).map(|r| d[(g * 8 + r) * nsb + s]));
-            }
-        }
-        Self { qs, d, bsums, d8 }
+        Self { qs, d, bsums }
     }
 }
 
@@ -117,30 +109,29 @@ fn le16(b: &[u8], at: usize) -> u16 {
 /// Fills `m.qs`, `m.sc`, `m.d` (and `m.mn`, `m.qh`) from the GGUF super-blocks in `bytes`
 /// (already checked to be `n·k/256` blocks of the format's size).
 pub(super) fn pack(m: &mut PackedMatrix, bytes: &[u8], block_bytes: usize) {
-    if m.format == Format::Q6K {
-        let blocks = bytes.len() / block_bytes;
-        m.qs = Vec::with_capacity(blocks * qs_bytes(m.format));
-        m.sc = Vec::with_capacity(blocks * 16);
-        m.d = Vec::with_capacity(blocks);
-        for b in bytes.chunks_exact(block_bytes) {
-            m.qs.extend_from_slice(&b[..192]);
-            m.sc.extend_from_slice(&b[192..208]);
-            m.d.push(le16(b, 208));
-        }
-        return;
-    }
     let nsb = m.k / QK;
     let padded = m.n.div_ceil(ROWS) * ROWS;
     m.qs = vec![0; padded * nsb * QK / 2];
     m.sc = vec![0; padded * nsb * 16];
     m.d = vec![0; padded * nsb];
-    m.mn = vec![0; padded * nsb];
-    if m.format == Format::Q5K {
-        m.qh = vec![0; padded * nsb * 8];
+    let planes = high_planes(m.format);
+    m.qh = vec![0; padded * nsb * 8 * planes];
+    if m.format != Format::Q6K {
+        m.mn = vec![0; padded * nsb];
     }
     for (s, b) in bytes.chunks_exact(block_bytes).enumerate() {
         let (j, t) = (s / nsb, s % nsb);
         let (sb, r) = ((j / ROWS) * nsb + t, j % ROWS);
+        if m.format == Format::Q6K {
+            // GGUF Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 i8 scales, `d`.
+            m.d[sb * ROWS + r] = le16(b, 208);
+            for (i, &scale) in b[192..208].iter().enumerate() {
+                m.sc[sb * 128 + i * ROWS + r] = scale;
+            }
+            let q: [u8; QK] = std::array::from_fn(|v| q6(&b[..192], v) as u8);
+            interleave_subblocks(m, sb, r, &q, 2);
+            continue;
+        }
         m.d[sb * ROWS + r] = le16(b, 0);
         m.mn[sb * ROWS + r] = le16(b, 2);
         for i in 0..8 {
@@ -154,48 +145,66 @@ pub(super) fn pack(m: &mut PackedMatrix, bytes: &[u8], block_bytes: usize) {
         } else {
             (&b[16..144], None)
         };
-        for i in 0..8 {
-            let nib = |e: usize| {
-                let byte = nibbles[i / 2 * 32 + e];
-                if i % 2 == 0 { byte & 0xF } else { byte >> 4 }
-            };
-            let base = (sb * 8 + i) * 128 + r * 4;
-            for q in 0..16 {
-                m.qs[base + q / 4 * 32 + q % 4] = nib(q) | (nib(q + 16) << 4);
-            }
-            if let Some(bits) = bits {
-                let word = (0..32).fold(0u32, |acc, e| {
-                    let bit = u32::from((bits[e] >> i) & 1);
-                    acc | (bit << ((e % 4) * 8 + e / 4))
-                });
-                m.qh[(sb * 8 + i) * ROWS + r] = word;
-            }
+        let q: [u8; QK] = std::array::from_fn(|v| {
+            let byte = nibbles[v / 64 * 32 + v % 32];
+            let nib = if v % 64 < 32 { byte & 0xF } else { byte >> 4 };
+            let fifth = bits.map_or(0, |h| (h[v % 32] >> (v / 32)) & 1);
+            nib | fifth << 4
+        });
+        interleave_subblocks(m, sb, r, &q, planes);
+    }
+}
+
+/// Planes of high bits (above the low nibble) a K-quant keeps in `qh`.
+fn high_planes(format: Format) -> usize {
+    match format {
+        Format::Q4K => 0,
+        Format::Q5K => 1,
+        _ => 2,
+    }
+}
+
+/// Writes row `r`'s 256 unsigned quants `q` of group super-block `sb` into the interleaved
+/// low-nibble bytes and `planes` high-bit planes (see the module docs).
+fn interleave_subblocks(m: &mut PackedMatrix, sb: usize, r: usize, q: &[u8; QK], planes: usize) {
+    for (i, sub) in q.chunks_exact(32).enumerate() {
+        let base = (sb * 8 + i) * 128 + r * 4;
+        for e in 0..16 {
+            m.qs[base + e / 4 * 32 + e % 4] = (sub[e] & 0xF) | ((sub[e + 16] & 0xF) << 4);
+        }
+        for p in 0..planes {
+            let word = sub.iter().enumerate().fold(0u32, |acc, (e, &v)| {
+                acc | (u32::from((v >> (4 + p)) & 1) << ((e % 4) * 8 + e / 4))
+            });
+            m.qh[((sb * 8 + i) * planes + p) * ROWS + r] = word;
         }
     }
 }
 
-/// Index of row `j`'s super-block `t` in `d` and `mn` (and, times 16, its scales in `sc` for
-/// Q6_K).
+/// Index of row `j`'s super-block `t` in `d` and `mn`.
 fn d_at(w: &PackedMatrix, j: usize, t: usize) -> usize {
-    let nsb = w.k / QK;
-    if w.format == Format::Q6K {
-        j * nsb + t
-    } else {
-        ((j / ROWS) * nsb + t) * ROWS + j % ROWS
-    }
+    ((j / ROWS) * (w.k / QK) + t) * ROWS + j % ROWS
 }
 
-/// Q4_K/Q5_K: row `j`'s quant `v` (0..256) of super-block `t`, with the fifth bit for Q5_K.
-fn q45k_quant(w: &PackedMatrix, j: usize, t: usize, v: usize) -> i32 {
+/// Row `j`'s unsigned quant `v` (0..256) of super-block `t`, high bits included.
+fn quant(w: &PackedMatrix, j: usize, t: usize, v: usize) -> i32 {
     let sb = (j / ROWS) * (w.k / QK) + t;
     let (i, e, r) = (v / 32, v % 32, j % ROWS);
     let q = e % 16;
     let byte = w.qs[(sb * 8 + i) * 128 + q / 4 * 32 + r * 4 + q % 4];
-    let nib = if e < 16 { byte & 0xF } else { byte >> 4 };
-    let fifth =
-        w.qh.get((sb * 8 + i) * ROWS + r)
-            .map_or(0, |h| (h >> ((e % 4) * 8 + e / 4)) & 1);
-    i32::from(nib) | (fifth as i32) << 4
+    let mut value = i32::from(if e < 16 { byte & 0xF } else { byte >> 4 });
+    let planes = high_planes(w.format);
+    for p in 0..planes {
+        let word = w.qh[((sb * 8 + i) * planes + p) * ROWS + r];
+        value |= (((word >> ((e % 4) * 8 + e / 4)) & 1) as i32) << (4 + p);
+    }
+    value
+}
+
+/// Q6_K: row `j`'s scale of 16-value block `b` (0..16) in super-block `t`.
+fn q6k_scale(w: &PackedMatrix, j: usize, t: usize, b: usize) -> i32 {
+    let sb = (j / ROWS) * (w.k / QK) + t;
+    i32::from(w.sc[sb * 128 + b * ROWS + j % ROWS] as i8)
 }
 
 /// Q4_K/Q5_K: row `j`'s scale and minimum of sub-block `i` in super-block `t`.
@@ -212,12 +221,9 @@ pub(super) fn row(w: &PackedMatrix, i: usize) -> Vec<f32> {
     for t in 0..nsb {
         let d = f16::from_bits(w.d[d_at(w, i, t)]).to_f32();
         if w.format == Format::Q6K {
-            let s = i * nsb + t;
-            let q = &w.qs[s * 192..(s + 1) * 192];
-            let sc = &w.sc[s * 16..(s + 1) * 16];
             for v in 0..QK {
-                let scale = f32::from(sc[v / 16] as i8);
-                out.push(d * scale * (q6(q, v) - 32) as f32);
+                let scale = q6k_scale(w, i, t, v / 16) as f32;
+                out.push(d * scale * (quant(w, i, t, v) - 32) as f32);
             }
             continue;
         }
@@ -226,13 +232,13 @@ pub(super) fn row(w: &PackedMatrix, i: usize) -> Vec<f32> {
             let (sc, m) = q45k_scale_min(w, i, t, v / 32);
             let (d1, m1) = (d * sc as f32, dmin * m as f32);
             // candle adds Q5_K's fifth bit as 16.0 to the nibble as f32; the same value.
-            out.push(d1 * q45k_quant(w, i, t, v) as f32 - m1);
+            out.push(d1 * quant(w, i, t, v) as f32 - m1);
         }
     }
     out
 }
 
-/// Value `v` of a Q6_K super-block, unsigned (0..64).
+/// Value `v` of a GGUF Q6_K super-block (its first 192 bytes), unsigned (0..64).
 fn q6(q: &[u8], v: usize) -> i32 {
     let (half, l) = (v / 128, v % 128);
     let (ql, qh) = (&q[64 * half..], &q[128 + 32 * half..]);
@@ -245,17 +251,14 @@ fn q6(q: &[u8], v: usize) -> i32 {
 /// `bs`: `(Σ sc·(q·x) [− 32·Σ sc·bsum16 for Q6_K], Σ m·bsum32)`.
 pub(super) fn superblock_sums(w: &PackedMatrix, j: usize, t: usize, xq: &[i8], bs: &[i16]) -> (i32, i32) {
     if w.format == Format::Q6K {
-        let s = j * (w.k / QK) + t;
-        let q = &w.qs[s * 192..(s + 1) * 192];
-        let sc = &w.sc[s * 16..(s + 1) * 16];
         let mut dot = 0i32;
         for (g, chunk) in xq.chunks_exact(16).enumerate() {
             let part: i32 = chunk
                 .iter()
                 .enumerate()
-                .map(|(l, &x)| q6(q, g * 16 + l) * i32::from(x))
+                .map(|(l, &x)| quant(w, j, t, g * 16 + l) * i32::from(x))
                 .sum();
-            dot += i32::from(sc[g] as i8) * (part - 32 * i32::from(bs[g]));
+            dot += q6k_scale(w, j, t, g) * (part - 32 * i32::from(bs[g]));
         }
         return (dot, 0);
     }
@@ -264,7 +267,7 @@ pub(super) fn superblock_sums(w: &PackedMatrix, j: usize, t: usize, xq: &[i8], b
         let part: i32 = chunk
             .iter()
             .enumerate()
-            .map(|(l, &x)| q45k_quant(w, j, t, sub * 32 + l) * i32::from(x))
+            .map(|(l, &x)| quant(w, j, t, sub * 32 + l) * i32::from(x))
             .sum();
         let (sc, m) = q45k_scale_min(w, j, t, sub);
         dot += sc * part;

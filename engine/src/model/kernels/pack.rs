@@ -79,7 +79,6 @@ impl PackedMatrix {
         let padded = n.div_ceil(ROWS) * ROWS;
         let scales = 2 * padded * nb;
         // K-quants: per super-block the quants, 16 bytes of unpacked sub-scales, `d` (and `dmin`).
-        let super_blocks = n * (k / super::kquant::QK);
         let bytes = match format {
             Format::F16 | Format::Bf16 => 2 * padded * k,
             Format::Q8 => padded * k + scales,
@@ -88,7 +87,7 @@ impl PackedMatrix {
             Format::Q4K | Format::Q5K => {
                 padded * (k / super::kquant::QK) * (super::kquant::qs_bytes(format) + 16 + 2 + 2)
             }
-            Format::Q6K => super_blocks * (super::kquant::qs_bytes(format) + 16 + 2),
+            Format::Q6K => padded * (k / super::kquant::QK) * (super::kquant::qs_bytes(format) + 16 + 2),
         };
         bytes as u64
     }

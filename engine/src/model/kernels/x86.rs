@@ -299,22 +299,6 @@ pub(super) fn fifth_bits(h: __m256i, c: usize) -> __m256i {
     _mm256_and_si256(v, _mm256_set1_epi8(0x10))
 }
 
-/// The eight `i32` lanes of each of `p[0..8]` summed: lane `r` of the result is `Σ p[r]`.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn sum8(p: [__m256i; 8]) -> __m256i {
-    let s01 = _mm256_hadd_epi32(p[0], p[1]);
-    let s23 = _mm256_hadd_epi32(p[2], p[3]);
-    let s45 = _mm256_hadd_epi32(p[4], p[5]);
-    let s67 = _mm256_hadd_epi32(p[6], p[7]);
-    // Per 128-bit half: rows 0-3 (and 4-7) each summed over that half's four lanes.
-    let lo = _mm256_hadd_epi32(s01, s23);
-    let hi = _mm256_hadd_epi32(s45, s67);
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256(lo, hi, 0x20),
-        _mm256_permute2x128_si256(lo, hi, 0x31),
-    )
-}
-
 /// Lane `t` of the result is the sum of the eight lanes of `p[t]`.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn sum8_ps(p: [__m256; 8]) -> __m256 {
@@ -559,13 +543,7 @@ fn exp8(x: __m256) -> __m256 {
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
     let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
     let y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0)));

@@ -6,6 +6,7 @@
 //! loopback addresses and stops after `--max-requests` per level.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -122,6 +123,10 @@ pub struct LevelReport {
     pub concurrency: usize,
     pub requests: usize,
     pub errors: usize,
+    /// The errors by kind (`status 500`, `connect`, `stream cut`, …), so a failing server can be
+    /// told from a failing client.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_kinds: BTreeMap<String, usize>,
     pub rejected_429: usize,
     pub elapsed_s: f64,
     pub requests_per_s: f64,
@@ -279,6 +284,7 @@ struct Samples {
     itl: Vec<f64>,
     requests: usize,
     errors: usize,
+    error_kinds: BTreeMap<String, usize>,
     rejected: usize,
     generated: usize,
     prompt: usize,
@@ -333,8 +339,9 @@ async fn level(
                                 s.rejected += 1;
                                 true
                             }
-                            Err(Failure::Error) => {
+                            Err(Failure::Error(kind)) => {
                                 s.errors += 1;
+                                *s.error_kinds.entry(kind).or_default() += 1;
                                 false
                             }
                         }
@@ -356,6 +363,7 @@ async fn level(
         concurrency,
         requests: s.requests,
         errors: s.errors,
+        error_kinds: std::mem::take(&mut s.error_kinds),
         rejected_429: s.rejected,
         elapsed_s: elapsed,
         requests_per_s: s.requests as f64 / elapsed,
@@ -381,8 +389,22 @@ struct RequestOutcome {
 enum Failure {
     /// 429: the server shed load.
     Rejected,
-    /// Anything else: transport error, other status, cut stream.
-    Error,
+    /// Anything else (transport error, other status, cut stream), by kind.
+    Error(String),
+}
+
+/// A transport error's kind, without the parts (addresses, ports) that vary per request.
+fn transport(what: &str, e: &reqwest::Error) -> Failure {
+    let kind = if e.is_connect() {
+        "connect"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "transport"
+    };
+    Failure::Error(format!("{what}: {kind}"))
 }
 
 async fn one_request(
@@ -396,12 +418,12 @@ async fn one_request(
         .json(body)
         .send()
         .await
-        .map_err(|_| Failure::Error)?;
+        .map_err(|e| transport("request", &e))?;
     if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(Failure::Rejected);
     }
     if !resp.status().is_success() {
-        return Err(Failure::Error);
+        return Err(Failure::Error(format!("status {}", resp.status().as_u16())));
     }
     let mut out = RequestOutcome {
         ttft: None,
@@ -413,7 +435,7 @@ async fn one_request(
     let mut buf = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| Failure::Error)?;
+        let chunk = chunk.map_err(|e| transport("stream", &e))?;
         buf.extend_from_slice(&chunk);
         while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
             let frame: Vec<u8> = buf.drain(..pos + 2).collect();
@@ -448,8 +470,7 @@ async fn one_request(
             }
         }
     }
-    // The stream ended without [DONE].
-    Err(Failure::Error)
+    Err(Failure::Error("stream ended without [DONE]".to_owned()))
 }
 
 #[cfg(test)]
@@ -507,6 +528,7 @@ mod tests {
             concurrency: 1,
             requests: 3,
             errors: 0,
+            error_kinds: BTreeMap::new(),
             rejected_429: 0,
             elapsed_s: 1.0,
             requests_per_s: 3.0,

@@ -75,6 +75,9 @@ pub struct Metrics {
     pub kv_pool_bytes: Gauge,
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
+    pub prefix_cache_queries: Counter,
+    pub prefix_cache_hits: Counter,
+    pub prefix_cache_bytes: Gauge,
     pub request_success: Family<FinishedLabel, Counter>,
     pub request_rejected: Family<ReasonLabel, Counter>,
     pub info: Family<InfoLabels, Gauge>,
@@ -100,6 +103,9 @@ impl Metrics {
             kv_pool_bytes: Gauge::default(),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
+            prefix_cache_bytes: Gauge::default(),
             request_success: Family::default(),
             request_rejected: Family::default(),
             info: Family::default(),
@@ -175,6 +181,21 @@ impl Metrics {
             "generation_tokens",
             "Tokens generated",
             m.generation_tokens.clone(),
+        );
+        r.register(
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            m.prefix_cache_queries.clone(),
+        );
+        r.register(
+            "prefix_cache_hits",
+            "Prompt tokens found in the prefix cache (not prefilled again)",
+            m.prefix_cache_hits.clone(),
+        );
+        r.register(
+            "prefix_cache_bytes",
+            "KV bytes held by the prefix cache (lent from the pool's free room)",
+            m.prefix_cache_bytes.clone(),
         );
         r.register(
             "request_success",

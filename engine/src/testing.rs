@@ -85,6 +85,10 @@ impl Forward for FakeModel {
         KvCache::new(Box::new(()))
     }
 
+    fn fork_cache(&self, cache: &KvCache, len: usize) -> Option<KvCache> {
+        (len <= cache.len()).then(|| KvCache::with_len(Box::new(()), len))
+    }
+
     fn info(&self) -> &ModelInfo {
         &self.info
     }

@@ -244,3 +244,39 @@ fn load_errors_name_the_file_and_problem() {
     );
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+/// A cache forked at a prefix (the engine's prefix cache) continues exactly as a fresh prefill:
+/// the logits after the rest of the prompt are bit for bit the same, and the source is untouched.
+#[test]
+fn a_forked_prefix_gives_the_logits_of_a_full_prefill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = files(dir.path(), false);
+    for level in [QuantLevel::Q8_0, QuantLevel::Q4K, QuantLevel::F16] {
+        let m = load(&f.gguf, level, DeviceKind::Cpu).expect("load");
+        let model = m.forward.as_ref();
+        let ids = prompt(&m, "the cat sat on the mat and looked at the dog");
+        let full = prefill_logits(model, &ids);
+
+        let mut source = model.new_cache();
+        let mut batch = [SeqChunk {
+            tokens: &ids,
+            cache: &mut source,
+            want_logits: false,
+        }];
+        model.forward(&mut batch).expect("forward");
+        let split = ids.len() / 2;
+        let mut forked = model.fork_cache(&source, split).expect("the model forks caches");
+        assert_eq!(forked.len(), split);
+        let mut batch = [SeqChunk {
+            tokens: &ids[split..],
+            cache: &mut forked,
+            want_logits: true,
+        }];
+        let resumed = model.forward(&mut batch).expect("forward")[0]
+            .clone()
+            .expect("logits");
+        assert_eq!(resumed, full, "{level:?}");
+        assert_eq!(source.len(), ids.len(), "the source cache is unchanged");
+        assert!(model.fork_cache(&source, ids.len() + 1).is_none());
+    }
+}

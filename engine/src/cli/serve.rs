@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// KV cache pool size (e.g. 2GiB). Default: the memory limit minus weights and headroom.
     #[arg(long, alias = "kv-memory", env = "BITSCALE_KV_POOL_BYTES", value_parser = parse_size)]
     pub kv_pool_bytes: Option<u64>,
+    /// Finished sequences kept so prompts with the same prefix reuse their KV cache (0: off).
+    #[arg(long, env = "BITSCALE_PREFIX_CACHE_ENTRIES", default_value_t = 16)]
+    pub prefix_cache_entries: usize,
     /// Longest sequence (prompt + generated) to accept; at most the model's own context length.
     #[arg(long, env = "BITSCALE_CONTEXT_LENGTH")]
     pub context_length: Option<usize>,
@@ -163,6 +166,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_waiting_tokens: args.max_waiting_tokens,
             max_batch_tokens: args.max_batch_tokens.max(1),
             kv_pool_bytes,
+            prefix_cache_entries: args.prefix_cache_entries,
         },
     };
     tracing::info!(

@@ -22,6 +22,19 @@ impl SeqKv {
         }
     }
 
+    /// The first `len` positions, in a new cache with room for `reserve_positions`.
+    pub(crate) fn prefix(&self, len: usize, kv_dim: usize, reserve_positions: usize) -> Self {
+        let cap = kv_dim * reserve_positions.max(len);
+        let copy = |v: &Vec<f32>| {
+            let mut out = Vec::with_capacity(cap);
+            out.extend_from_slice(&v[..(len * kv_dim).min(v.len())]);
+            out
+        };
+        Self {
+            layers: self.layers.iter().map(|(k, v)| (copy(k), copy(v))).collect(),
+        }
+    }
+
     /// Drops positions at and after `len` (a failed step may have written some layers only).
     pub(crate) fn truncate(&mut self, len: usize, kv_dim: usize) {
         for (k, v) in &mut self.layers {

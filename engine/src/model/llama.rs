@@ -213,6 +213,16 @@ impl Forward for Llama {
         KvCache::new(Box::new(SeqKv::new(self.cfg.layers, self.cfg.kv_dim(), reserve)))
     }
 
+    fn fork_cache(&self, cache: &KvCache, len: usize) -> Option<KvCache> {
+        let kv = cache.state_ref::<SeqKv>()?;
+        if len > cache.len() {
+            return None;
+        }
+        let reserve = KV_RESERVE.min(self.cfg.context);
+        let copy = kv.prefix(len, self.cfg.kv_dim(), reserve);
+        Some(KvCache::with_len(Box::new(copy), len))
+    }
+
     fn info(&self) -> &ModelInfo {
         &self.info
     }

@@ -103,6 +103,14 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// A cache whose first `len` positions are already in `state` (a copied prefix).
+    pub fn with_len(state: Box<dyn std::any::Any + Send>, len: usize) -> Self {
+        Self { len, state }
+    }
+    /// The model's own state, if it is of type `T`.
+    pub fn state_ref<T: 'static>(&self) -> Option<&T> {
+        self.state.downcast_ref::<T>()
+    }
     /// Records that `n` more positions were written (called by the model after a step).
     pub fn advance(&mut self, n: usize) {
         self.len += n;
@@ -127,6 +135,12 @@ pub trait Forward: Send + Sync {
     }
     /// A new, empty cache for one sequence.
     fn new_cache(&self) -> KvCache;
+    /// A new cache holding the first `len` positions of `cache` (a shared prompt prefix), or
+    /// `None` when the model cannot copy its caches.
+    fn fork_cache(&self, cache: &KvCache, len: usize) -> Option<KvCache> {
+        let _ = (cache, len);
+        None
+    }
     fn info(&self) -> &ModelInfo;
 }
 

@@ -5,7 +5,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Event, FinishReason, GenerationRequest, Queue, Sampler, Shared, admission::reservation};
+use super::{
+    Event, FinishReason, GenerationRequest, Queue, Sampler, Shared, admission::reservation,
+    prefix::PrefixCache,
+};
 use crate::{
     metrics::Metrics,
     model::{Forward, KvCache, SeqChunk},
@@ -28,6 +31,8 @@ struct Sequence {
     arrived: Instant,
     last_token_at: Option<Instant>,
     done: bool,
+    /// Finished normally (its cache is whole and may be kept for prefix reuse).
+    finished: bool,
 }
 
 impl Sequence {
@@ -42,16 +47,19 @@ pub(super) struct Engine {
     metrics: Arc<Metrics>,
     running: Vec<Sequence>,
     kv_reserved: u64,
+    prefix: PrefixCache,
 }
 
 impl Engine {
     pub(super) fn new(model: Arc<dyn Forward>, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Self {
+        let prefix = PrefixCache::new(shared.config.prefix_cache_entries);
         Self {
             model,
             shared,
             metrics,
             running: Vec::new(),
             kv_reserved: 0,
+            prefix,
         }
     }
 
@@ -101,7 +109,10 @@ impl Engine {
                 front.max_tokens,
                 self.shared.kv_bytes_per_token,
             );
-            if self.kv_reserved.saturating_add(need) > cfg.kv_pool_bytes {
+            // Kept prefixes give their room back, oldest first, before a request waits.
+            let fits = |e: &Self| e.kv_reserved + e.prefix.bytes() + need <= cfg.kv_pool_bytes;
+            while !fits(self) && self.prefix.evict_oldest() {}
+            if !fits(self) {
                 break;
             }
             let Some(req) = q.waiting.pop_front() else { break };
@@ -124,19 +135,32 @@ impl Engine {
         self.metrics
             .request_queue_time_seconds
             .observe(arrived.elapsed().as_secs_f64());
+        self.metrics.prefix_cache_queries.inc_by(prompt.len() as u64);
+        let reused = self
+            .prefix
+            .lookup(&prompt)
+            .and_then(|(cache, len)| Some((self.model.fork_cache(cache, len)?, len)));
+        let (cache, prefilled) = match reused {
+            Some((cache, len)) => {
+                self.metrics.prefix_cache_hits.inc_by(len as u64);
+                (cache, len)
+            }
+            None => (self.model.new_cache(), 0),
+        };
         self.running.push(Sequence {
             prompt,
             generated: Vec::new(),
-            prefilled: 0,
+            prefilled,
             max_tokens: max_tokens.max(1),
             stop_token_ids,
             events,
             sampler: Sampler::new(sampling),
-            cache: self.model.new_cache(),
+            cache,
             reserved,
             arrived,
             last_token_at: None,
             done: false,
+            finished: false,
         });
     }
 
@@ -154,13 +178,27 @@ impl Engine {
 
     fn remove_done(&mut self) {
         let mut freed = 0;
-        self.running.retain(|s| {
-            if s.done {
-                freed += s.reserved;
+        let mut kept = Vec::new();
+        let (running, per_token) = (std::mem::take(&mut self.running), self.shared.kv_bytes_per_token);
+        for s in running {
+            if !s.done {
+                self.running.push(s);
+                continue;
             }
-            !s.done
-        });
+            freed += s.reserved;
+            if s.finished {
+                // Its cache holds the prompt and all generated tokens but the last.
+                let mut tokens = s.prompt;
+                tokens.extend_from_slice(&s.generated);
+                kept.push((tokens, s.cache));
+            }
+        }
         self.kv_reserved = self.kv_reserved.saturating_sub(freed);
+        for (tokens, cache) in kept {
+            // Never more than the reservation it had, so the pool stays within bounds.
+            let bytes = cache.len() as u64 * per_token;
+            self.prefix.insert(tokens, cache, bytes);
+        }
     }
 
     /// Token ranges per running sequence for this step: decodes first, then prompt chunks.
@@ -266,6 +304,7 @@ impl Engine {
             };
             if let Some(reason) = finish {
                 s.done = true;
+                s.finished = true;
                 let _ = s.events.send(Event::Finished {
                     reason,
                     prompt_tokens: s.prompt.len(),
@@ -298,6 +337,7 @@ impl Engine {
         self.metrics
             .kv_cache_usage_perc
             .set(self.kv_reserved as f64 / pool);
+        self.metrics.prefix_cache_bytes.set(self.prefix.bytes() as i64);
     }
 }
 

@@ -16,6 +16,7 @@
 
 mod admission;
 mod engine;
+mod prefix;
 mod sampling;
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,9 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Bytes of the KV pool; each running request reserves `(prompt + max_tokens) × kv_bytes_per_token`.
     pub kv_pool_bytes: u64,
+    /// Finished sequences whose KV caches are kept for reuse by prompts with the same prefix
+    /// (0: off). They use the pool's free room and give it back, oldest first, when needed.
+    pub prefix_cache_entries: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -54,6 +58,7 @@ impl Default for SchedulerConfig {
             max_waiting_tokens: 64 * 1024,
             max_batch_tokens: 512,
             kv_pool_bytes: 1 << 30,
+            prefix_cache_entries: 16,
         }
     }
 }

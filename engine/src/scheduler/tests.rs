@@ -225,3 +225,47 @@ async fn kv_reservation_delays_then_rejects() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_repeated_prompt_reuses_the_cached_prefix_and_answers_the_same() {
+    let model = Arc::new(FakeModel::new(1000, 10_000));
+    let s = spawn(model.clone(), SchedulerConfig::default());
+    let h = s.handle();
+    let prompt: Vec<u32> = (1..=40).collect();
+    let (a, mut rx_a) = request(prompt.clone(), 3);
+    h.submit(a).expect("admitted");
+    let (first, _) = finish(&mut rx_a).await;
+    let n = model.steps().len();
+
+    // The same prompt again: only its last token is computed before decoding.
+    let (b, mut rx_b) = request(prompt.clone(), 3);
+    h.submit(b).expect("admitted");
+    let (second, _) = finish(&mut rx_b).await;
+    assert_eq!(second, first);
+    let steps = model.steps();
+    assert_eq!(steps[n], vec![1], "{steps:?}");
+
+    // A longer prompt sharing the first 40 tokens plus the 2 generated ones that were fed back.
+    let mut longer = prompt.clone();
+    longer.extend_from_slice(&first[..2]);
+    longer.extend([500, 501]);
+    let n = model.steps().len();
+    let (c, mut rx_c) = request(longer, 2);
+    h.submit(c).expect("admitted");
+    finish(&mut rx_c).await;
+    assert_eq!(model.steps()[n], vec![2], "{:?}", model.steps());
+
+    // Turned off: the whole prompt is prefilled.
+    let off = SchedulerConfig {
+        prefix_cache_entries: 0,
+        ..Default::default()
+    };
+    let model = Arc::new(FakeModel::new(1000, 10_000));
+    let s = spawn(model.clone(), off);
+    for _ in 0..2 {
+        let (r, mut rx) = request(prompt.clone(), 3);
+        s.handle().submit(r).expect("admitted");
+        finish(&mut rx).await;
+    }
+    assert_eq!(model.steps().iter().filter(|s| s == &&vec![40]).count(), 2);
+}

@@ -199,9 +199,7 @@ pub async fn capacity(args: &BenchArgs) -> anyhow::Result<CapacityReport> {
         itl_p95_s: args.slo_itl.map(|d| d.as_secs_f64()),
     };
     let base = check_loopback(&args.url)?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()?;
+    let client = bench_client()?;
     let model = resolve_model(&client, &base, args).await?;
     let (mut good, mut bad) = (0usize, None);
     let mut best_tps = 0.0;
@@ -260,9 +258,7 @@ async fn resolve_model(
 /// Runs every level and returns the report.
 pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let base = check_loopback(&args.url)?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()?;
+    let client = bench_client()?;
     let model = resolve_model(&client, &base, args).await?;
     let mut levels = Vec::new();
     for &c in &args.concurrency {
@@ -383,6 +379,16 @@ struct RequestOutcome {
     itl: Vec<f64>,
     prompt_tokens: usize,
     completion_tokens: usize,
+}
+
+/// The HTTP client of a benchmark: a new connection per request. Reusing idle keep-alive
+/// connections raced with servers that close them (llama-server failed 3–20 requests per run
+/// with transport errors on reused connections); a local connect costs far less than a request.
+fn bench_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .pool_max_idle_per_host(0)
+        .build()?)
 }
 
 /// Why a request did not complete.

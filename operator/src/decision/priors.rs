@@ -39,22 +39,24 @@ pub const TARGET_UTILISATION: f64 = 0.7;
 
 /// How much of a HardwareClass's nominal figures the engine achieves, per device.
 ///
-/// Calibrated on CPU against the engine with its own kernels (BENCHMARKS.md, "Engine vs llama.cpp
-/// side by side", 2026-11-23: 2 vCPU AMD EPYC Milan, 2 threads, 143 MB of q8_0 weights; the class
-/// figure for this machine is ~15 GB/s read bandwidth and 2 × 50 GFLOP/s):
-/// - decode at batch 1 took 12.1 ms per token (ITL p50), i.e. 11.8 GB/s of weights streamed:
-///   `bandwidth` = 11.8 / 15 ≈ 0.79;
-/// - 8 streams took 36.7 ms per step, 3.0× batch 1: the kernels reuse each weight block across the
-///   rows of a step, but per-row integer work remains, so `1 + 7 · (1 − weight_reuse)` = 3.0 gives
-///   `weight_reuse` ≈ 0.71;
-/// - 33 prompt tokens took ~80 ms to prefill (TTFT p50 92 ms less one decode step), ~110 GFLOP/s
-///   against the 2 × 50 GFLOP/s prior: `compute` = 1.0.
+/// Calibrated on CPU against the engine with its interleaved kernels and the prefix cache off
+/// (the estimates assume no cache hits), 2026-11-24 01:36 UTC: 2 vCPU AMD EPYC Milan, 2 threads,
+/// 143 MB of q8_0 weights, 33-token prompts, 64 generated tokens (BENCHMARKS.md, "Engine vs
+/// llama.cpp, end of session 4"). The class figure for this machine is the read bandwidth measured
+/// with 2 threads in the side-by-side two minutes later, 28.3 GB/s, and 2 × [`CPU_FLOPS_PER_THREAD`]:
+/// - decode at batch 1 took 6.3 ms per token (ITL p50; 5.7 ms in the side-by-side), 22.7–25.1 GB/s
+///   of weights streamed: `bandwidth` ≈ 0.85;
+/// - 8 streams took 16.0 ms per step, 2.5× batch 1: the kernels read each weight block once per
+///   step, but the integer work grows with the rows, so `1 + 7 · (1 − weight_reuse)` = 2.5 gives
+///   `weight_reuse` ≈ 0.78;
+/// - 33 prompt tokens took ~37 ms to prefill (TTFT p50 43 ms less one decode step), ~240 GFLOP/s
+///   against the 2 × 100 GFLOP/s prior: `compute` = 1.0 (prefill estimated ~20 % slow, the safe
+///   side; f16 prefills slower than the integer levels).
 ///
-/// With these, the estimates for that run (33-token prompts, 64 generated tokens) stay within 20% of
-/// the measured 71.6 tok/s at 1 stream and 150.7 at 8 (`calibration_matches_the_measured_engine`).
-/// CUDA has not been measured (no GPU here): its figures are assumptions, weight reuse as in any
-/// batched GPU matmul. Re-calibrate when the engine's kernels change and once per-variant
-/// measurements replace these priors.
+/// With these, the estimates for that run stay within 20 % of the measured 142 tok/s at 1 stream
+/// and 377 at 8 (`calibration_matches_the_measured_engine`). CUDA has not been measured (no GPU
+/// here): its figures are assumptions, weight reuse as in any batched GPU matmul. Re-calibrate when
+/// the engine's kernels change and once per-variant measurements replace these priors.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Efficiency {
     /// Fraction of the nominal memory bandwidth a decode step achieves.
@@ -70,9 +72,9 @@ pub struct Efficiency {
 pub fn efficiency(device: Device) -> Efficiency {
     match device {
         Device::Cpu => Efficiency {
-            bandwidth: 0.79,
+            bandwidth: 0.85,
             compute: 1.0,
-            weight_reuse: 0.71,
+            weight_reuse: 0.78,
         },
         Device::Cuda => Efficiency {
             bandwidth: 0.6,
@@ -98,9 +100,10 @@ pub const DEFAULT_PROMPT_TOKENS: i32 = 256;
 /// also costs one prefill).
 pub const DEFAULT_COMPLETION_TOKENS: i32 = 256;
 
-/// Compute of one CPU thread when a class sets no `peakFlops` (an AVX2 + FMA core at ~3 GHz
-/// peaks near 100 GFLOP/s in f32; quantized dot products reach about half).
-pub const CPU_FLOPS_PER_THREAD: f64 = 50e9;
+/// Compute of one CPU thread when a class sets no `peakFlops`: an AVX2 + FMA core at ~3 GHz peaks
+/// near 100 GFLOP/s in f32, and the engine's int8 dot products (two `maddubs` + `madd` per cycle)
+/// reach that on quantized levels.
+pub const CPU_FLOPS_PER_THREAD: f64 = 100e9;
 
 /// Compute of one GPU when a class sets no `peakFlops`.
 pub const GPU_FLOPS: f64 = 20e12;

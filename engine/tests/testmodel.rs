@@ -278,5 +278,17 @@ fn a_forked_prefix_gives_the_logits_of_a_full_prefill() {
         assert_eq!(resumed, full, "{level:?}");
         assert_eq!(source.len(), ids.len(), "the source cache is unchanged");
         assert!(model.fork_cache(&source, ids.len() + 1).is_none());
+        // Compacting (as the prefix cache does before keeping it) keeps every position.
+        model.compact_cache(&mut source);
+        let mut again = model.fork_cache(&source, split).expect("fork");
+        let mut batch = [SeqChunk {
+            tokens: &ids[split..],
+            cache: &mut again,
+            want_logits: true,
+        }];
+        let after = model.forward(&mut batch).expect("forward")[0]
+            .clone()
+            .expect("logits");
+        assert_eq!(after, full, "{level:?} after compacting");
     }
 }

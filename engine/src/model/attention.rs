@@ -35,6 +35,14 @@ impl SeqKv {
         }
     }
 
+    /// Releases spare capacity.
+    pub(crate) fn shrink(&mut self) {
+        for (k, v) in &mut self.layers {
+            k.shrink_to_fit();
+            v.shrink_to_fit();
+        }
+    }
+
     /// Drops positions at and after `len` (a failed step may have written some layers only).
     pub(crate) fn truncate(&mut self, len: usize, kv_dim: usize) {
         for (k, v) in &mut self.layers {

@@ -223,6 +223,12 @@ impl Forward for Llama {
         Some(KvCache::with_len(Box::new(copy), len))
     }
 
+    fn compact_cache(&self, cache: &mut KvCache) {
+        if let Some(kv) = cache.state_mut::<SeqKv>() {
+            kv.shrink();
+        }
+    }
+
     fn info(&self) -> &ModelInfo {
         &self.info
     }

@@ -141,6 +141,11 @@ pub trait Forward: Send + Sync {
         let _ = (cache, len);
         None
     }
+    /// Releases the spare capacity of `cache` (before it is kept for reuse, so the bytes it is
+    /// counted for are the bytes it holds).
+    fn compact_cache(&self, cache: &mut KvCache) {
+        let _ = cache;
+    }
     fn info(&self) -> &ModelInfo;
 }
 

@@ -194,8 +194,10 @@ impl Engine {
             }
         }
         self.kv_reserved = self.kv_reserved.saturating_sub(freed);
-        for (tokens, cache) in kept {
-            // Never more than the reservation it had, so the pool stays within bounds.
+        for (tokens, mut cache) in kept {
+            // Never more than the reservation it had, so the pool stays within bounds; spare
+            // capacity is released so the count is what the cache holds.
+            self.model.compact_cache(&mut cache);
             let bytes = cache.len() as u64 * per_token;
             self.prefix.insert(tokens, cache, bytes);
         }

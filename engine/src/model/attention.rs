@@ -35,6 +35,14 @@ impl SeqKv {
         }
     }
 
+    /// Room for `positions` in all, exactly.
+    pub(crate) fn reserve(&mut self, positions: usize, kv_dim: usize) {
+        for (k, v) in &mut self.layers {
+            k.reserve_exact((positions * kv_dim).saturating_sub(k.len()));
+            v.reserve_exact((positions * kv_dim).saturating_sub(v.len()));
+        }
+    }
+
     /// Releases spare capacity.
     pub(crate) fn shrink(&mut self) {
         for (k, v) in &mut self.layers {

@@ -223,6 +223,13 @@ impl Forward for Llama {
         Some(KvCache::with_len(Box::new(copy), len))
     }
 
+    fn reserve_cache(&self, cache: &mut KvCache, positions: usize) {
+        let kv_dim = self.cfg.kv_dim();
+        if let Some(kv) = cache.state_mut::<SeqKv>() {
+            kv.reserve(positions.min(self.cfg.context), kv_dim);
+        }
+    }
+
     fn compact_cache(&self, cache: &mut KvCache) {
         if let Some(kv) = cache.state_mut::<SeqKv>() {
             kv.shrink();

@@ -141,6 +141,13 @@ pub trait Forward: Send + Sync {
         let _ = (cache, len);
         None
     }
+    /// Makes room in `cache` for `positions` in all, at once: the scheduler reserves a sequence's
+    /// whole KV (`prompt + max_tokens`) in the pool, and growing by doubling would both copy the
+    /// cache and hold up to twice what was reserved. (Untouched capacity costs no resident
+    /// memory until it is written.)
+    fn reserve_cache(&self, cache: &mut KvCache, positions: usize) {
+        let _ = (cache, positions);
+    }
     /// Releases the spare capacity of `cache` (before it is kept for reuse, so the bytes it is
     /// counted for are the bytes it holds).
     fn compact_cache(&self, cache: &mut KvCache) {

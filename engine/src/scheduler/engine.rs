@@ -140,13 +140,15 @@ impl Engine {
             .prefix
             .lookup(&prompt)
             .and_then(|(cache, len)| Some((self.model.fork_cache(cache, len)?, len)));
-        let (cache, prefilled) = match reused {
+        let (mut cache, prefilled) = match reused {
             Some((cache, len)) => {
                 self.metrics.prefix_cache_hits.inc_by(len as u64);
                 (cache, len)
             }
             None => (self.model.new_cache(), 0),
         };
+        self.model
+            .reserve_cache(&mut cache, prompt.len() + max_tokens.max(1));
         self.running.push(Sequence {
             prompt,
             generated: Vec::new(),

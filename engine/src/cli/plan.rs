@@ -52,10 +52,10 @@ pub struct MemoryPlan {
     /// the `bitscale_engine_weight_bytes` gauge of the loaded model.
     pub weight_bytes: u64,
     pub kv_bytes_per_token: u64,
-    /// KV of `concurrency` sequences at `context`, as allocated (a sequence's cache grows by
-    /// doubling from 64 positions, so this rounds each one up to its allocation).
+    /// KV of `concurrency` sequences at `context`, as allocated (a sequence's cache is reserved
+    /// whole at admission; kept prefixes share the same pool).
     pub kv_bytes: u64,
-    /// Activations of one full step, plus logits of every running sequence.
+    /// Activations of one full step, plus logits of every running sequence (three copies).
     pub step_bytes: u64,
     /// `RUNTIME_BASE_BYTES` + `BYTES_PER_VOCAB_ENTRY` × vocabulary.
     pub runtime_overhead_bytes: u64,
@@ -65,13 +65,10 @@ pub struct MemoryPlan {
     pub total_mib: u64,
 }
 
-/// Positions a sequence's cache has allocated once it holds `len` (64, then doubling).
+/// Positions a sequence's cache has allocated once it holds `len`: exactly its reservation (the
+/// scheduler reserves `prompt + max_tokens` at admission, and kept prefixes are compacted).
 pub fn kv_allocated_positions(len: usize) -> usize {
-    let mut cap = 64;
-    while cap < len {
-        cap *= 2;
-    }
-    cap
+    len
 }
 
 /// The plan for `header` at `level`.
@@ -92,7 +89,9 @@ pub fn plan(
     // output. (The FFN is usually the larger: 2.7 × hidden wide in SmolLM2 and Llama 2.)
     let (h, ffn, kv) = (header.hidden, header.ffn, header.kv_dim);
     let per_row = 4 * (2 * h + 5 * ffn).max(5 * h + 4 * kv) as u64;
-    let step_bytes = per_row * max_batch_tokens as u64 + 4 * header.vocab as u64 * concurrency as u64;
+    // Logits of every running sequence three times: the matmul's per-thread tiles, the assembled
+    // rows, and the sampler's probabilities.
+    let step_bytes = per_row * max_batch_tokens as u64 + 3 * 4 * header.vocab as u64 * concurrency as u64;
     let runtime_overhead_bytes = RUNTIME_BASE_BYTES + BYTES_PER_VOCAB_ENTRY * header.vocab as u64;
     let total_bytes = weight_bytes + kv_bytes + step_bytes + runtime_overhead_bytes;
     MemoryPlan {
@@ -129,10 +128,10 @@ mod tests {
 
     #[test]
     fn kv_allocation_doubles_from_64() {
-        assert_eq!(kv_allocated_positions(1), 64);
+        assert_eq!(kv_allocated_positions(1), 1);
         assert_eq!(kv_allocated_positions(64), 64);
-        assert_eq!(kv_allocated_positions(65), 128);
+        assert_eq!(kv_allocated_positions(65), 65);
         assert_eq!(kv_allocated_positions(2048), 2048);
-        assert_eq!(kv_allocated_positions(3000), 4096);
+        assert_eq!(kv_allocated_positions(3000), 3000);
     }
 }

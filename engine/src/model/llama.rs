@@ -14,9 +14,6 @@ use super::kernels::swiglu;
 use super::linear::{Linear, add_assign, rms_norm};
 use super::{Forward, KvCache, ModelError, ModelInfo, SeqChunk};
 
-/// Positions reserved up front in a new cache (it grows by doubling after that).
-const KV_RESERVE: usize = 64;
-
 /// One decoder block.
 pub(crate) struct Block {
     pub attn_norm: Vec<f32>,
@@ -209,8 +206,9 @@ impl Forward for Llama {
     }
 
     fn new_cache(&self) -> KvCache {
-        let reserve = KV_RESERVE.min(self.cfg.context);
-        KvCache::new(Box::new(SeqKv::new(self.cfg.layers, self.cfg.kv_dim(), reserve)))
+        // Empty: the scheduler reserves a sequence's whole cache (`reserve_cache`); other users
+        // grow it by doubling.
+        KvCache::new(Box::new(SeqKv::new(self.cfg.layers, self.cfg.kv_dim(), 0)))
     }
 
     fn fork_cache(&self, cache: &KvCache, len: usize) -> Option<KvCache> {
@@ -218,8 +216,7 @@ impl Forward for Llama {
         if len > cache.len() {
             return None;
         }
-        let reserve = KV_RESERVE.min(self.cfg.context);
-        let copy = kv.prefix(len, self.cfg.kv_dim(), reserve);
+        let copy = kv.prefix(len, self.cfg.kv_dim(), len);
         Some(KvCache::with_len(Box::new(copy), len))
     }
 

@@ -265,30 +265,24 @@ fn a_forked_prefix_gives_the_logits_of_a_full_prefill() {
         }];
         model.forward(&mut batch).expect("forward");
         let split = ids.len() / 2;
-        let mut forked = model.fork_cache(&source, split).expect("the model forks caches");
-        assert_eq!(forked.len(), split);
-        let mut batch = [SeqChunk {
-            tokens: &ids[split..],
-            cache: &mut forked,
-            want_logits: true,
-        }];
-        let resumed = model.forward(&mut batch).expect("forward")[0]
-            .clone()
-            .expect("logits");
-        assert_eq!(resumed, full, "{level:?}");
+        // Forks `source` at `split` and runs the rest of the prompt on the copy.
+        let resume = |source: &KvCache| {
+            let mut forked = model.fork_cache(source, split).expect("the model forks caches");
+            assert_eq!(forked.len(), split);
+            let mut batch = [SeqChunk {
+                tokens: &ids[split..],
+                cache: &mut forked,
+                want_logits: true,
+            }];
+            model.forward(&mut batch).expect("forward")[0]
+                .clone()
+                .expect("logits")
+        };
+        assert_eq!(resume(&source), full, "{level:?}");
         assert_eq!(source.len(), ids.len(), "the source cache is unchanged");
         assert!(model.fork_cache(&source, ids.len() + 1).is_none());
         // Compacting (as the prefix cache does before keeping it) keeps every position.
         model.compact_cache(&mut source);
-        let mut again = model.fork_cache(&source, split).expect("fork");
-        let mut batch = [SeqChunk {
-            tokens: &ids[split..],
-            cache: &mut again,
-            want_logits: true,
-        }];
-        let after = model.forward(&mut batch).expect("forward")[0]
-            .clone()
-            .expect("logits");
-        assert_eq!(after, full, "{level:?} after compacting");
+        assert_eq!(resume(&source), full, "{level:?} after compacting");
     }
 }

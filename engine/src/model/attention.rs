@@ -22,14 +22,9 @@ impl SeqKv {
         }
     }
 
-    /// The first `len` positions, in a new cache with room for `reserve_positions`.
-    pub(crate) fn prefix(&self, len: usize, kv_dim: usize, reserve_positions: usize) -> Self {
-        let cap = kv_dim * reserve_positions.max(len);
-        let copy = |v: &Vec<f32>| {
-            let mut out = Vec::with_capacity(cap);
-            out.extend_from_slice(&v[..(len * kv_dim).min(v.len())]);
-            out
-        };
+    /// The first `len` positions, in a new cache of exactly that size.
+    pub(crate) fn prefix(&self, len: usize, kv_dim: usize) -> Self {
+        let copy = |v: &Vec<f32>| v[..(len * kv_dim).min(v.len())].to_vec();
         Self {
             layers: self.layers.iter().map(|(k, v)| (copy(k), copy(v))).collect(),
         }

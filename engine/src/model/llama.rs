@@ -216,7 +216,7 @@ impl Forward for Llama {
         if len > cache.len() {
             return None;
         }
-        let copy = kv.prefix(len, self.cfg.kv_dim(), len);
+        let copy = kv.prefix(len, self.cfg.kv_dim());
         Some(KvCache::with_len(Box::new(copy), len))
     }
 

@@ -179,26 +179,19 @@ impl Engine {
     }
 
     fn remove_done(&mut self) {
-        let mut freed = 0;
-        let mut kept = Vec::new();
-        let (running, per_token) = (std::mem::take(&mut self.running), self.shared.kv_bytes_per_token);
-        for s in running {
-            if !s.done {
-                self.running.push(s);
+        let per_token = self.shared.kv_bytes_per_token;
+        let done: Vec<Sequence> = self.running.extract_if(.., |s| s.done).collect();
+        for s in done {
+            self.kv_reserved = self.kv_reserved.saturating_sub(s.reserved);
+            if !s.finished {
                 continue;
             }
-            freed += s.reserved;
-            if s.finished {
-                // Its cache holds the prompt and all generated tokens but the last.
-                let mut tokens = s.prompt;
-                tokens.extend_from_slice(&s.generated);
-                kept.push((tokens, s.cache));
-            }
-        }
-        self.kv_reserved = self.kv_reserved.saturating_sub(freed);
-        for (tokens, mut cache) in kept {
-            // Never more than the reservation it had, so the pool stays within bounds; spare
-            // capacity is released so the count is what the cache holds.
+            // Its cache holds the prompt and all generated tokens but the last; the count never
+            // exceeds the reservation it had, so the pool stays within bounds, and spare capacity
+            // is released so the count is what the cache holds.
+            let mut tokens = s.prompt;
+            tokens.extend_from_slice(&s.generated);
+            let mut cache = s.cache;
             self.model.compact_cache(&mut cache);
             let bytes = cache.len() as u64 * per_token;
             self.prefix.insert(tokens, cache, bytes);

@@ -110,11 +110,12 @@ pub fn validate(isvc: &InferenceService, all_classes: &[HardwareClass]) -> Resul
     };
 
     let scaling = &spec.scaling;
-    let scale_down_delay = duration(
-        "spec.scaling.scaleDownDelay",
-        &Some(scaling.scale_down_delay.clone()),
-    )?
-    .unwrap_or_default();
+    let scale_down_delay = parse_duration(&scaling.scale_down_delay).ok_or_else(|| {
+        Error::InvalidSpec(format!(
+            "spec.scaling.scaleDownDelay {:?} is not a duration",
+            scaling.scale_down_delay
+        ))
+    })?;
     Ok(Validated {
         owner: Owner {
             name,

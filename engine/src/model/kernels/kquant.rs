@@ -156,7 +156,7 @@ pub(super) fn pack(m: &mut PackedMatrix, bytes: &[u8], block_bytes: usize) {
 }
 
 /// Planes of high bits (above the low nibble) a K-quant keeps in `qh`.
-fn high_planes(format: Format) -> usize {
+pub(super) fn high_planes(format: Format) -> usize {
     match format {
         Format::Q4K => 0,
         Format::Q5K => 1,
@@ -181,9 +181,9 @@ fn interleave_subblocks(m: &mut PackedMatrix, sb: usize, r: usize, q: &[u8; QK],
     }
 }
 
-/// Index of row `j`'s super-block `t` in `d` and `mn`.
+/// Index of row `j`'s super-block `t` in `d` and `mn`: the blocks' layout, with super-blocks.
 fn d_at(w: &PackedMatrix, j: usize, t: usize) -> usize {
-    ((j / ROWS) * (w.k / QK) + t) * ROWS + j % ROWS
+    super::pack::group_at(j, w.k / QK, t)
 }
 
 /// Row `j`'s unsigned quant `v` (0..256) of super-block `t`, high bits included.

@@ -84,12 +84,10 @@ impl Format {
 pub(crate) struct QuantActs {
     /// `m × k` quants.
     pub qs: Vec<i8>,
-    /// Scales, `m × stride` (`k/32` per row).
+    /// Scales, `k/32` per row.
     pub d: Vec<f32>,
     /// Block sums `d · Σ q` (for the minimum term of 4/5-bit weights), laid out as `d`.
     pub s: Vec<f32>,
-    /// Entries per row of `d` and `s`.
-    pub stride: usize,
 }
 
 impl QuantActs {
@@ -97,7 +95,6 @@ impl QuantActs {
     /// on AVX2: scale = max |x| / 127 (kept at f16 precision), round half to even.
     pub(crate) fn new(x: &[f32], k: usize) -> Self {
         debug_assert!(k.is_multiple_of(BLOCK));
-        let stride = k / BLOCK;
         let mut qs = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / BLOCK];
         let mut s = vec![0f32; x.len() / BLOCK];
@@ -123,7 +120,7 @@ impl QuantActs {
             d[i] = scale;
             s[i] = scale * sum as f32;
         }
-        Self { qs, d, s, stride }
+        Self { qs, d, s }
     }
 }
 

@@ -38,8 +38,6 @@ pub(crate) struct PackedMatrix {
     pub d: Vec<u16>,
     /// Minimums as f16 bits (`Q4`/`Q5`), laid out as `d` (`Q4K`/`Q5K`: `dmin` per super-block).
     pub mn: Vec<u16>,
-    /// K-quants: super-blocks per row (`k/256`), the stride of `d` and `mn`.
-    pub scale_stride: usize,
 }
 
 /// Index of row `j`'s entry for block `b` in `d`, `mn` and `qh` of a 32-value block format
@@ -134,7 +132,6 @@ impl PackedMatrix {
             sc: Vec::new(),
             d: Vec::new(),
             mn: Vec::new(),
-            scale_stride: 0,
         };
         if format.is_float() {
             // Column `i` of a group of eight rows is 16 bytes: the eight rows' values.
@@ -148,7 +145,6 @@ impl PackedMatrix {
             return Ok(m);
         }
         if format.is_k() {
-            m.scale_stride = k / kquant::QK;
             kquant::pack(&mut m, bytes, dtype.type_size());
             return Ok(m);
         }

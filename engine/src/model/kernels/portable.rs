@@ -41,7 +41,7 @@ fn quant_row(w: &PackedMatrix, j: usize, x: &super::QuantActs, r: usize) -> f32 
     let (mut acc, mut mins) = (0f32, 0f32);
     for b in 0..nb {
         let xq = &x.qs[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
-        let (dx, sx) = (x.d[r * x.stride + b], x.s[r * x.stride + b]);
+        let (dx, sx) = (x.d[r * nb + b], x.s[r * nb + b]);
         let dot: i32 = xq
             .iter()
             .enumerate()

@@ -29,7 +29,7 @@ pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows:
     }
     check_sizes(w, acts, m, j0, j0 + rows, out.len() == rows * m);
     // SAFETY: the CPU has the features (asserted above) and `check_sizes` proved every read below
-    // (rows < n, activation rows < m, scale arrays padded to `scale_stride`) is in bounds.
+    // (rows < n, activation rows < m, scale arrays of every padded row) is in bounds.
     unsafe { rows_avx2(w, acts, m, j0, rows, out) }
 }
 
@@ -58,10 +58,7 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: 
     }
     ok &= match acts {
         Acts::Float(x) => x.len() == m * k,
-        Acts::Quant(q) => {
-            let ok_d = q.d.len() == m * q.stride && q.s.len() == q.d.len();
-            q.qs.len() == m * k && q.stride >= nb && ok_d
-        }
+        Acts::Quant(q) => q.qs.len() == m * k && q.d.len() == m * nb && q.s.len() == q.d.len(),
         Acts::QuantK(_) => false,
     };
     assert!(ok, "packed matmul called with inconsistent buffers");
@@ -180,7 +177,7 @@ unsafe fn q8_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActs, a0:
         let wq = w.qs.as_ptr().add(g * nb * ROWS * BLOCK);
         let wd = w.d.as_ptr().add(g * nb * ROWS);
         let xq = x.qs.as_ptr().add(a0 * k);
-        let xd = x.d.as_ptr().add(a0 * x.stride);
+        let xd = x.d.as_ptr().add(a0 * nb);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
@@ -196,11 +193,7 @@ unsafe fn q8_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActs, a0:
                     *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b * ROWS).cast()));
-            for (a, (s, acc)) in isum.iter().zip(&mut acc).enumerate() {
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd.add(a * x.stride + b)));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), scale, *acc);
-            }
+            add_scaled(&mut acc, &isum, wd.add(b * ROWS), |a| *xd.add(a * nb + b));
         }
         acc.map(lanes)
     }
@@ -228,9 +221,8 @@ unsafe fn q45_rows<const R: usize, const FIVE: bool>(
         let wm = w.mn.as_ptr().add(g * nb * ROWS);
         let qh = w.qh.as_ptr().wrapping_add(g * nb * ROWS);
         let xq = x.qs.as_ptr().add(a0 * k);
-        let (xd, xs) = (x.d.as_ptr().add(a0 * x.stride), x.s.as_ptr().add(a0 * x.stride));
+        let (xd, xs) = (x.d.as_ptr().add(a0 * nb), x.s.as_ptr().add(a0 * nb));
         let ones = _mm256_set1_epi16(1);
-        let low = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let wb = wq.add(b * ROWS * BLOCK / 2);
@@ -243,40 +235,79 @@ unsafe fn q45_rows<const R: usize, const FIVE: bool>(
             let mut isum = [_mm256_setzero_si256(); R];
             let mut s16 = [_mm256_setzero_si256(); R];
             for c in 0..4 {
-                let v = _mm256_loadu_si256(wb.add(c * 32).cast());
-                let mut lo = _mm256_and_si256(v, low);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                let (mut lo, mut hi) = nibbles(wb.add(c * 32));
                 if FIVE {
                     lo = _mm256_or_si256(lo, fifth_bits(h, c));
                     hi = _mm256_or_si256(hi, fifth_bits(h, c + 4));
                 }
                 for (a, (s, s16)) in isum.iter_mut().zip(&mut s16).enumerate() {
-                    let xa = xq.add(a * k + b * BLOCK + c * 4);
-                    let p = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo, broadcast4(xa)),
-                        _mm256_maddubs_epi16(hi, broadcast4(xa.add(16))),
-                    );
-                    *s16 = _mm256_add_epi16(*s16, p);
+                    *s16 = _mm256_add_epi16(*s16, pair_dot(lo, hi, xq.add(a * k + b * BLOCK + c * 4)));
                     if c == 3 || (FIVE && c == 1) {
                         *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*s16, ones));
                         *s16 = _mm256_setzero_si256();
                     }
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b * ROWS).cast()));
-            for (a, (s, acc)) in isum.iter().zip(&mut acc).enumerate() {
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd.add(a * x.stride + b)));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), scale, *acc);
-            }
+            add_scaled(&mut acc, &isum, wd.add(b * ROWS), |a| *xd.add(a * nb + b));
         }
         let mut mins = [_mm256_setzero_ps(); R];
         for b in 0..nb {
             let mw = _mm256_cvtph_ps(_mm_loadu_si128(wm.add(b * ROWS).cast()));
             for (a, m) in mins.iter_mut().enumerate() {
-                *m = _mm256_fmadd_ps(mw, _mm256_set1_ps(*xs.add(a * x.stride + b)), *m);
+                *m = _mm256_fmadd_ps(mw, _mm256_set1_ps(*xs.add(a * nb + b)), *m);
             }
         }
         std::array::from_fn(|a| lanes(_mm256_add_ps(acc[a], mins[a])))
+    }
+}
+
+/// The 32-byte Q4-layout vector at `p` (see `pack`) as unsigned quants: the low nibbles (quants
+/// `4c..4c + 4` of the eight rows) and the high nibbles (quants `16 + 4c..`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn nibbles(p: *const u8) -> (__m256i, __m256i) {
+    let low = _mm256_set1_epi8(0x0F);
+    // SAFETY: the caller guarantees 32 bytes at `p`.
+    let v = unsafe { _mm256_loadu_si256(p.cast()) };
+    (
+        _mm256_and_si256(v, low),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low),
+    )
+}
+
+/// 16-bit pair sums of `lo` with the four activation quants at `x` and `hi` with those at
+/// `x + 16` (the halves [`nibbles`] splits a 32-value block into), added.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn pair_dot(lo: __m256i, hi: __m256i, x: *const i8) -> __m256i {
+    // SAFETY: the caller guarantees 20 bytes at `x`.
+    unsafe {
+        _mm256_add_epi16(
+            _mm256_maddubs_epi16(lo, broadcast4(x)),
+            _mm256_maddubs_epi16(hi, broadcast4(x.add(16))),
+        )
+    }
+}
+
+/// `acc[a] += sums[a] · (d · dx(a))` for each activation row `a`, where `d` points at the eight
+/// weight rows' f16 scales: one fused multiply-add per row, the accumulation every kernel shares
+/// (so a row's sum does not depend on its batch).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn add_scaled<const R: usize>(
+    acc: &mut [__m256; R],
+    sums: &[__m256i; R],
+    d: *const u16,
+    dx: impl Fn(usize) -> f32,
+) {
+    // SAFETY: the caller guarantees eight scales at `d`.
+    let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(d.cast()) });
+    for (a, (s, acc)) in sums.iter().zip(acc).enumerate() {
+        *acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(*s),
+            _mm256_mul_ps(d, _mm256_set1_ps(dx(a))),
+            *acc,
+        );
     }
 }
 

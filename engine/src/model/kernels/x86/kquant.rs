@@ -10,9 +10,9 @@
 
 use std::arch::x86_64::*;
 
-use super::super::kquant::{QK, QuantActsK};
+use super::super::kquant::{QK, QuantActsK, high_planes};
 use super::super::{Format, PackedMatrix, ROWS};
-use super::{broadcast4, fifth_bits, lanes, pad};
+use super::{add_scaled, broadcast4, fifth_bits, lanes, nibbles, pad, pair_dot};
 
 /// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` of a K-quant matrix
 /// dotted with every activation row. Callers must have checked AVX2, FMA and F16C.
@@ -28,11 +28,7 @@ fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: u
     let nsb = k / QK;
     // Whole interleaved groups of eight rows, from a group's first row.
     let blocks = n.div_ceil(ROWS) * ROWS * nsb;
-    let planes = match w.format {
-        Format::Q4K => 0,
-        Format::Q5K => 1,
-        _ => 2,
-    };
+    let planes = high_planes(w.format);
     let mut ok = out_ok && row_end <= n && k.is_multiple_of(QK) && j0.is_multiple_of(ROWS);
     ok &= w.qs.len() == blocks * QK / 2 && w.sc.len() == blocks * 16 && w.d.len() == blocks;
     ok &= w.format == Format::Q6K || w.mn.len() == blocks;
@@ -62,16 +58,6 @@ unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, rows:
     }
 }
 
-/// Eight bytes at `p` as 16 `i16` lanes `(p0, p0, p1, p1, …)`: lane pair `r` multiplies row
-/// `r`'s two 16-bit sums in `madd`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pairs(p: *const u8) -> __m256i {
-    // SAFETY: the caller guarantees 8 bytes at `p`.
-    let v = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(p.cast()) });
-    _mm256_or_si256(v, _mm256_slli_epi32::<16>(v))
-}
-
 /// Q4_K / Q5_K weight rows `8g..8g + 8` · Q8_K activation rows `a0..a0 + R`. Per sub-block the
 /// `maddubs` results add as 16-bit integers (a Q4_K pair is at most 2·15·128, eight fit; Q5_K's
 /// twice that, four fit), then `madd` with the eight rows' sub-scales widens and scales them.
@@ -83,7 +69,6 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
     a0: usize,
 ) -> [[f32; ROWS]; R] {
     let (k, nsb) = (w.k, w.k / QK);
-    let low = _mm256_set1_epi8(0x0F);
     // SAFETY: group `g` has `nsb` super-blocks of 1024 quant bytes, 128 scale bytes, 8 `d` and
     // `dmin` (and for Q5_K 64 words of fifth bits, read only then); activation rows
     // `a0..a0 + R` have `k` quants, `nsb` scales and `k/16` sums (`check_sizes`).
@@ -104,20 +89,14 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
                 };
                 let mut s16 = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
-                    let v = _mm256_loadu_si256(q.add(i * 128 + c * 32).cast());
-                    let mut lo = _mm256_and_si256(v, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                    let (mut lo, mut hi) = nibbles(q.add(i * 128 + c * 32));
                     if FIVE {
                         lo = _mm256_or_si256(lo, fifth_bits(h, c));
                         hi = _mm256_or_si256(hi, fifth_bits(h, c + 4));
                     }
                     for (a, (s, s16)) in isum.iter_mut().zip(&mut s16).enumerate() {
                         let xa = x.qs.as_ptr().add((a0 + a) * k + t * QK + i * 32 + c * 4);
-                        let p = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo, broadcast4(xa)),
-                            _mm256_maddubs_epi16(hi, broadcast4(xa.add(16))),
-                        );
-                        *s16 = _mm256_add_epi16(*s16, p);
+                        *s16 = _mm256_add_epi16(*s16, pair_dot(lo, hi, xa));
                         if c == 3 || (FIVE && c == 1) {
                             *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*s16, scv));
                             *s16 = _mm256_setzero_si256();
@@ -125,11 +104,9 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
                     }
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(sb * ROWS).cast()));
-            for (a, (s, acc)) in isum.iter().zip(&mut acc).enumerate() {
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d[(a0 + a) * nsb + t]));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), scale, *acc);
-            }
+            add_scaled(&mut acc, &isum, w.d.as_ptr().add(sb * ROWS), |a| {
+                x.d[(a0 + a) * nsb + t]
+            });
         }
         // Minimums: `Σ m·bsum32` per super-block, one `madd` per sub-block with the pair of
         // 16-value sums broadcast.
@@ -145,11 +122,9 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
                     *s = _mm256_add_epi32(*s, _mm256_madd_epi16(mv, broadcast4(bs.cast())));
                 }
             }
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(w.mn.as_ptr().add(sb * ROWS).cast()));
-            for (a, (s, m)) in msum.iter().zip(&mut mins).enumerate() {
-                let scale = _mm256_mul_ps(dmin, _mm256_set1_ps(x.d[(a0 + a) * nsb + t]));
-                *m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), scale, *m);
-            }
+            add_scaled(&mut mins, &msum, w.mn.as_ptr().add(sb * ROWS), |a| {
+                x.d[(a0 + a) * nsb + t]
+            });
         }
         std::array::from_fn(|a| lanes(_mm256_sub_ps(acc[a], mins[a])))
     }
@@ -168,10 +143,11 @@ unsafe fn scale_pairs(lo: *const u8, hi: *const u8) -> __m256i {
     }
 }
 
-/// Eight i8 scales at `p` as 16 `i16` lanes `(p0, p0, p1, p1, …)`.
+/// Eight i8 at `p` as 16 `i16` lanes `(p0, p0, p1, p1, …)`: lane pair `r` multiplies row `r`'s
+/// two 16-bit sums in `madd` (Q4_K/Q5_K's 6-bit scales and minimums read the same as i8).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn signed_pairs(p: *const u8) -> __m256i {
+unsafe fn pairs(p: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 8 bytes at `p`.
     let v = _mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(p.cast()) });
     _mm256_or_si256(
@@ -192,7 +168,6 @@ unsafe fn q6k_rows<const R: usize>(
     a0: usize,
 ) -> [[f32; ROWS]; R] {
     let (k, nsb) = (w.k, w.k / QK);
-    let low = _mm256_set1_epi8(0x0F);
     // SAFETY: group `g` has `nsb` super-blocks of 1024 low-nibble bytes, 128 words of high bits,
     // 128 scale bytes and 8 `d`; activation rows `a0..a0 + R` have `k` quants, `nsb` scales and
     // `k/16` sums (`check_sizes`).
@@ -205,10 +180,7 @@ unsafe fn q6k_rows<const R: usize>(
             let sc = w.sc.as_ptr().add(sb * 128);
             let mut isum = [_mm256_setzero_si256(); R];
             for i in 0..8 {
-                let (s_lo, s_hi) = (
-                    signed_pairs(sc.add(2 * i * ROWS)),
-                    signed_pairs(sc.add((2 * i + 1) * ROWS)),
-                );
+                let (s_lo, s_hi) = (pairs(sc.add(2 * i * ROWS)), pairs(sc.add((2 * i + 1) * ROWS)));
                 let h4 = _mm256_loadu_si256(qh.add(2 * i * ROWS).cast());
                 let h5 = _mm256_loadu_si256(qh.add((2 * i + 1) * ROWS).cast());
                 let high = |c: usize| {
@@ -216,9 +188,8 @@ unsafe fn q6k_rows<const R: usize>(
                     _mm256_or_si256(fifth_bits(h4, c), _mm256_add_epi8(b5, b5))
                 };
                 for c in 0..4 {
-                    let v = _mm256_loadu_si256(q.add(i * 128 + c * 32).cast());
-                    let lo = _mm256_or_si256(_mm256_and_si256(v, low), high(c));
-                    let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(v), low), high(c + 4));
+                    let (lo, hi) = nibbles(q.add(i * 128 + c * 32));
+                    let (lo, hi) = (_mm256_or_si256(lo, high(c)), _mm256_or_si256(hi, high(c + 4)));
                     for (a, s) in isum.iter_mut().enumerate() {
                         let xa = x.qs.as_ptr().add((a0 + a) * k + t * QK + i * 32 + c * 4);
                         let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, broadcast4(xa)), s_lo);
@@ -237,11 +208,9 @@ unsafe fn q6k_rows<const R: usize>(
                 }
                 *s = _mm256_sub_epi32(*s, _mm256_slli_epi32::<5>(off));
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(sb * ROWS).cast()));
-            for (a, (s, acc)) in isum.iter().zip(&mut acc).enumerate() {
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d[(a0 + a) * nsb + t]));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), scale, *acc);
-            }
+            add_scaled(&mut acc, &isum, w.d.as_ptr().add(sb * ROWS), |a| {
+                x.d[(a0 + a) * nsb + t]
+            });
         }
         acc.map(lanes)
     }

@@ -4,7 +4,7 @@
 mod operator_support;
 
 use bitscale_api::v1alpha1::{InferenceService, QuantLevel};
-use bitscale_e2e::{Cluster, TestNamespace, await_condition, await_deleted, await_list};
+use bitscale_e2e::{await_condition, await_deleted, await_list};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Node, Pod, Service},
@@ -57,13 +57,8 @@ async fn pool_of_pods(client: &Client, namespace: &str, selector: &str) -> anyho
 
 #[tokio::test]
 async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
-    let cluster = Cluster::shared().await?;
-    let client = cluster.client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "op-lifecycle").await?;
-    let classes = [cpu_class(&ns.name)];
-    apply_classes(&client, &classes).await?;
-    let operator = start_operator(client.clone(), &ns.name);
+    let scene = Scene::start("op-lifecycle", |ns| vec![cpu_class(ns)]).await?;
+    let (client, ns) = (&scene.client, &scene.ns);
 
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
     let cpu = format!("{}-cpu", ns.name);
@@ -71,7 +66,8 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     let manifest = serde_yaml::to_string(&smol("chat", &ns.name, &[&cpu]))?;
     let path = std::env::temp_dir().join(format!("{}-chat.yaml", ns.name));
     std::fs::write(&path, manifest)?;
-    let applied = cluster
+    let applied = scene
+        .cluster
         .kubectl()
         .args(["apply", "--server-side", "-f"])
         .arg(&path)
@@ -115,7 +111,7 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("4Gi"));
     let selector = status.selector.clone().expect("selector");
     assert!(
-        pool_of_pods(&client, &ns.name, &selector)
+        pool_of_pods(client, &ns.name, &selector)
             .await?
             .iter()
             .all(|p| p == "cpu")
@@ -130,7 +126,8 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
         .await?;
 
     // Re-applying the user's manifest changes nothing: the operator never writes spec.
-    let diff = cluster
+    let diff = scene
+        .cluster
         .kubectl()
         .args(["diff", "--server-side", "-f"])
         .arg(&path)
@@ -209,21 +206,14 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     )
     .await?;
 
-    operator.abort();
-    delete_classes(&client, &classes).await;
-    ns.delete().await?;
+    scene.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn gpu_class_lands_on_a_gpu_node_with_the_toleration() -> anyhow::Result<()> {
-    let cluster = Cluster::shared().await?;
-    let client = cluster.client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "op-gpu").await?;
-    let classes = [gpu_class(&ns.name)];
-    apply_classes(&client, &classes).await?;
-    let operator = start_operator(client.clone(), &ns.name);
+    let scene = Scene::start("op-gpu", |ns| vec![gpu_class(ns)]).await?;
+    let (client, ns) = (&scene.client, &scene.ns);
 
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
     let gpu = format!("{}-gpu", ns.name);
@@ -233,7 +223,7 @@ async fn gpu_class_lands_on_a_gpu_node_with_the_toleration() -> anyhow::Result<(
     let isvc = await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
     let selector = isvc.status.and_then(|s| s.selector).expect("selector");
     assert!(
-        pool_of_pods(&client, &ns.name, &selector)
+        pool_of_pods(client, &ns.name, &selector)
             .await?
             .iter()
             .all(|p| p == "gpu")
@@ -254,22 +244,15 @@ async fn gpu_class_lands_on_a_gpu_node_with_the_toleration() -> anyhow::Result<(
         .expect("limits");
     assert_eq!(limits.get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"));
 
-    operator.abort();
-    delete_classes(&client, &classes).await;
-    ns.delete().await?;
+    scene.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn cpu_only_placement_never_uses_gpu_nodes() -> anyhow::Result<()> {
-    let cluster = Cluster::shared().await?;
-    let client = cluster.client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "op-cpu-only").await?;
     // Both exist; the spec allows only CPU, and three replicas spread over the CPU nodes.
-    let classes = [cpu_class(&ns.name), gpu_class(&ns.name)];
-    apply_classes(&client, &classes).await?;
-    let operator = start_operator(client.clone(), &ns.name);
+    let scene = Scene::start("op-cpu-only", |ns| vec![cpu_class(ns), gpu_class(ns)]).await?;
+    let (client, ns) = (&scene.client, &scene.ns);
 
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
     let mut isvc = smol("chat", &ns.name, &[&format!("{}-cpu", ns.name)]);
@@ -277,24 +260,17 @@ async fn cpu_only_placement_never_uses_gpu_nodes() -> anyhow::Result<()> {
     isvcs.create(&PostParams::default(), &isvc).await?;
     let isvc = await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
     let selector = isvc.status.and_then(|s| s.selector).expect("selector");
-    let pools = pool_of_pods(&client, &ns.name, &selector).await?;
+    let pools = pool_of_pods(client, &ns.name, &selector).await?;
     assert_eq!(pools, ["cpu", "cpu", "cpu"]);
 
-    operator.abort();
-    delete_classes(&client, &classes).await;
-    ns.delete().await?;
+    scene.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn permanent_errors_set_ready_false_and_recover_on_change() -> anyhow::Result<()> {
-    let cluster = Cluster::shared().await?;
-    let client = cluster.client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "op-errors").await?;
-    let classes = [cpu_class(&ns.name)];
-    apply_classes(&client, &classes).await?;
-    let operator = start_operator(client.clone(), &ns.name);
+    let scene = Scene::start("op-errors", |ns| vec![cpu_class(ns)]).await?;
+    let (client, ns) = (&scene.client, &scene.ns);
 
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
     isvcs
@@ -334,21 +310,14 @@ async fn permanent_errors_set_ready_false_and_recover_on_change() -> anyhow::Res
         .await?;
     await_condition(isvcs.clone(), "chat", ready, TIMEOUT).await?;
 
-    operator.abort();
-    delete_classes(&client, &classes).await;
-    ns.delete().await?;
+    scene.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn fewer_replicas_wait_for_the_scale_down_delay() -> anyhow::Result<()> {
-    let cluster = Cluster::shared().await?;
-    let client = cluster.client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "op-scale-down").await?;
-    let classes = [cpu_class(&ns.name)];
-    apply_classes(&client, &classes).await?;
-    let operator = start_operator(client.clone(), &ns.name);
+    let scene = Scene::start("op-scale-down", |ns| vec![cpu_class(ns)]).await?;
+    let (client, ns) = (&scene.client, &scene.ns);
 
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
     let mut isvc = smol("chat", &ns.name, &[&format!("{}-cpu", ns.name)]);
@@ -418,8 +387,6 @@ async fn fewer_replicas_wait_for_the_scale_down_delay() -> anyhow::Result<()> {
     )
     .await?;
 
-    operator.abort();
-    delete_classes(&client, &classes).await;
-    ns.delete().await?;
+    scene.stop().await?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use bitscale_api::v1alpha1::{HardwareClass, InferenceService};
+use bitscale_e2e::{Cluster, TestNamespace};
 use bitscale_operator::{Config, build::EngineImages, metrics::Metrics};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
@@ -117,6 +118,43 @@ pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
         }
     }))
     .expect("valid InferenceService")
+}
+
+/// One operator test's world: the shared cluster with the CRDs installed, a fresh namespace, the
+/// HardwareClasses `classes` makes from its name, and the operator running in it.
+pub struct Scene {
+    pub cluster: Cluster,
+    pub client: Client,
+    pub ns: TestNamespace,
+    classes: Vec<HardwareClass>,
+    operator: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Scene {
+    pub async fn start(prefix: &str, classes: impl Fn(&str) -> Vec<HardwareClass>) -> anyhow::Result<Self> {
+        let cluster = Cluster::shared().await?;
+        let client = cluster.client().await?;
+        install_crds(&client).await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        let classes = classes(&ns.name);
+        apply_classes(&client, &classes).await?;
+        let operator = start_operator(client.clone(), &ns.name);
+        Ok(Self {
+            cluster,
+            client,
+            ns,
+            classes,
+            operator,
+        })
+    }
+
+    /// Stops the operator and deletes the classes and the namespace.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.operator.abort();
+        delete_classes(&self.client, &self.classes).await;
+        self.ns.delete().await?;
+        Ok(())
+    }
 }
 
 /// Runs the operator in-process, watching only `namespace`, until the handle is aborted.

@@ -154,7 +154,7 @@ async fn streaming_ends_with_done_and_usage() {
     let r = post(
         &base,
         "/v1/chat/completions",
-        r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"stream":true}"#,
+        r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"temperature":0,"stream":true}"#,
     )
     .await;
     let frames = sse_frames(r).await;

@@ -8,10 +8,11 @@ use std::time::Duration;
 use bitscale_api::v1alpha1::{HardwareClass, InferenceService};
 use bitscale_e2e::{Cluster, TestNamespace};
 use bitscale_operator::{Config, build::EngineImages, metrics::Metrics};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
 };
 
 /// Generous: the local control plane shares two cores with compilers.
@@ -122,12 +123,17 @@ pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
 
 /// One operator test's world: the shared cluster with the CRDs installed, a fresh namespace, the
 /// HardwareClasses `classes` makes from its name, and the operator running in it.
+///
+/// `stop` tears it down; a test that fails before `stop` (an error or a failed assertion) still
+/// deletes its classes and namespace when the scene drops, so a rerun on the same local cluster
+/// does not find stale HardwareClasses.
 pub struct Scene {
     pub cluster: Cluster,
     pub client: Client,
     pub ns: TestNamespace,
     classes: Vec<HardwareClass>,
     operator: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stopped: bool,
 }
 
 impl Scene {
@@ -137,23 +143,53 @@ impl Scene {
         install_crds(&client).await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         let classes = classes(&ns.name);
-        apply_classes(&client, &classes).await?;
         let operator = start_operator(client.clone(), &ns.name);
-        Ok(Self {
+        let scene = Self {
             cluster,
             client,
             ns,
             classes,
             operator,
-        })
+            stopped: false,
+        };
+        apply_classes(&scene.client, &scene.classes).await?;
+        Ok(scene)
     }
 
     /// Stops the operator and deletes the classes and the namespace.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stopped = true;
         self.operator.abort();
         delete_classes(&self.client, &self.classes).await;
-        self.ns.delete().await?;
+        self.ns.clone().delete().await?;
         Ok(())
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.operator.abort();
+        let (cluster, classes, ns) = (self.cluster.clone(), self.classes.clone(), self.ns.name.clone());
+        // Drop cannot await, and the test's runtime is the one unwinding (its client's connection
+        // task cannot run): clean up on a thread with a runtime and a client of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = cluster.client().await?;
+                delete_classes(&client, &classes).await;
+                let namespaces: Api<Namespace> = Api::all(client);
+                let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+                anyhow::Ok(())
+            })
+        });
+        if let Ok(Err(e)) = cleanup.join() {
+            eprintln!("cleaning up after a failed test: {e:#}");
+        }
     }
 }
 

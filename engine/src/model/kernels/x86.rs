@@ -8,6 +8,8 @@
 //! fused multiply-adds whatever it is batched with, so a sequence's logits do not depend on its
 //! batch. Integer dots follow llama.cpp: `maddubs` needs one unsigned operand, so Q8_0 moves the
 //! weight's sign onto the activation (`|w| · sign(x, w)`); 4/5-bit quants are unsigned already.
+//! f16/bf16 weights are float multiply-adds, whose latency rather than the memory bus bounded a
+//! single row: their kernel pairs activation rows with several groups (`float_tiles`).
 #![expect(
     unsafe_code,
     reason = "SIMD intrinsics and unchecked loads; entered only after runtime feature detection \
@@ -78,19 +80,13 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
         };
     }
     let Acts::Float(x) = acts else { return };
-    let bf = w.format == Format::Bf16;
     // SAFETY: groups and activation rows in bounds (`check_sizes`); features by the caller.
     unsafe {
-        for_groups(m, j0, rows, out, |g, a, tile| match (tile, bf) {
-            (TILE, false) => float_rows::<TILE, 2, false>(w, g, x, a),
-            (TILE, true) => float_rows::<TILE, 2, true>(w, g, x, a),
-            (3, false) => pad(float_rows::<3, 2, false>(w, g, x, a)),
-            (3, true) => pad(float_rows::<3, 2, true>(w, g, x, a)),
-            (2, false) => pad(float_rows::<2, 2, false>(w, g, x, a)),
-            (2, true) => pad(float_rows::<2, 2, true>(w, g, x, a)),
-            (_, false) => pad(float_rows::<1, 2, false>(w, g, x, a)),
-            (_, true) => pad(float_rows::<1, 2, true>(w, g, x, a)),
-        });
+        if w.format == Format::Bf16 {
+            float_tiles::<true>(w, x, m, j0, rows, out);
+        } else {
+            float_tiles::<false>(w, x, m, j0, rows, out);
+        }
     }
 }
 
@@ -355,56 +351,125 @@ fn prefetch(p: *const u8, lines: usize) {
     }
 }
 
-/// f16 / bf16 weight rows `8g..8g + 8` · f32 activation rows `a0..a0 + R`: per column, the
-/// eight rows' values (one 16-byte load) times the broadcast activation, into `U` interleaved
-/// accumulators per activation row (columns `i ≡ u mod U`), so `R · U` fused multiply-adds are
-/// independent. `U` must not depend on `R` (a row's sum would then depend on its batch). The activations are read as scalars,
-/// so a 1536-wide row group streams its weights once per tile, not its activations once per row.
+/// Accumulators the float kernel keeps in flight: a fused multiply-add takes four cycles and
+/// two issue per cycle, so fewer would leave the multipliers idle.
+const CHAINS: usize = 8;
+
+/// f16 / bf16 weight rows `j0..j0 + rows` · `m` f32 activation rows. Activation rows go in tiles
+/// of 8, 4, 2 and 1 (`m`'s eights, then its binary digits), each tile against 1, 2, 4 or 8 groups
+/// at a time so that [`CHAINS`] accumulators are in flight whatever the batch; weights are
+/// converted once per pass, so a batch of eight converts them once, not twice as tiles of four
+/// would. Groups go eight at a time (at most `8 · 16 · k` bytes), which every tile then reads
+/// from cache.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn float_rows<const R: usize, const U: usize, const BF: bool>(
+unsafe fn float_tiles<const BF: bool>(
     w: &PackedMatrix,
-    g: usize,
     x: &[f32],
-    a0: usize,
-) -> [[f32; ROWS]; R] {
+    m: usize,
+    j0: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let groups = rows.div_ceil(ROWS);
+    for g0 in (0..groups).step_by(CHAINS) {
+        let span = g0..(g0 + CHAINS).min(groups);
+        let mut a = 0;
+        while a < m {
+            let tile = match m - a {
+                8.. => 8,
+                4.. => 4,
+                2.. => 2,
+                _ => 1,
+            };
+            let span = span.clone();
+            // SAFETY: forwarded from `rows_avx2`; `a + tile <= m`.
+            unsafe {
+                match tile {
+                    8 => float_pass::<8, 1, BF>(w, x, a, j0, span, rows, out),
+                    4 => float_pass::<4, 2, BF>(w, x, a, j0, span, rows, out),
+                    2 => float_pass::<2, 4, BF>(w, x, a, j0, span, rows, out),
+                    _ => float_pass::<1, 8, BF>(w, x, a, j0, span, rows, out),
+                }
+            }
+            a += tile;
+        }
+    }
+}
+
+/// Activation rows `a..a + R` · the groups `span` (counted from `j0`'s), `G` groups per call;
+/// the last call repeats the span's last group to fill `G` and drops those sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_pass<const R: usize, const G: usize, const BF: bool>(
+    w: &PackedMatrix,
+    x: &[f32],
+    a: usize,
+    j0: usize,
+    span: std::ops::Range<usize>,
+    rows: usize,
+    out: &mut [f32],
+) {
     let k = w.k;
-    // SAFETY: group `g` holds `k` columns of 16 bytes and activation rows `a0..a0 + R` hold `k`
-    // values each (`check_sizes`).
+    // SAFETY: activation rows `a..a + R` exist (`float_tiles`) and hold `k` values.
+    let xs: [*const f32; R] = std::array::from_fn(|i| unsafe { x.as_ptr().add((a + i) * k) });
+    let mut g = span.start;
+    while g < span.end {
+        let gs: [usize; G] = std::array::from_fn(|i| j0 / ROWS + (g + i).min(span.end - 1));
+        // SAFETY: every group in `gs` lies within the checked rows; features by the caller.
+        let sums = unsafe { float_rows::<R, G, BF>(w, gs, xs) };
+        for (i, group) in sums.iter().enumerate().take(span.end - g) {
+            let row0 = (g + i) * ROWS;
+            let take = (rows - row0).min(ROWS);
+            for (r, lanes) in group.iter().enumerate() {
+                let at = (a + r) * rows + row0;
+                out[at..at + take].copy_from_slice(&lanes[..take]);
+            }
+        }
+        g += G;
+    }
+}
+
+/// f16 / bf16 weight groups `gs` (rows `8g..8g + 8` each) · the `R` f32 activation rows at `xs`:
+/// per column, a group's eight values (one 16-byte load, converted once) times each broadcast
+/// activation. Each (group, row) pair is one chain of fused multiply-adds over the columns in
+/// order, so a row's sums do not depend on what it is batched with.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_rows<const R: usize, const G: usize, const BF: bool>(
+    w: &PackedMatrix,
+    gs: [usize; G],
+    xs: [*const f32; R],
+) -> [[[f32; ROWS]; R]; G] {
+    let k = w.k;
+    // SAFETY: each group holds `k` columns of 16 bytes and each activation row `k` values (the
+    // callers' checks).
     unsafe {
-        let wp = w.qs.as_ptr().add(g * k * ROWS * 2);
-        let xp = x.as_ptr().add(a0 * k);
-        let load = |i: usize| {
-            let raw = _mm_loadu_si128(wp.add(i * ROWS * 2).cast());
+        let wp = gs.map(|g| w.qs.as_ptr().add(g * k * ROWS * 2));
+        let load = |p: *const u8, i: usize| {
+            let raw = _mm_loadu_si128(p.add(i * ROWS * 2).cast());
             if BF {
                 _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
             } else {
                 _mm256_cvtph_ps(raw)
             }
         };
-        let mut acc = [[_mm256_setzero_ps(); R]; U];
-        let mut i = 0;
-        while i + U <= k {
-            for (u, acc) in acc.iter_mut().enumerate() {
-                let wv = load(i + u);
-                for (a, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*xp.add(a * k + i + u)), *acc);
+        let mut acc = [[_mm256_setzero_ps(); R]; G];
+        for i in 0..k {
+            if G == 1 {
+                // Eight rows: their broadcasts would not fit in registers beside the sums.
+                let wv = load(wp[0], i);
+                for (a, acc) in acc[0].iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*xs[a].add(i)), *acc);
+                }
+            } else {
+                let xb: [__m256; R] = std::array::from_fn(|a| _mm256_set1_ps(*xs[a].add(i)));
+                for (p, acc) in wp.iter().zip(&mut acc) {
+                    let wv = load(*p, i);
+                    for (acc, xb) in acc.iter_mut().zip(&xb) {
+                        *acc = _mm256_fmadd_ps(wv, *xb, *acc);
+                    }
                 }
             }
-            i += U;
         }
-        for (u, c) in (i..k).enumerate() {
-            let wv = load(c);
-            for (a, acc) in acc[u].iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*xp.add(a * k + c)), *acc);
-            }
-        }
-        std::array::from_fn(|a| {
-            let mut sum = acc[0][a];
-            for acc in &acc[1..] {
-                sum = _mm256_add_ps(sum, acc[a]);
-            }
-            lanes(sum)
-        })
+        acc.map(|g| g.map(lanes))
     }
 }
 

@@ -3,7 +3,7 @@
 //! The 32-value block formats run on eight interleaved weight rows (see `pack`): a vector holds
 //! four quants of each of the eight rows, an activation's four quants are broadcast against it,
 //! and the eight lanes of the integer sums are the eight rows' dots, so there are no horizontal
-//! sums. One pass serves up to [`TILE`] activation rows, reading the group's weights once. Every
+//! sums. One pass serves up to [`WIDE`] activation rows (Q8_0: [`TILE`]), reading the group's weights once. Every
 //! row accumulates `Σ_blocks (integer dot) · (weight scale · row scale)` in the same order with
 //! fused multiply-adds whatever it is batched with, so a sequence's logits do not depend on its
 //! batch. Integer dots follow llama.cpp: `maddubs` needs one unsigned operand, so Q8_0 moves the
@@ -71,12 +71,16 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
     if let Acts::Quant(x) = acts {
         // SAFETY: groups and activation rows in bounds (`check_sizes`); features by the caller.
         return unsafe {
-            for_groups(m, j0, rows, out, |g, a, tile| match tile {
-                TILE => group_rows::<TILE>(w, g, x, a),
-                3 => pad(group_rows::<3>(w, g, x, a)),
-                2 => pad(group_rows::<2>(w, g, x, a)),
-                _ => pad(group_rows::<1>(w, g, x, a)),
-            })
+            match w.format {
+                Format::Q8 => for_groups(m, j0, rows, out, |g, a, tile| match tile {
+                    TILE => q8_rows::<TILE>(w, g, x, a),
+                    3 => pad(q8_rows::<3>(w, g, x, a)),
+                    2 => pad(q8_rows::<2>(w, g, x, a)),
+                    _ => pad(q8_rows::<1>(w, g, x, a)),
+                }),
+                Format::Q4 => q45_groups::<false>(w, x, m, j0, rows, out),
+                _ => q45_groups::<true>(w, x, m, j0, rows, out),
+            }
         };
     }
     let Acts::Float(x) = acts else { return };
@@ -91,21 +95,21 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
 }
 
 /// Runs `kernel(group, first activation row, tile)` over the interleaved groups of weight rows
-/// `j0..j0 + rows` (`j0` a multiple of eight) and activation rows in tiles of up to [`TILE`],
+/// `j0..j0 + rows` (`j0` a multiple of eight) and activation rows in tiles of up to `T`,
 /// and stores lane `t` of result `i` at `out[(a + i) · rows + (row − j0)]` for the rows that exist.
-pub(super) fn for_groups(
+pub(super) fn for_groups<const T: usize>(
     m: usize,
     j0: usize,
     rows: usize,
     out: &mut [f32],
-    mut kernel: impl FnMut(usize, usize, usize) -> [[f32; ROWS]; TILE],
+    mut kernel: impl FnMut(usize, usize, usize) -> [[f32; ROWS]; T],
 ) {
     let mut g0 = 0;
     while g0 < rows {
         let (g, take) = ((j0 + g0) / ROWS, (rows - g0).min(ROWS));
         let mut a = 0;
         while a < m {
-            let tile = (m - a).min(TILE);
+            let tile = (m - a).min(T);
             let sums = kernel(g, a, tile);
             for (i, s) in sums.iter().enumerate().take(tile) {
                 let at = (a + i) * rows + g0;
@@ -121,26 +125,37 @@ pub(super) fn for_groups(
 /// accumulators and the unpacked weights fit the sixteen vector registers.
 const TILE: usize = 4;
 
-/// `v` padded to [`TILE`] entries (the rest unused).
-pub(super) fn pad<const R: usize>(v: [[f32; ROWS]; R]) -> [[f32; ROWS]; TILE] {
+/// Activation rows one pass of the Q4/Q5 kernel serves: a block's unpacked weights wait in
+/// registers or L1 while each row needs only its accumulator.
+pub(super) const WIDE: usize = 8;
+
+/// `v` padded to `T` entries (the rest unused).
+pub(super) fn pad<const R: usize, const T: usize>(v: [[f32; ROWS]; R]) -> [[f32; ROWS]; T] {
     std::array::from_fn(|i| v.get(i).copied().unwrap_or([0.0; ROWS]))
 }
 
-/// Weight rows `8g..8g + 8` · activation rows `a0..a0 + R`, for the 32-value block formats.
+/// [`q45_rows`] over the groups of `rows_avx2`, in tiles of up to [`WIDE`] activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_rows<const R: usize>(
+unsafe fn q45_groups<const FIVE: bool>(
     w: &PackedMatrix,
-    g: usize,
     x: &QuantActs,
-    a0: usize,
-) -> [[f32; ROWS]; R] {
+    m: usize,
+    j0: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
     // SAFETY: forwarded from `rows_avx2`.
     unsafe {
-        match w.format {
-            Format::Q8 => q8_rows::<R>(w, g, x, a0),
-            Format::Q4 => q45_rows::<R, false>(w, g, x, a0),
-            _ => q45_rows::<R, true>(w, g, x, a0),
-        }
+        for_groups(m, j0, rows, out, |g, a, tile| match tile {
+            WIDE => q45_rows::<WIDE, FIVE>(w, g, x, a),
+            7 => pad(q45_rows::<7, FIVE>(w, g, x, a)),
+            6 => pad(q45_rows::<6, FIVE>(w, g, x, a)),
+            5 => pad(q45_rows::<5, FIVE>(w, g, x, a)),
+            4 => pad(q45_rows::<4, FIVE>(w, g, x, a)),
+            3 => pad(q45_rows::<3, FIVE>(w, g, x, a)),
+            2 => pad(q45_rows::<2, FIVE>(w, g, x, a)),
+            _ => pad(q45_rows::<1, FIVE>(w, g, x, a)),
+        });
     }
 }
 
@@ -197,9 +212,11 @@ unsafe fn q8_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActs, a0:
 
 /// Q4_x / Q5_x weight rows `8g..8g + 8` (`d·q + mn`, q unsigned) · Q8_0 activation rows
 /// `a0..a0 + R`; as [`q8_rows`], plus the minimums `Σ_blocks mn · (row scale · Σ row quants)`
-/// summed apart and added at the end. `maddubs` results are added as 16-bit integers before
-/// widening: each pair of Q4 products is at most 2·15·127, so eight fit; Q5's are at most 2·31·127,
-/// so four do.
+/// summed apart and added at the end. A block's quants are unpacked once into eight vectors
+/// that every row then reads (the unpacking costs as much as a row's dot), and a row keeps only
+/// its accumulator, so up to eight rows share a pass. `maddubs` results are added as 16-bit
+/// integers before widening: each pair of Q4 products is at most 2·15·127, so eight fit; Q5's are
+/// at most 2·31·127, so four do.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_rows<const R: usize, const FIVE: bool>(
     w: &PackedMatrix,
@@ -220,6 +237,7 @@ unsafe fn q45_rows<const R: usize, const FIVE: bool>(
         let (xd, xs) = (x.d.as_ptr().add(a0 * nb), x.s.as_ptr().add(a0 * nb));
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
+        let mut u = [_mm256_setzero_si256(); 8];
         for b in 0..nb {
             let wb = wq.add(b * ROWS * BLOCK / 2);
             prefetch(wb.wrapping_add(4 * ROWS * BLOCK / 2), 2);
@@ -228,23 +246,26 @@ unsafe fn q45_rows<const R: usize, const FIVE: bool>(
             } else {
                 _mm256_setzero_si256()
             };
-            let mut isum = [_mm256_setzero_si256(); R];
-            let mut s16 = [_mm256_setzero_si256(); R];
             for c in 0..4 {
                 let (mut lo, mut hi) = nibbles(wb.add(c * 32));
                 if FIVE {
                     lo = _mm256_or_si256(lo, fifth_bits(h, c));
                     hi = _mm256_or_si256(hi, fifth_bits(h, c + 4));
                 }
-                for (a, (s, s16)) in isum.iter_mut().zip(&mut s16).enumerate() {
-                    *s16 = _mm256_add_epi16(*s16, pair_dot(lo, hi, xq.add(a * k + b * BLOCK + c * 4)));
-                    if c == 3 || (FIVE && c == 1) {
-                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(*s16, ones));
-                        *s16 = _mm256_setzero_si256();
-                    }
-                }
+                (u[2 * c], u[2 * c + 1]) = (lo, hi);
             }
-            add_scaled(&mut acc, &isum, wd.add(b * ROWS), |a| *xd.add(a * nb + b));
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b * ROWS).cast()));
+            for (a, acc) in acc.iter_mut().enumerate() {
+                let xa = xq.add(a * k + b * BLOCK);
+                let dot = |c: usize| pair_dot(u[2 * c], u[2 * c + 1], xa.add(4 * c));
+                let (s01, s23) = (_mm256_add_epi16(dot(0), dot(1)), _mm256_add_epi16(dot(2), dot(3)));
+                let sum = if FIVE {
+                    _mm256_add_epi32(_mm256_madd_epi16(s01, ones), _mm256_madd_epi16(s23, ones))
+                } else {
+                    _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones)
+                };
+                scaled_add(acc, sum, d, *xd.add(a * nb + b));
+            }
         }
         let mut mins = [_mm256_setzero_ps(); R];
         for b in 0..nb {
@@ -299,12 +320,16 @@ pub(super) unsafe fn add_scaled<const R: usize>(
     // SAFETY: the caller guarantees eight scales at `d`.
     let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(d.cast()) });
     for (a, (s, acc)) in sums.iter().zip(acc).enumerate() {
-        *acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(*s),
-            _mm256_mul_ps(d, _mm256_set1_ps(dx(a))),
-            *acc,
-        );
+        scaled_add(acc, *s, d, dx(a));
     }
+}
+
+/// `acc += sum · (d · dx)`: one row's step of [`add_scaled`], the accumulation every kernel
+/// shares.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn scaled_add(acc: &mut __m256, sum: __m256i, d: __m256, dx: f32) {
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(d, _mm256_set1_ps(dx)), *acc);
 }
 
 /// 0x10 in each byte whose bit `c` is set in `h`: the fifth bits of quants `4c..4c + 4` of the

@@ -61,26 +61,21 @@ impl Sampler {
         if cand.is_empty() {
             return argmax(logits);
         }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if self.params.top_k > 0 && self.params.top_k < cand.len() {
-            cand.truncate(self.params.top_k);
+        // No full sort of the vocabulary (49k entries for SmolLM2 took 1.5 ms a token): top-k is
+        // a selection, and top-p sorts only as many of the most likely as its mass needs.
+        let k = self.params.top_k;
+        if k > 0 && k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, by_logit_desc);
+            cand.truncate(k);
         }
-        let max = cand[0].1;
+        let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
         let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
         let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
         let top_p = self.params.top_p;
         if top_p > 0.0 && top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, p) in probs.iter().enumerate() {
-                acc += p;
-                if acc >= top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
+            let keep = nucleus(&mut cand, sum * top_p);
+            cand.truncate(keep);
+            probs = cand.iter().map(|(_, l)| (l - max).exp()).collect();
         }
         let total: f32 = probs.iter().sum();
         let mut r = self.rng.random::<f32>() * total;
@@ -91,6 +86,37 @@ impl Sampler {
             r -= p;
         }
         cand[probs.len() - 1].0
+    }
+}
+
+fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1)
+}
+
+/// Orders the most likely candidates first and returns how many of them it takes for their
+/// unnormalized mass `exp(l − max)` to reach `mass` (at least one). Sorts a growing prefix found
+/// by selection, so a peaked distribution costs a pass over the candidates, not a sort of them.
+fn nucleus(cand: &mut [(u32, f32)], mass: f32) -> usize {
+    let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+    let mut n = 64;
+    loop {
+        if n < cand.len() {
+            cand.select_nth_unstable_by(n - 1, by_logit_desc);
+        } else {
+            n = cand.len();
+        }
+        cand[..n].sort_unstable_by(by_logit_desc);
+        let mut acc = 0.0;
+        for (i, (_, l)) in cand[..n].iter().enumerate() {
+            acc += (l - max).exp();
+            if acc >= mass {
+                return i + 1;
+            }
+        }
+        if n == cand.len() {
+            return n;
+        }
+        n *= 8;
     }
 }
 
@@ -141,5 +167,59 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(k1.sample(&logits), argmax(&logits));
+    }
+
+    /// Frequencies of `draws` samples over `logits`.
+    fn frequencies(params: SamplingParams, logits: &[f32], draws: usize) -> Vec<f64> {
+        let mut s = Sampler::new(params);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            counts[s.sample(logits) as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_softmax() {
+        let logits = [2.0f32, 1.0, 0.0, -1.0, f32::NEG_INFINITY];
+        let want: Vec<f64> = {
+            let e: Vec<f64> = logits.iter().map(|&l| f64::from(l / 0.7).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.iter().map(|x| x / sum).collect()
+        };
+        let got = frequencies(
+            SamplingParams {
+                temperature: 0.7,
+                seed: Some(11),
+                ..Default::default()
+            },
+            &logits,
+            40_000,
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.01, "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn top_k_and_top_p_keep_only_the_most_likely() {
+        // Probabilities ∝ 8, 4, 2, 1, 1 (and 200 unlikely tokens): the nucleus of 0.7 is the first
+        // two (8 + 4 of ≈ 16 + 200·ε), top-k 3 keeps three.
+        let mut logits = vec![-20.0f32; 205];
+        for (i, p) in [8.0f32, 4.0, 2.0, 1.0, 1.0].iter().enumerate() {
+            logits[i * 40] = p.ln();
+        }
+        let p = |top_k, top_p| SamplingParams {
+            temperature: 1.0,
+            top_p,
+            top_k,
+            seed: Some(5),
+        };
+        let nucleus = frequencies(p(0, 0.7), &logits, 20_000);
+        assert!((nucleus[0] - 8.0 / 12.0).abs() < 0.02 && (nucleus[40] - 4.0 / 12.0).abs() < 0.02);
+        assert!((nucleus[0] + nucleus[40] - 1.0).abs() < 1e-12, "{nucleus:?}");
+        let top3 = frequencies(p(3, 1.0), &logits, 20_000);
+        assert!((top3[0] - 8.0 / 14.0).abs() < 0.02 && (top3[80] - 2.0 / 14.0).abs() < 0.02);
+        assert!((top3[0] + top3[40] + top3[80] - 1.0).abs() < 1e-12, "{top3:?}");
     }
 }

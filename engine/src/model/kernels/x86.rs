@@ -329,7 +329,11 @@ pub(super) unsafe fn add_scaled<const R: usize>(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn scaled_add(acc: &mut __m256, sum: __m256i, d: __m256, dx: f32) {
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(d, _mm256_set1_ps(dx)), *acc);
+    *acc = _mm256_fmadd_ps(
+        _mm256_cvtepi32_ps(sum),
+        _mm256_mul_ps(d, _mm256_set1_ps(dx)),
+        *acc,
+    );
 }
 
 /// 0x10 in each byte whose bit `c` is set in `h`: the fifth bits of quants `4c..4c + 4` of the

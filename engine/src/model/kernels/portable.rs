@@ -1,10 +1,12 @@
 //! Plain-Rust kernels: any CPU, and the reference the SIMD ones are tested against.
 
-use super::{Acts, BLOCK, Format, PackedMatrix};
+use super::{Acts, BLOCK, Columns, Format, PackedMatrix};
 
-/// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` dotted with every activation row.
-pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
-    for (r, dst) in out.chunks_exact_mut(rows).enumerate().take(m) {
+/// Fills `out`'s columns (weight rows `out.j0()..`) of every activation row.
+pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, out: &mut Columns<'_>) {
+    let (j0, width) = (out.j0(), out.width());
+    let mut dst = vec![0f32; width];
+    for r in 0..out.m() {
         for (jj, y) in dst.iter_mut().enumerate() {
             let j = j0 + jj;
             *y = match acts {
@@ -13,6 +15,7 @@ pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows:
                 Acts::QuantK(q) => super::kquant::row_dot(w, j, q, r),
             };
         }
+        out.put(r, 0, &dst);
     }
 }
 

@@ -20,23 +20,24 @@ mod kquant;
 
 use std::arch::x86_64::*;
 
-use super::{Acts, BLOCK, Format, PackedMatrix, QuantActs, ROWS};
+use super::{Acts, BLOCK, Columns, Format, PackedMatrix, QuantActs, ROWS};
 
-/// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` dotted with every
-/// activation row. Callers must have checked AVX2, FMA and F16C (`super::has_avx2`).
-pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
+/// Fills `out`'s columns (weight rows `out.j0()..`) of every activation row. Callers must have
+/// checked AVX2, FMA and F16C (`super::has_avx2`).
+pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, out: &mut Columns<'_>) {
     assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    let (m, j0, rows) = (out.m(), out.j0(), out.width());
     if let Acts::QuantK(x) = acts {
         return kquant::rows(w, x, m, j0, rows, out);
     }
-    check_sizes(w, acts, m, j0, j0 + rows, out.len() == rows * m);
+    check_sizes(w, acts, m, j0, j0 + rows);
     // SAFETY: the CPU has the features (asserted above) and `check_sizes` proved every read below
     // (rows < n, activation rows < m, scale arrays of every padded row) is in bounds.
     unsafe { rows_avx2(w, acts, m, j0, rows, out) }
 }
 
 /// Panics unless the buffers match their shapes, so the unchecked loads cannot go out of bounds.
-fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: usize, out_ok: bool) {
+fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: usize) {
     let (n, k) = (w.n, w.k);
     let nb = k / BLOCK;
     let padded = n.div_ceil(ROWS) * ROWS;
@@ -48,7 +49,7 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: 
         Format::Q4K | Format::Q5K | Format::Q6K => usize::MAX,
     };
     // Rows go in whole interleaved groups of eight, from a group's first row.
-    let mut ok = out_ok && row_end <= n && w.qs.len() == quants && j0.is_multiple_of(ROWS);
+    let mut ok = row_end <= n && w.qs.len() == quants && j0.is_multiple_of(ROWS);
     if !matches!(w.format, Format::F16 | Format::Bf16) {
         ok &= k.is_multiple_of(BLOCK) && w.d.len() == padded * nb;
     }
@@ -67,7 +68,14 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: 
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
+unsafe fn rows_avx2(
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    m: usize,
+    j0: usize,
+    rows: usize,
+    out: &mut Columns<'_>,
+) {
     if let Acts::Quant(x) = acts {
         // SAFETY: groups and activation rows in bounds (`check_sizes`); features by the caller.
         return unsafe {
@@ -96,12 +104,12 @@ unsafe fn rows_avx2(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, rows
 
 /// Runs `kernel(group, first activation row, tile)` over the interleaved groups of weight rows
 /// `j0..j0 + rows` (`j0` a multiple of eight) and activation rows in tiles of up to `T`,
-/// and stores lane `t` of result `i` at `out[(a + i) · rows + (row − j0)]` for the rows that exist.
+/// and stores lane `t` of result `i` in row `a + i`, column `8g + t` of `out` for the rows that exist.
 pub(super) fn for_groups<const T: usize>(
     m: usize,
     j0: usize,
     rows: usize,
-    out: &mut [f32],
+    out: &mut Columns<'_>,
     mut kernel: impl FnMut(usize, usize, usize) -> [[f32; ROWS]; T],
 ) {
     let mut g0 = 0;
@@ -112,8 +120,7 @@ pub(super) fn for_groups<const T: usize>(
             let tile = (m - a).min(T);
             let sums = kernel(g, a, tile);
             for (i, s) in sums.iter().enumerate().take(tile) {
-                let at = (a + i) * rows + g0;
-                out[at..at + take].copy_from_slice(&s[..take]);
+                out.put(a + i, g0, &s[..take]);
             }
             a += tile;
         }
@@ -142,7 +149,7 @@ unsafe fn q45_groups<const FIVE: bool>(
     m: usize,
     j0: usize,
     rows: usize,
-    out: &mut [f32],
+    out: &mut Columns<'_>,
 ) {
     // SAFETY: forwarded from `rows_avx2`.
     unsafe {
@@ -397,7 +404,7 @@ unsafe fn float_tiles<const BF: bool>(
     m: usize,
     j0: usize,
     rows: usize,
-    out: &mut [f32],
+    out: &mut Columns<'_>,
 ) {
     let groups = rows.div_ceil(ROWS);
     for g0 in (0..groups).step_by(CHAINS) {
@@ -435,7 +442,7 @@ unsafe fn float_pass<const R: usize, const G: usize, const BF: bool>(
     j0: usize,
     span: std::ops::Range<usize>,
     rows: usize,
-    out: &mut [f32],
+    out: &mut Columns<'_>,
 ) {
     let k = w.k;
     // SAFETY: activation rows `a..a + R` exist (`float_tiles`) and hold `k` values.
@@ -449,8 +456,7 @@ unsafe fn float_pass<const R: usize, const G: usize, const BF: bool>(
             let row0 = (g + i) * ROWS;
             let take = (rows - row0).min(ROWS);
             for (r, lanes) in group.iter().enumerate() {
-                let at = (a + r) * rows + row0;
-                out[at..at + take].copy_from_slice(&lanes[..take]);
+                out.put(a + r, row0, &lanes[..take]);
             }
         }
         g += G;

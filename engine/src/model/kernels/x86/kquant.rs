@@ -11,25 +11,32 @@
 use std::arch::x86_64::*;
 
 use super::super::kquant::{QK, QuantActsK, high_planes};
-use super::super::{Format, PackedMatrix, ROWS};
+use super::super::{Columns, Format, PackedMatrix, ROWS};
 use super::{add_scaled, broadcast4, fifth_bits, lanes, nibbles, pad, pair_dot};
 
-/// Fills `out` (`m × rows`) with weight rows `j0..j0 + rows` of a K-quant matrix
-/// dotted with every activation row. Callers must have checked AVX2, FMA and F16C.
-pub(super) fn rows(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
-    check_sizes(w, x, m, j0, j0 + rows, out.len() == rows * m);
+/// Fills `out`'s columns (weight rows `j0..j0 + rows` of a K-quant matrix) of the `m` activation
+/// rows. Callers must have checked AVX2, FMA and F16C.
+pub(super) fn rows(
+    w: &PackedMatrix,
+    x: &QuantActsK,
+    m: usize,
+    j0: usize,
+    rows: usize,
+    out: &mut Columns<'_>,
+) {
+    check_sizes(w, x, m, j0, j0 + rows);
     // SAFETY: the caller checked the CPU features; `check_sizes` proved every read in bounds.
     unsafe { rows_avx2(w, x, m, j0, rows, out) }
 }
 
 /// Panics unless the buffers match their shapes, so the unchecked loads cannot go out of bounds.
-fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: usize, out_ok: bool) {
+fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: usize) {
     let (n, k) = (w.n, w.k);
     let nsb = k / QK;
     // Whole interleaved groups of eight rows, from a group's first row.
     let blocks = n.div_ceil(ROWS) * ROWS * nsb;
     let planes = high_planes(w.format);
-    let mut ok = out_ok && row_end <= n && k.is_multiple_of(QK) && j0.is_multiple_of(ROWS);
+    let mut ok = row_end <= n && k.is_multiple_of(QK) && j0.is_multiple_of(ROWS);
     ok &= w.qs.len() == blocks * QK / 2 && w.sc.len() == blocks * 16 && w.d.len() == blocks;
     ok &= w.format == Format::Q6K || w.mn.len() == blocks;
     ok &= w.qh.len() == blocks * 8 * planes;
@@ -38,7 +45,14 @@ fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: u
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, rows: usize, out: &mut [f32]) {
+unsafe fn rows_avx2(
+    w: &PackedMatrix,
+    x: &QuantActsK,
+    m: usize,
+    j0: usize,
+    rows: usize,
+    out: &mut Columns<'_>,
+) {
     // SAFETY: forwarded from `rows` (groups and activation rows in bounds per `check_sizes`).
     unsafe {
         super::for_groups(m, j0, rows, out, |g, a, tile| match (tile, w.format) {

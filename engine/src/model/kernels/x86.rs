@@ -26,10 +26,10 @@ use super::{Acts, BLOCK, Columns, Format, PackedMatrix, QuantActs, ROWS};
 /// checked AVX2, FMA and F16C (`super::has_avx2`).
 pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, out: &mut Columns<'_>) {
     assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
-    let (m, j0, rows) = (out.m(), out.j0(), out.width());
     if let Acts::QuantK(x) = acts {
-        return kquant::rows(w, x, m, j0, rows, out);
+        return kquant::rows(w, x, out);
     }
+    let (m, j0, rows) = (out.m(), out.j0(), out.width());
     check_sizes(w, acts, m, j0, j0 + rows);
     // SAFETY: the CPU has the features (asserted above) and `check_sizes` proved every read below
     // (rows < n, activation rows < m, scale arrays of every padded row) is in bounds.

@@ -14,19 +14,12 @@ use super::super::kquant::{QK, QuantActsK, high_planes};
 use super::super::{Columns, Format, PackedMatrix, ROWS};
 use super::{add_scaled, broadcast4, fifth_bits, lanes, nibbles, pad, pair_dot};
 
-/// Fills `out`'s columns (weight rows `j0..j0 + rows` of a K-quant matrix) of the `m` activation
-/// rows. Callers must have checked AVX2, FMA and F16C.
-pub(super) fn rows(
-    w: &PackedMatrix,
-    x: &QuantActsK,
-    m: usize,
-    j0: usize,
-    rows: usize,
-    out: &mut Columns<'_>,
-) {
-    check_sizes(w, x, m, j0, j0 + rows);
+/// Fills `out`'s columns (weight rows `out.j0()..` of a K-quant matrix) of every activation row.
+/// Callers must have checked AVX2, FMA and F16C.
+pub(super) fn rows(w: &PackedMatrix, x: &QuantActsK, out: &mut Columns<'_>) {
+    check_sizes(w, x, out.m(), out.j0(), out.j0() + out.width());
     // SAFETY: the caller checked the CPU features; `check_sizes` proved every read in bounds.
-    unsafe { rows_avx2(w, x, m, j0, rows, out) }
+    unsafe { rows_avx2(w, x, out) }
 }
 
 /// Panics unless the buffers match their shapes, so the unchecked loads cannot go out of bounds.
@@ -45,14 +38,8 @@ fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: u
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(
-    w: &PackedMatrix,
-    x: &QuantActsK,
-    m: usize,
-    j0: usize,
-    rows: usize,
-    out: &mut Columns<'_>,
-) {
+unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, out: &mut Columns<'_>) {
+    let (m, j0, rows) = (out.m(), out.j0(), out.width());
     // SAFETY: forwarded from `rows` (groups and activation rows in bounds per `check_sizes`).
     unsafe {
         super::for_groups(m, j0, rows, out, |g, a, tile| match (tile, w.format) {

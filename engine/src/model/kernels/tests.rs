@@ -297,7 +297,12 @@ fn planned_bytes_are_the_packed_bytes() {
 #[test]
 fn attention_simd_matches_portable_and_the_softmax_definition() {
     use super::{HeadGroup, attend_heads, portable};
-    let cases = [(3, 64, 37, 192), (1, 24, 1, 24), (2, 128, 5, 256), (4, 32, 9, 128)];
+    let cases = [
+        (3, 64, 37, 192),
+        (1, 24, 1, 24),
+        (2, 128, 5, 256),
+        (4, 32, 9, 128),
+    ];
     for (heads, hd, visible, stride) in cases {
         let q = random(heads * hd, 7);
         let k = random(visible * stride, 8);

@@ -60,7 +60,7 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     let scene = Scene::start("op-lifecycle", |ns| vec![cpu_class(ns)]).await?;
     let (client, ns) = (&scene.client, &scene.ns);
 
-    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
+    let isvcs: Api<InferenceService> = scene.api();
     let cpu = format!("{}-cpu", ns.name);
     // Applied the way a user (or Argo CD) would, so `kubectl diff` can check idempotence below.
     let manifest = serde_yaml::to_string(&smol("chat", &ns.name, &[&cpu]))?;
@@ -92,7 +92,7 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     );
 
     // Children: the variant's Deployment on the CPU pool, a Service, a PDB.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = scene.api();
     let level = decision.variant.level;
     let name = format!("chat-{}-{cpu}", level.as_str().replace('_', "-"));
     let deployment = deployments.get(&name).await?;
@@ -116,14 +116,10 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
             .iter()
             .all(|p| p == "cpu")
     );
-    let service = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .get("chat")
-        .await?;
+    let service = scene.api::<Service>().get("chat").await?;
     let port = &service.spec.and_then(|s| s.ports).expect("ports")[0];
     assert_eq!((port.name.as_deref(), port.port), (Some("http"), 8000));
-    Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
-        .get("chat")
-        .await?;
+    scene.api::<PodDisruptionBudget>().get("chat").await?;
 
     // Re-applying the user's manifest changes nothing: the operator never writes spec.
     let diff = scene
@@ -173,9 +169,7 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     let new_name = format!("chat-{}-{cpu}", other.as_str().replace('_', "-"));
     deployments.get(&new_name).await?;
     await_deleted(deployments.clone(), &name, TIMEOUT).await?;
-    let service = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .get("chat")
-        .await?;
+    let service = scene.api::<Service>().get("chat").await?;
     let selected = service.spec.and_then(|s| s.selector).unwrap_or_default();
     assert_eq!(
         selected.get("bitscale.dev/variant").map(String::as_str),
@@ -190,7 +184,7 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
         .await?;
     let one_replica = |d: Option<&Deployment>| d.and_then(|d| d.spec.replicas) == Some(1);
     await_condition(deployments.clone(), &new_name, one_replica, TIMEOUT).await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = scene.api();
     let old_uid = services.get("chat").await?.uid();
     services.delete("chat", &Default::default()).await?;
     let recreated = |s: Option<&Service>| s.is_some_and(|s| s.uid() != old_uid);
@@ -199,12 +193,7 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     // Deleting the InferenceService garbage-collects its children (kube-controller-manager).
     isvcs.delete("chat", &Default::default()).await?;
     await_deleted(deployments.clone(), &new_name, TIMEOUT).await?;
-    await_deleted(
-        Api::<Service>::namespaced(client.clone(), &ns.name),
-        "chat",
-        TIMEOUT,
-    )
-    .await?;
+    await_deleted(scene.api::<Service>(), "chat", TIMEOUT).await?;
 
     scene.stop().await?;
     Ok(())
@@ -215,7 +204,7 @@ async fn gpu_class_lands_on_a_gpu_node_with_the_toleration() -> anyhow::Result<(
     let scene = Scene::start("op-gpu", |ns| vec![gpu_class(ns)]).await?;
     let (client, ns) = (&scene.client, &scene.ns);
 
-    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
+    let isvcs: Api<InferenceService> = scene.api();
     let gpu = format!("{}-gpu", ns.name);
     isvcs
         .create(&PostParams::default(), &smol("chat", &ns.name, &[&gpu]))
@@ -228,7 +217,7 @@ async fn gpu_class_lands_on_a_gpu_node_with_the_toleration() -> anyhow::Result<(
             .iter()
             .all(|p| p == "gpu")
     );
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = scene.api();
     let pod = &pods.list(&ListParams::default().labels(&selector)).await?.items[0];
     let spec = pod.spec.as_ref().expect("pod spec");
     assert!(
@@ -254,7 +243,7 @@ async fn cpu_only_placement_never_uses_gpu_nodes() -> anyhow::Result<()> {
     let scene = Scene::start("op-cpu-only", |ns| vec![cpu_class(ns), gpu_class(ns)]).await?;
     let (client, ns) = (&scene.client, &scene.ns);
 
-    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
+    let isvcs: Api<InferenceService> = scene.api();
     let mut isvc = smol("chat", &ns.name, &[&format!("{}-cpu", ns.name)]);
     isvc.spec.scaling.min_replicas = 3;
     isvcs.create(&PostParams::default(), &isvc).await?;
@@ -270,9 +259,9 @@ async fn cpu_only_placement_never_uses_gpu_nodes() -> anyhow::Result<()> {
 #[tokio::test]
 async fn permanent_errors_set_ready_false_and_recover_on_change() -> anyhow::Result<()> {
     let scene = Scene::start("op-errors", |ns| vec![cpu_class(ns)]).await?;
-    let (client, ns) = (&scene.client, &scene.ns);
+    let ns = &scene.ns;
 
-    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
+    let isvcs: Api<InferenceService> = scene.api();
     isvcs
         .create(
             &PostParams::default(),
@@ -317,9 +306,9 @@ async fn permanent_errors_set_ready_false_and_recover_on_change() -> anyhow::Res
 #[tokio::test]
 async fn fewer_replicas_wait_for_the_scale_down_delay() -> anyhow::Result<()> {
     let scene = Scene::start("op-scale-down", |ns| vec![cpu_class(ns)]).await?;
-    let (client, ns) = (&scene.client, &scene.ns);
+    let ns = &scene.ns;
 
-    let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns.name);
+    let isvcs: Api<InferenceService> = scene.api();
     let mut isvc = smol("chat", &ns.name, &[&format!("{}-cpu", ns.name)]);
     isvc.spec.scaling.min_replicas = 2;
     isvc.spec.scaling.scale_down_delay = "8s".into();
@@ -350,7 +339,7 @@ async fn fewer_replicas_wait_for_the_scale_down_delay() -> anyhow::Result<()> {
         decision.reason
     );
     assert!(decision.reason.contains("scaleDownDelay"), "{}", decision.reason);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = scene.api();
     let running = deployments.list(&ListParams::default()).await?;
     assert!(
         running.items.iter().all(|d| d.spec.replicas == Some(2)),

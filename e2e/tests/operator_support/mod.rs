@@ -156,6 +156,15 @@ impl Scene {
         Ok(scene)
     }
 
+    /// The API of `K` objects in the scene's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
     /// Stops the operator and deletes the classes and the namespace.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stopped = true;

@@ -65,12 +65,6 @@ pub struct MemoryPlan {
     pub total_mib: u64,
 }
 
-/// Positions a sequence's cache has allocated once it holds `len`: exactly its reservation (the
-/// scheduler reserves `prompt + max_tokens` at admission, and kept prefixes are compacted).
-pub fn kv_allocated_positions(len: usize) -> usize {
-    len
-}
-
 /// The plan for `header` at `level`.
 pub fn plan(
     header: &ModelHeader,
@@ -81,16 +75,19 @@ pub fn plan(
 ) -> MemoryPlan {
     let context = context.map_or(header.context_length, |c| c.min(header.context_length));
     let weight_bytes = header.weight_bytes(level);
-    let per_seq = header.kv_bytes_per_token * kv_allocated_positions(context) as u64;
+    // A sequence's cache is reserved whole at admission (`prompt + max_tokens`, at most the
+    // context) and kept prefixes are compacted, so it holds exactly its positions.
+    let per_seq = header.kv_bytes_per_token * context as u64;
     let kv_bytes = per_seq * concurrency as u64;
     // Per row of a step, f32, at the larger of the two peaks: in the feed-forward half the
-    // residual and its norm, gate|up twice (the threads' tiles, then the assembled rows) and the
-    // SwiGLU product; in the attention half the residual, its norm, QKV twice and the attention
-    // output. (The FFN is usually the larger: 2.7 × hidden wide in SmolLM2 and Llama 2.)
+    // residual and its norm, gate|up twice and the SwiGLU product; in the attention half the
+    // residual, its norm, QKV twice and the attention output. (Matmuls now write their output
+    // in place, so one of each "twice" is margin: f16/bf16 load peaks sit at the plan already.)
+    // The FFN is usually the larger: 2.7 × hidden wide in SmolLM2 and Llama 2.
     let (h, ffn, kv) = (header.hidden, header.ffn, header.kv_dim);
     let per_row = 4 * (2 * h + 5 * ffn).max(5 * h + 4 * kv) as u64;
-    // Logits of every running sequence three times: the matmul's per-thread tiles, the assembled
-    // rows, and the sampler's probabilities.
+    // Logits of every running sequence three times: the head's output, each sequence's copy of
+    // its row, and the sampler's candidates.
     let step_bytes = per_row * max_batch_tokens as u64 + 3 * 4 * header.vocab as u64 * concurrency as u64;
     let runtime_overhead_bytes = RUNTIME_BASE_BYTES + BYTES_PER_VOCAB_ENTRY * header.vocab as u64;
     let total_bytes = weight_bytes + kv_bytes + step_bytes + runtime_overhead_bytes;
@@ -120,18 +117,4 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     );
     println!("{}", serde_json::to_string_pretty(&p)?);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kv_allocation_doubles_from_64() {
-        assert_eq!(kv_allocated_positions(1), 1);
-        assert_eq!(kv_allocated_positions(64), 64);
-        assert_eq!(kv_allocated_positions(65), 65);
-        assert_eq!(kv_allocated_positions(2048), 2048);
-        assert_eq!(kv_allocated_positions(3000), 3000);
-    }
 }

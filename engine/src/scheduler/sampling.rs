@@ -69,15 +69,16 @@ impl Sampler {
             cand.truncate(k);
         }
         let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
-        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
+        let weight = |l: f32| (l - max).exp();
+        let mut probs: Vec<f32> = cand.iter().map(|&(_, l)| weight(l)).collect();
+        let mut total: f32 = probs.iter().sum();
         let top_p = self.params.top_p;
         if top_p > 0.0 && top_p < 1.0 {
-            let keep = nucleus(&mut cand, sum * top_p);
+            let keep = nucleus(&mut cand, max, total * top_p);
             cand.truncate(keep);
-            probs = cand.iter().map(|(_, l)| (l - max).exp()).collect();
+            probs = cand.iter().map(|&(_, l)| weight(l)).collect();
+            total = probs.iter().sum();
         }
-        let total: f32 = probs.iter().sum();
         let mut r = self.rng.random::<f32>() * total;
         for (i, p) in probs.iter().enumerate() {
             if r < *p {
@@ -94,10 +95,10 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 }
 
 /// Orders the most likely candidates first and returns how many of them it takes for their
-/// unnormalized mass `exp(l − max)` to reach `mass` (at least one). Sorts a growing prefix found
-/// by selection, so a peaked distribution costs a pass over the candidates, not a sort of them.
-fn nucleus(cand: &mut [(u32, f32)], mass: f32) -> usize {
-    let max = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+/// unnormalized mass `exp(l − max)` (`max` the largest logit) to reach `mass` (at least one).
+/// Sorts a growing prefix found by selection, so a peaked distribution costs a pass over the
+/// candidates, not a sort of them.
+fn nucleus(cand: &mut [(u32, f32)], max: f32, mass: f32) -> usize {
     let mut n = 64;
     loop {
         if n < cand.len() {

@@ -121,7 +121,7 @@ pub(super) fn pack(m: &mut PackedMatrix, bytes: &[u8], block_bytes: usize) {
     }
     for (s, b) in bytes.chunks_exact(block_bytes).enumerate() {
         let (j, t) = (s / nsb, s % nsb);
-        let (sb, r) = ((j / ROWS) * nsb + t, j % ROWS);
+        let (sb, r) = (group_super_block(m, j, t), j % ROWS);
         if m.format == Format::Q6K {
             // GGUF Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 i8 scales, `d`.
             m.d[sb * ROWS + r] = le16(b, 208);
@@ -186,9 +186,15 @@ fn d_at(w: &PackedMatrix, j: usize, t: usize) -> usize {
     super::pack::group_at(j, w.k / QK, t)
 }
 
+/// The group super-block holding row `j`'s super-block `t` (what `qs`, `qh` and `sc` are laid
+/// out by, eight rows each).
+fn group_super_block(w: &PackedMatrix, j: usize, t: usize) -> usize {
+    (j / ROWS) * (w.k / QK) + t
+}
+
 /// Row `j`'s unsigned quant `v` (0..256) of super-block `t`, high bits included.
 fn quant(w: &PackedMatrix, j: usize, t: usize, v: usize) -> i32 {
-    let sb = (j / ROWS) * (w.k / QK) + t;
+    let sb = group_super_block(w, j, t);
     let (i, e, r) = (v / 32, v % 32, j % ROWS);
     let q = e % 16;
     let byte = w.qs[(sb * 8 + i) * 128 + q / 4 * 32 + r * 4 + q % 4];
@@ -203,13 +209,13 @@ fn quant(w: &PackedMatrix, j: usize, t: usize, v: usize) -> i32 {
 
 /// Q6_K: row `j`'s scale of 16-value block `b` (0..16) in super-block `t`.
 fn q6k_scale(w: &PackedMatrix, j: usize, t: usize, b: usize) -> i32 {
-    let sb = (j / ROWS) * (w.k / QK) + t;
+    let sb = group_super_block(w, j, t);
     i32::from(w.sc[sb * 128 + b * ROWS + j % ROWS] as i8)
 }
 
 /// Q4_K/Q5_K: row `j`'s scale and minimum of sub-block `i` in super-block `t`.
 fn q45k_scale_min(w: &PackedMatrix, j: usize, t: usize, i: usize) -> (i32, i32) {
-    let sb = (j / ROWS) * (w.k / QK) + t;
+    let sb = group_super_block(w, j, t);
     let at = sb * 128 + i * ROWS + j % ROWS;
     (i32::from(w.sc[at]), i32::from(w.sc[at + 64]))
 }

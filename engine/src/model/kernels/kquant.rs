@@ -65,29 +65,51 @@ impl QuantActsK {
         let mut qs = vec![0i8; x.len()];
         let mut d = vec![0f32; m * nsb];
         let mut bsums = vec![0i16; x.len() / 16];
+        let simd = super::has_avx2();
         for (((src, dst), dx), bs) in x
             .chunks_exact(QK)
             .zip(qs.chunks_exact_mut(QK))
             .zip(d.iter_mut())
             .zip(bsums.chunks_exact_mut(QK / 16))
         {
-            let max = src
-                .iter()
-                .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
-            if max == 0.0 {
+            let (Ok(src), Ok(dst)) = (<&[f32; QK]>::try_from(src), <&mut [i8; QK]>::try_from(dst)) else {
                 continue;
-            }
-            let iscale = -128.0 / max;
-            for (q, &v) in dst.iter_mut().zip(src) {
-                *q = nearest_int(iscale * v).clamp(-128, 127) as i8;
-            }
+            };
+            *dx = if simd {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    super::x86::quantize_super_block(src, dst)
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    quantize_super_block(src, dst)
+                }
+            } else {
+                quantize_super_block(src, dst)
+            };
             for (s, q) in bs.iter_mut().zip(dst.chunks_exact(16)) {
                 *s = q.iter().map(|&v| i16::from(v)).sum();
             }
-            *dx = 1.0 / iscale;
         }
         Self { qs, d, bsums }
     }
+}
+
+/// One Q8_K super-block as llama.cpp's `quantize_row_q8_K`: the first value of largest magnitude
+/// maps to −128, `dx = 1 / (−128 / max)`; an all-zero block stays zero with `dx = 0`. Returns `dx`.
+pub(super) fn quantize_super_block(src: &[f32; QK], dst: &mut [i8; QK]) -> f32 {
+    let max = src
+        .iter()
+        .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+    if max == 0.0 {
+        dst.fill(0);
+        return 0.0;
+    }
+    let iscale = -128.0 / max;
+    for (q, &v) in dst.iter_mut().zip(src) {
+        *q = nearest_int(iscale * v).clamp(-128, 127) as i8;
+    }
+    1.0 / iscale
 }
 
 /// The 6-bit scale and minimum of sub-block `j` from a Q4_K/Q5_K 12-byte scale field.

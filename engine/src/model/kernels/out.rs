@@ -48,7 +48,13 @@ impl Columns<'_> {
         // SAFETY: `r < m` and `j0 + at + len ≤ j0 + width ≤ n` (checked above and in
         // `split_columns`), so the write is inside `y`; no other `Columns` covers these columns.
         unsafe {
-            std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(r * self.n + self.j0 + at), vals.len());
+            let dst = self.ptr.add(r * self.n + self.j0 + at);
+            // A whole group's eight values (nearly every write) as one fixed-size move, not a
+            // `memmove` call.
+            match <&[f32; 8]>::try_from(vals) {
+                Ok(v) => dst.cast::<[f32; 8]>().write_unaligned(*v),
+                Err(_) => std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, vals.len()),
+            }
         }
     }
 }

@@ -186,6 +186,33 @@ fn simd_quantization_matches_portable() {
 }
 
 #[test]
+fn simd_q8k_quantization_matches_portable() {
+    let mut x = random(6 * 256, 13);
+    x[256..512].fill(0.0);
+    // Ties for the largest magnitude (the first one sets the sign) and values on half steps.
+    x[512 + 3] = -9.0;
+    x[512 + 200] = 9.0;
+    x[768 + 7] = 4.0;
+    x[768 + 9] = -4.0;
+    x[768 + 10] = 1.0;
+    x[1024..1280]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = (i as f32 - 128.0) / 2.0);
+    for block in x.chunks_exact(256) {
+        let src: &[f32; 256] = block.try_into().expect("block");
+        let (mut a, mut b) = ([0i8; 256], [1i8; 256]);
+        let da = super::kquant::quantize_super_block(src, &mut a);
+        #[cfg(target_arch = "x86_64")]
+        if super::has_avx2() {
+            let db = super::x86::quantize_super_block(src, &mut b);
+            assert_eq!((da.to_bits(), a), (db.to_bits(), b));
+        }
+        let _ = &mut b;
+    }
+}
+
+#[test]
 fn q8k_activations_round_to_nearest_and_sum_per_16() {
     let mut x = random(3 * 512, 12);
     x[256..512].fill(0.0);

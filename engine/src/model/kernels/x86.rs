@@ -17,6 +17,7 @@
 )]
 
 mod kquant;
+pub(super) use kquant::quantize_super_block;
 
 use std::arch::x86_64::*;
 

@@ -14,6 +14,62 @@ use super::super::kquant::{QK, QuantActsK, high_planes};
 use super::super::{Columns, Format, PackedMatrix, ROWS};
 use super::{add_scaled, broadcast4, fifth_bits, lanes, nibbles, pad, pair_dot};
 
+/// [`super::super::kquant::quantize_super_block`] with AVX2, bit for bit (callers must have
+/// checked AVX2): the largest magnitude found eight lanes at a time, the first value that has it
+/// by a mask, products rounded half to even by `cvtps` (as `nearest_int`), and the clamp to
+/// `-128..=127` done by the saturating packs.
+pub(in super::super) fn quantize_super_block(src: &[f32; QK], dst: &mut [i8; QK]) -> f32 {
+    assert!(super::super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    // SAFETY: features asserted; 32 eight-float loads from a 256-float array and eight 32-byte
+    // stores into a 256-byte array.
+    unsafe { quantize_super_block_avx2(src, dst) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_super_block_avx2(src: &[f32; QK], dst: &mut [i8; QK]) -> f32 {
+    // SAFETY: see `quantize_super_block`.
+    unsafe {
+        let load = |i: usize| _mm256_loadu_ps(src.as_ptr().add(8 * i));
+        let sign = _mm256_set1_ps(-0.0);
+        // `max(|v|, amax)` keeps `amax` when `|v|` is NaN, as the scalar comparison skips it.
+        let mut amax = _mm256_setzero_ps();
+        for i in 0..QK / 8 {
+            amax = _mm256_max_ps(_mm256_andnot_ps(sign, load(i)), amax);
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+        if amax == 0.0 {
+            dst.fill(0);
+            return 0.0;
+        }
+        let target = _mm256_set1_ps(amax);
+        let first = (0..QK / 8)
+            .find_map(|i| {
+                let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(
+                    _mm256_andnot_ps(sign, load(i)),
+                    target,
+                ));
+                (hit != 0).then(|| 8 * i + hit.trailing_zeros() as usize)
+            })
+            .unwrap_or(0);
+        let iscale = -128.0 / src[first];
+        let scale = _mm256_set1_ps(iscale);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for c in 0..QK / 32 {
+            let q: [__m256i; 4] =
+                std::array::from_fn(|t| _mm256_cvtps_epi32(_mm256_mul_ps(scale, load(4 * c + t))));
+            // Pack 32 i32 → 32 i8 with saturation; the packs work per 128-bit half.
+            let w16 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(32 * c).cast(),
+                _mm256_permutevar8x32_epi32(w16, order),
+            );
+        }
+        1.0 / iscale
+    }
+}
+
 /// Fills `out`'s columns (weight rows `out.j0()..` of a K-quant matrix) of every activation row.
 /// Callers must have checked AVX2, FMA and F16C.
 pub(super) fn rows(w: &PackedMatrix, x: &QuantActsK, out: &mut Columns<'_>) {

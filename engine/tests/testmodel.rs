@@ -79,7 +79,14 @@ fn matches_candle_transformers_llama_at_f32() {
             .expect("v");
 
         let d = max_diff(&got, &want);
-        assert!(d < 1e-3, "tied={tied}: max logit difference {d}");
+        // Our cache holds K and V as f16 (relative rounding 2⁻¹¹), the reference's as f32: the
+        // logits then differ by ~2·10⁻⁴ of the largest; a wrong rotation, mask or scale moves
+        // them by a good fraction of it.
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            d < 1e-3 * scale,
+            "tied={tied}: max logit difference {d} of {scale}"
+        );
     }
 }
 

@@ -513,7 +513,7 @@ fn build(
         context_length: cfg.context,
         vocab_size: cfg.vocab,
         weight_bytes,
-        kv_bytes_per_token: (cfg.layers * 2 * kvd * std::mem::size_of::<f32>()) as u64,
+        kv_bytes_per_token: (cfg.layers * 2 * kvd * std::mem::size_of::<half::f16>()) as u64,
     };
     let inv_freq = inv_freq(&cfg);
     Ok(Llama {

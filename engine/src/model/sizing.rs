@@ -25,7 +25,7 @@ pub struct ModelHeader {
     pub kv_dim: usize,
     pub vocab: usize,
     pub context_length: usize,
-    /// KV cache bytes per token of one sequence (all layers, K and V, f32 as the engine stores it).
+    /// KV cache bytes per token of one sequence (all layers, K and V, f16 as the engine stores it).
     pub kv_bytes_per_token: u64,
     tensors: Vec<TensorHead>,
 }
@@ -91,7 +91,7 @@ impl ModelHeader {
             kv_dim: cfg.kv_dim(),
             vocab: cfg.vocab,
             context_length: cfg.context,
-            kv_bytes_per_token: (cfg.layers * 2 * cfg.kv_dim() * std::mem::size_of::<f32>()) as u64,
+            kv_bytes_per_token: (cfg.layers * 2 * cfg.kv_dim() * std::mem::size_of::<half::f16>()) as u64,
             tensors,
         })
     }

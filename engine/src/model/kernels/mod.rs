@@ -25,6 +25,7 @@ mod x86;
 use std::sync::OnceLock;
 
 use candle_core::quantized::GgmlDType;
+use half::f16;
 use rayon::prelude::*;
 
 pub(crate) use kquant::QuantActsK;
@@ -201,12 +202,13 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Causal attention of the query heads that share one KV head, for one row: `q` holds those
 /// heads (`head_dim` each, side by side), `k` and `v` the cached positions the row sees (row `j`
-/// at `j · stride`, `head_dim` values). Writes the heads' outputs to `out` (shaped as `q`);
-/// `scores` is scratch space. Softmax is exact (max subtracted), scores scaled by `scale`.
+/// at `j · stride`, `head_dim` values, f16 as the cache stores them). Writes the heads' outputs
+/// to `out` (shaped as `q`); `scores` is scratch space. Softmax is exact (max subtracted), scores
+/// scaled by `scale`; products and sums are f32.
 pub(crate) struct HeadGroup<'a> {
     pub q: &'a [f32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: &'a [f16],
+    pub v: &'a [f16],
     pub stride: usize,
     pub head_dim: usize,
     pub visible: usize,
@@ -223,6 +225,16 @@ pub(crate) fn attend_heads(a: &HeadGroup<'_>, scores: &mut Vec<f32>, out: &mut [
         return x86::attend_heads(a, scores, out);
     }
     portable::attend_heads(a, scores, out);
+}
+
+/// Appends `src` to `dst` rounded to f16 (to nearest, ties to even), with F16C when the CPU has
+/// it; both paths round alike.
+pub(crate) fn append_f16(dst: &mut Vec<f16>, src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return x86::append_f16(dst, src);
+    }
+    dst.extend(src.iter().map(|&v| f16::from_f32(v)));
 }
 
 /// Turns each head's row of `scores` (`visible` long) into softmax probabilities.

@@ -82,7 +82,8 @@ pub(super) fn attend_heads(a: &super::HeadGroup<'_>, scores: &mut [f32], out: &m
     for (h, row) in scores.chunks_exact_mut(vis.max(1)).enumerate() {
         let q = &a.q[h * hd..(h + 1) * hd];
         for (j, s) in row.iter_mut().enumerate() {
-            *s = dot(q, &a.k[j * a.stride..j * a.stride + hd]) * a.scale;
+            let k = &a.k[j * a.stride..j * a.stride + hd];
+            *s = q.iter().zip(k).map(|(&q, &k)| q * k.to_f32()).sum::<f32>() * a.scale;
         }
     }
     super::softmax_rows(scores, vis);
@@ -95,8 +96,8 @@ pub(super) fn attend_heads(a: &super::HeadGroup<'_>, scores: &mut [f32], out: &m
 }
 
 /// `y += a * x`.
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+fn axpy(y: &mut [f32], a: f32, x: &[half::f16]) {
     for (d, &s) in y.iter_mut().zip(x) {
-        *d += a * s;
+        *d += a * s.to_f32();
     }
 }

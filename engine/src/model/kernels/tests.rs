@@ -324,6 +324,7 @@ fn planned_bytes_are_the_packed_bytes() {
 #[test]
 fn attention_simd_matches_portable_and_the_softmax_definition() {
     use super::{HeadGroup, attend_heads, portable};
+    use half::f16;
     let cases = [
         (3, 64, 37, 192),
         (1, 24, 1, 24),
@@ -332,8 +333,15 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
     ];
     for (heads, hd, visible, stride) in cases {
         let q = random(heads * hd, 7);
-        let k = random(visible * stride, 8);
-        let v = random(visible * stride, 9);
+        // The cache holds f16; the definition below reads the same f16 values.
+        let k: Vec<f16> = random(visible * stride, 8)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let v: Vec<f16> = random(visible * stride, 9)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
         let a = HeadGroup {
             q: &q,
             k: &k,
@@ -353,7 +361,7 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
             let logits: Vec<f64> = (0..visible)
                 .map(|j| {
                     (0..hd)
-                        .map(|i| f64::from(q[h * hd + i]) * f64::from(k[j * stride + i]))
+                        .map(|i| f64::from(q[h * hd + i]) * f64::from(k[j * stride + i].to_f32()))
                         .sum::<f64>()
                         * 0.125
                 })
@@ -363,7 +371,7 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
             let sum: f64 = e.iter().sum();
             for i in 0..hd {
                 let want: f64 = (0..visible)
-                    .map(|j| e[j] / sum * f64::from(v[j * stride + i]))
+                    .map(|j| e[j] / sum * f64::from(v[j * stride + i].to_f32()))
                     .sum();
                 for (name, out) in [("simd", &got), ("portable", &plain)] {
                     let d = (f64::from(out[h * hd + i]) - want).abs();
@@ -376,6 +384,27 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
             }
         }
     }
+}
+
+#[test]
+fn f16_appends_round_to_nearest_even_on_every_path() {
+    let mut x = random(8 * 7 + 5, 14);
+    // Halfway between two f16 values (ties to even), beyond f16's range, and below its normals.
+    x.extend([
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        7.0e4,
+        -7.0e4,
+        1.0e-6,
+        0.0,
+    ]);
+    let mut got = vec![half::f16::ONE];
+    super::append_f16(&mut got, &x);
+    let want: Vec<half::f16> = std::iter::once(half::f16::ONE)
+        .chain(x.iter().map(|&v| half::f16::from_f32(v)))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(got[got.len() - 6].to_f32(), 1.0, "ties go to the even neighbour");
 }
 
 #[test]

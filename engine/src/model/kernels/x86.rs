@@ -611,7 +611,7 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
                 for i in (0..hd).step_by(8) {
                     let qv = _mm256_loadu_ps(qp.add(i));
                     for (t, acc) in acc.iter_mut().enumerate() {
-                        let kv = _mm256_loadu_ps(a.k.as_ptr().add((j + t) * a.stride + i));
+                        let kv = load_f16(a.k.as_ptr().add((j + t) * a.stride + i));
                         *acc = _mm256_fmadd_ps(qv, kv, *acc);
                     }
                 }
@@ -622,7 +622,7 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
                 let kp = a.k.as_ptr().add(j * a.stride);
                 let mut acc = _mm256_setzero_ps();
                 for i in (0..hd).step_by(8) {
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(kp.add(i)), acc);
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), load_f16(kp.add(i)), acc);
                 }
                 *dst.add(j) = hsum(acc) * a.scale;
             }
@@ -637,7 +637,7 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
                     let p = _mm256_set1_ps(scores[h * vis + j]);
                     let vp = a.v.as_ptr().add(j * a.stride + i0);
                     for (t, acc) in acc.iter_mut().enumerate().take(nv) {
-                        *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(vp.add(8 * t)), *acc);
+                        *acc = _mm256_fmadd_ps(p, load_f16(vp.add(8 * t)), *acc);
                     }
                 }
                 for (t, acc) in acc.iter().enumerate().take(nv) {
@@ -645,6 +645,35 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
                 }
             }
         }
+    }
+}
+
+/// Eight f16 values at `p` as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_f16(p: *const half::f16) -> __m256 {
+    // SAFETY: the caller guarantees eight readable values at `p` (`f16` is a `u16`).
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+}
+
+/// [`super::append_f16`] with F16C. Callers must have checked AVX2, FMA and F16C.
+pub(super) fn append_f16(dst: &mut Vec<half::f16>, src: &[f32]) {
+    assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    let start = dst.len();
+    dst.resize(start + src.len(), half::f16::ZERO);
+    let out = &mut dst[start..];
+    let mut chunks = src.chunks_exact(8);
+    for (c, o) in (&mut chunks).zip(out.chunks_exact_mut(8)) {
+        // SAFETY: features asserted; an eight-float load from `c` and a 16-byte store into `o`,
+        // both exactly eight values long.
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
+            _mm_storeu_si128(o.as_mut_ptr().cast(), h);
+        }
+    }
+    let rest = chunks.remainder();
+    for (o, &v) in out[src.len() - rest.len()..].iter_mut().zip(rest) {
+        *o = half::f16::from_f32(v);
     }
 }
 

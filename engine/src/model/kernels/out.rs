@@ -48,13 +48,27 @@ impl Columns<'_> {
         // SAFETY: `r < m` and `j0 + at + len ≤ j0 + width ≤ n` (checked above and in
         // `split_columns`), so the write is inside `y`; no other `Columns` covers these columns.
         unsafe {
-            let dst = self.ptr.add(r * self.n + self.j0 + at);
-            // A whole group's eight values (nearly every write) as one fixed-size move, not a
-            // `memmove` call.
-            match <&[f32; 8]>::try_from(vals) {
-                Ok(v) => dst.cast::<[f32; 8]>().write_unaligned(*v),
-                Err(_) => std::ptr::copy_nonoverlapping(vals.as_ptr(), dst, vals.len()),
-            }
+            std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(r * self.n + self.j0 + at), vals.len());
+        }
+    }
+
+    /// Writes the first `take` of a group's eight results into row `r` from column `at` on. A
+    /// whole group (nearly every write) is one fixed-size move: through [`Columns::put`] the
+    /// length is a run-time value and every group's eight floats cost a `memcpy` call.
+    pub(crate) fn put_group(&mut self, r: usize, at: usize, vals: &[f32; 8], take: usize) {
+        if take < vals.len() {
+            return self.put(r, at, &vals[..take]);
+        }
+        assert!(
+            r < self.m && at + vals.len() <= self.width,
+            "write outside a task's columns"
+        );
+        // SAFETY: as in `put`, with the length fixed at eight.
+        unsafe {
+            self.ptr
+                .add(r * self.n + self.j0 + at)
+                .cast::<[f32; 8]>()
+                .write_unaligned(*vals);
         }
     }
 }

@@ -121,7 +121,7 @@ pub(super) fn for_groups<const T: usize>(
             let tile = (m - a).min(T);
             let sums = kernel(g, a, tile);
             for (i, s) in sums.iter().enumerate().take(tile) {
-                out.put(a + i, g0, &s[..take]);
+                out.put_group(a + i, g0, s, take);
             }
             a += tile;
         }
@@ -457,7 +457,7 @@ unsafe fn float_pass<const R: usize, const G: usize, const BF: bool>(
             let row0 = (g + i) * ROWS;
             let take = (rows - row0).min(ROWS);
             for (r, lanes) in group.iter().enumerate() {
-                out.put(a + r, row0, &lanes[..take]);
+                out.put_group(a + r, row0, lanes, take);
             }
         }
         g += G;
@@ -661,11 +661,16 @@ pub(super) fn append_f16(dst: &mut Vec<half::f16>, src: &[f32]) {
     assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
     let start = dst.len();
     dst.resize(start + src.len(), half::f16::ZERO);
-    let out = &mut dst[start..];
+    // SAFETY: features asserted.
+    unsafe { to_f16_avx2(src, &mut dst[start..]) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn to_f16_avx2(src: &[f32], out: &mut [half::f16]) {
     let mut chunks = src.chunks_exact(8);
     for (c, o) in (&mut chunks).zip(out.chunks_exact_mut(8)) {
-        // SAFETY: features asserted; an eight-float load from `c` and a 16-byte store into `o`,
-        // both exactly eight values long.
+        // SAFETY: an eight-float load from `c` and a 16-byte store into `o`, both exactly eight
+        // values long.
         unsafe {
             let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr()));
             _mm_storeu_si128(o.as_mut_ptr().cast(), h);
@@ -680,9 +685,17 @@ pub(super) fn append_f16(dst: &mut Vec<half::f16>, src: &[f32]) {
 /// `x = eˣ` elementwise. Callers must have checked AVX2.
 pub(super) fn exp_in_place(x: &mut [f32]) {
     assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+    // SAFETY: features asserted.
+    unsafe { exp_in_place_avx2(x) }
+}
+
+// The loop lives in a function compiled for AVX2 so that the intrinsics inline; called from a
+// plain function, each load and store was a call.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp_in_place_avx2(x: &mut [f32]) {
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
-        // SAFETY: features asserted; an eight-value load and store within the chunk.
+        // SAFETY: an eight-value load and store within the chunk.
         unsafe { _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr()))) };
     }
     for v in chunks.into_remainder() {

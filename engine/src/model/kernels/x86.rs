@@ -629,7 +629,7 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
                 *dst.add(j) = hsum(acc) * a.scale;
             }
         }
-        super::softmax_rows(scores, vis);
+        softmax_rows(scores, vis);
         // Weighted values: per head, up to 64 output values stay in registers across positions.
         for h in 0..heads {
             for i0 in (0..hd).step_by(64) {
@@ -646,6 +646,47 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
                     _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + i0 + 8 * t), *acc);
                 }
             }
+        }
+    }
+}
+
+/// [`super::softmax_rows`] with the maximum, the exponentials and the sum eight lanes at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn softmax_rows(scores: &mut [f32], visible: usize) {
+    for row in scores.chunks_exact_mut(visible.max(1)) {
+        let mut chunks = row.chunks_exact_mut(8);
+        let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in &mut chunks {
+            // SAFETY: an eight-value load within the chunk.
+            mv = _mm256_max_ps(mv, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let lanes_max = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+        let max = chunks.into_remainder().iter().fold(lanes_max, |m, &s| m.max(s));
+        let (maxv, mut sum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: an eight-value load and store within the chunk.
+            unsafe {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), maxv));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+        }
+        let mut total = hsum(sum);
+        for s in chunks.into_remainder() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let totalv = _mm256_set1_ps(total);
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: an eight-value load and store within the chunk.
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_div_ps(_mm256_loadu_ps(c.as_ptr()), totalv)) };
+        }
+        for s in chunks.into_remainder() {
+            *s /= total;
         }
     }
 }

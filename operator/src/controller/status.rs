@@ -92,31 +92,37 @@ pub fn healthy(
     let mut conditions = current.map(|s| s.conditions.clone()).unwrap_or_default();
     let g = generation;
     let variant = decision.variant.to_string();
-    let (ready, ready_reason, ready_message) = if observed.desired_replicas == 0 && observed.switched {
-        (
-            true,
-            reasons::SCALED_TO_ZERO,
-            "the decision calls for zero replicas".to_owned(),
-        )
-    } else if observed.ready() && observed.switched {
-        (
-            true,
-            reasons::AVAILABLE,
-            format!(
-                "{}/{} replicas of {variant} available",
-                observed.available_replicas, observed.desired_replicas
+    // Zero replicas count as ready only once the Deployment controller has seen that spec and the
+    // old pods are gone, as any other replica count does.
+    let (ready, ready_reason, ready_message) =
+        match (observed.switched && observed.ready(), observed.desired_replicas) {
+            (true, 0) => (
+                true,
+                reasons::SCALED_TO_ZERO,
+                "the decision calls for zero replicas".to_owned(),
             ),
-        )
-    } else {
-        (
-            false,
-            reasons::ROLLING_OUT,
-            format!(
-                "{}/{} replicas of {variant} available",
-                observed.available_replicas, observed.desired_replicas
+            (true, _) => (
+                true,
+                reasons::AVAILABLE,
+                format!(
+                    "{}/{} replicas of {variant} available",
+                    observed.available_replicas, observed.desired_replicas
+                ),
             ),
-        )
-    };
+            (false, 0) => (
+                false,
+                reasons::ROLLING_OUT,
+                format!("scaling {variant} to zero replicas"),
+            ),
+            (false, _) => (
+                false,
+                reasons::ROLLING_OUT,
+                format!(
+                    "{}/{} replicas of {variant} available",
+                    observed.available_replicas, observed.desired_replicas
+                ),
+            ),
+        };
     set(
         &mut conditions,
         condition(conditions::READY, ready, ready_reason, ready_message, g),
@@ -313,6 +319,41 @@ mod tests {
         assert_eq!(ready.replicas, 2);
         assert_eq!(ready.ready_replicas, 2);
         assert_eq!(ready.variant.as_deref(), Some("q4_k/cpu-standard"));
+    }
+
+    #[test]
+    fn scaled_to_zero_only_once_the_deployment_controller_has_scaled_down() {
+        let d = decision(QuantLevel::Q4K, "cpu-standard", 0);
+        let to_zero = |available, rolled_out| Observed {
+            desired_replicas: 0,
+            ..observed(available, rolled_out, true)
+        };
+        // The spec says zero, but the controller has not observed it yet: a pod may still serve.
+        let pending = healthy(
+            None,
+            Some(3),
+            &d,
+            &to_zero(1, false),
+            "s".into(),
+            "e".into(),
+            false,
+            &at(10),
+        );
+        assert_eq!(ready_of(&pending).status, "False");
+        assert_eq!(ready_of(&pending).reason, reasons::ROLLING_OUT);
+        let done = healthy(
+            Some(&pending),
+            Some(3),
+            &d,
+            &to_zero(0, true),
+            "s".into(),
+            "e".into(),
+            false,
+            &at(20),
+        );
+        assert_eq!(ready_of(&done).status, "True");
+        assert_eq!(ready_of(&done).reason, reasons::SCALED_TO_ZERO);
+        assert_eq!(ready_of(&done).last_transition_time, at(20));
     }
 
     #[test]

@@ -139,10 +139,10 @@ fn argmax(logits: &[f32]) -> u32 {
         .fold(lanes.into_iter().fold(f32::NEG_INFINITY, f32::max), |m, &l| {
             m.max(l)
         });
-    if max != 0.0 {
-        if let Some(i) = logits.iter().position(|&l| l == max) {
-            return i as u32;
-        }
+    if max != 0.0
+        && let Some(i) = logits.iter().position(|&l| l == max)
+    {
+        return i as u32;
     }
     first_largest(logits)
 }

@@ -3,7 +3,10 @@
 //! The 32-value block formats run on eight interleaved weight rows (see `pack`): a vector holds
 //! four quants of each of the eight rows, an activation's four quants are broadcast against it,
 //! and the eight lanes of the integer sums are the eight rows' dots, so there are no horizontal
-//! sums. One pass serves up to [`WIDE`] activation rows, reading the group's weights once. Every
+//! sums. One pass serves up to eight activation rows (`up_to_eight`), reading the group's weights once:
+//! a block's weights (Q4/Q5: unpacked) wait in registers or L1 while each row needs only its sums
+//! and accumulator (Q8_0's eight rows overflow the sixteen registers, but an accumulator is
+//! touched once per block, and eight rows still beat four by ~5 % at m = 8). Every
 //! row accumulates `Σ_blocks (integer dot) · (weight scale · row scale)` in the same order with
 //! fused multiply-adds whatever it is batched with, so a sequence's logits do not depend on its
 //! batch. Integer dots follow llama.cpp: `maddubs` needs one unsigned operand, so Q8_0 moves the
@@ -15,6 +18,23 @@
     reason = "SIMD intrinsics and unchecked loads; entered only after runtime feature detection \
               and a size check of every buffer"
 )]
+
+/// `$kernel::<R, …>(args)` with `R` = `$tile` activation rows (1 to 8), its results padded to eight
+/// rows: the match that turns a pass's run-time tile into the kernels' const row count.
+macro_rules! up_to_eight {
+    ($tile:expr, $kernel:ident::<_ $(, $p:tt)*>($($arg:expr),*)) => {
+        match $tile {
+            8 => $kernel::<8 $(, $p)*>($($arg),*),
+            7 => pad($kernel::<7 $(, $p)*>($($arg),*)),
+            6 => pad($kernel::<6 $(, $p)*>($($arg),*)),
+            5 => pad($kernel::<5 $(, $p)*>($($arg),*)),
+            4 => pad($kernel::<4 $(, $p)*>($($arg),*)),
+            3 => pad($kernel::<3 $(, $p)*>($($arg),*)),
+            2 => pad($kernel::<2 $(, $p)*>($($arg),*)),
+            _ => pad($kernel::<1 $(, $p)*>($($arg),*)),
+        }
+    };
+}
 
 mod kquant;
 pub(super) use kquant::quantize_super_block;
@@ -81,15 +101,8 @@ unsafe fn rows_avx2(
         // SAFETY: groups and activation rows in bounds (`check_sizes`); features by the caller.
         return unsafe {
             match w.format {
-                Format::Q8 => for_groups(m, j0, rows, out, |g, a, tile| match tile {
-                    WIDE => q8_rows::<WIDE>(w, g, x, a),
-                    7 => pad(q8_rows::<7>(w, g, x, a)),
-                    6 => pad(q8_rows::<6>(w, g, x, a)),
-                    5 => pad(q8_rows::<5>(w, g, x, a)),
-                    4 => pad(q8_rows::<4>(w, g, x, a)),
-                    3 => pad(q8_rows::<3>(w, g, x, a)),
-                    2 => pad(q8_rows::<2>(w, g, x, a)),
-                    _ => pad(q8_rows::<1>(w, g, x, a)),
+                Format::Q8 => for_groups(m, j0, rows, out, |g, a, tile| {
+                    up_to_eight!(tile, q8_rows::<_>(w, g, x, a))
                 }),
                 Format::Q4 => q45_groups::<false>(w, x, m, j0, rows, out),
                 _ => q45_groups::<true>(w, x, m, j0, rows, out),
@@ -133,18 +146,12 @@ pub(super) fn for_groups<const T: usize>(
     }
 }
 
-/// Activation rows one pass of the block-format kernels serves: a block's weights (Q4/Q5:
-/// unpacked) wait in registers or L1 while each row needs only its sums and accumulator. For
-/// Q8_0 eight rows' sums and accumulators overflow the sixteen registers, but an accumulator is
-/// touched once per block, and eight rows still beat four by ~5 % at m = 8.
-pub(super) const WIDE: usize = 8;
-
 /// `v` padded to `T` entries (the rest unused).
 pub(super) fn pad<const R: usize, const T: usize>(v: [[f32; ROWS]; R]) -> [[f32; ROWS]; T] {
     std::array::from_fn(|i| v.get(i).copied().unwrap_or([0.0; ROWS]))
 }
 
-/// [`q45_rows`] over the groups of `rows_avx2`, in tiles of up to [`WIDE`] activation rows.
+/// [`q45_rows`] over the groups of `rows_avx2`, in tiles of up to eight activation rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_groups<const FIVE: bool>(
     w: &PackedMatrix,
@@ -156,15 +163,8 @@ unsafe fn q45_groups<const FIVE: bool>(
 ) {
     // SAFETY: forwarded from `rows_avx2`.
     unsafe {
-        for_groups(m, j0, rows, out, |g, a, tile| match tile {
-            WIDE => q45_rows::<WIDE, FIVE>(w, g, x, a),
-            7 => pad(q45_rows::<7, FIVE>(w, g, x, a)),
-            6 => pad(q45_rows::<6, FIVE>(w, g, x, a)),
-            5 => pad(q45_rows::<5, FIVE>(w, g, x, a)),
-            4 => pad(q45_rows::<4, FIVE>(w, g, x, a)),
-            3 => pad(q45_rows::<3, FIVE>(w, g, x, a)),
-            2 => pad(q45_rows::<2, FIVE>(w, g, x, a)),
-            _ => pad(q45_rows::<1, FIVE>(w, g, x, a)),
+        for_groups(m, j0, rows, out, |g, a, tile| {
+            up_to_eight!(tile, q45_rows::<_, FIVE>(w, g, x, a))
         });
     }
 }

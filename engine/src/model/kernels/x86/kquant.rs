@@ -96,21 +96,13 @@ fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: u
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, out: &mut Columns<'_>) {
     let (m, j0, rows) = (out.m(), out.j0(), out.width());
-    // SAFETY: forwarded from `rows` (groups and activation rows in bounds per `check_sizes`).
     // Rows per pass: Q6_K's kernel gains from eight (m = 8: 135 → 119 µs for 576 × 1536, one
     // thread), Q5_K's loses (104 → 144 µs: its fifth bits and sums spill), Q4_K's is even.
     // SAFETY: forwarded from `rows` (groups and activation rows in bounds per `check_sizes`).
     unsafe {
         match w.format {
-            Format::Q6K => super::for_groups(m, j0, rows, out, |g, a, tile| match tile {
-                8 => q6k_rows::<8>(w, g, x, a),
-                7 => pad(q6k_rows::<7>(w, g, x, a)),
-                6 => pad(q6k_rows::<6>(w, g, x, a)),
-                5 => pad(q6k_rows::<5>(w, g, x, a)),
-                4 => pad(q6k_rows::<4>(w, g, x, a)),
-                3 => pad(q6k_rows::<3>(w, g, x, a)),
-                2 => pad(q6k_rows::<2>(w, g, x, a)),
-                _ => pad(q6k_rows::<1>(w, g, x, a)),
+            Format::Q6K => super::for_groups(m, j0, rows, out, |g, a, tile| {
+                up_to_eight!(tile, q6k_rows::<_>(w, g, x, a))
             }),
             Format::Q5K => q45k_groups::<true>(w, x, m, j0, rows, out),
             _ => q45k_groups::<false>(w, x, m, j0, rows, out),

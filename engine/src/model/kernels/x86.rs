@@ -104,8 +104,12 @@ unsafe fn rows_avx2(
                 Format::Q8 => for_groups(m, j0, rows, out, |g, a, tile| {
                     up_to_eight!(tile, q8_rows::<_>(w, g, x, a))
                 }),
-                Format::Q4 => q45_groups::<false>(w, x, m, j0, rows, out),
-                _ => q45_groups::<true>(w, x, m, j0, rows, out),
+                Format::Q4 => for_groups(m, j0, rows, out, |g, a, tile| {
+                    up_to_eight!(tile, q45_rows::<_, false>(w, g, x, a))
+                }),
+                _ => for_groups(m, j0, rows, out, |g, a, tile| {
+                    up_to_eight!(tile, q45_rows::<_, true>(w, g, x, a))
+                }),
             }
         };
     }
@@ -149,24 +153,6 @@ pub(super) fn for_groups<const T: usize>(
 /// `v` padded to `T` entries (the rest unused).
 pub(super) fn pad<const R: usize, const T: usize>(v: [[f32; ROWS]; R]) -> [[f32; ROWS]; T] {
     std::array::from_fn(|i| v.get(i).copied().unwrap_or([0.0; ROWS]))
-}
-
-/// [`q45_rows`] over the groups of `rows_avx2`, in tiles of up to eight activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q45_groups<const FIVE: bool>(
-    w: &PackedMatrix,
-    x: &QuantActs,
-    m: usize,
-    j0: usize,
-    rows: usize,
-    out: &mut Columns<'_>,
-) {
-    // SAFETY: forwarded from `rows_avx2`.
-    unsafe {
-        for_groups(m, j0, rows, out, |g, a, tile| {
-            up_to_eight!(tile, q45_rows::<_, FIVE>(w, g, x, a))
-        });
-    }
 }
 
 /// Four activation quants at `p`, repeated in every 32-bit lane.

@@ -104,30 +104,19 @@ unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, out: &mut Columns<'_>) {
             Format::Q6K => super::for_groups(m, j0, rows, out, |g, a, tile| {
                 up_to_eight!(tile, q6k_rows::<_>(w, g, x, a))
             }),
-            Format::Q5K => q45k_groups::<true>(w, x, m, j0, rows, out),
-            _ => q45k_groups::<false>(w, x, m, j0, rows, out),
+            Format::Q5K => super::for_groups(m, j0, rows, out, |g, a, tile| match tile {
+                4 => q45k_rows::<4, true>(w, g, x, a),
+                3 => pad(q45k_rows::<3, true>(w, g, x, a)),
+                2 => pad(q45k_rows::<2, true>(w, g, x, a)),
+                _ => pad(q45k_rows::<1, true>(w, g, x, a)),
+            }),
+            _ => super::for_groups(m, j0, rows, out, |g, a, tile| match tile {
+                4 => q45k_rows::<4, false>(w, g, x, a),
+                3 => pad(q45k_rows::<3, false>(w, g, x, a)),
+                2 => pad(q45k_rows::<2, false>(w, g, x, a)),
+                _ => pad(q45k_rows::<1, false>(w, g, x, a)),
+            }),
         }
-    }
-}
-
-/// [`q45k_rows`] over the groups of `rows_avx2`, in tiles of up to four activation rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q45k_groups<const FIVE: bool>(
-    w: &PackedMatrix,
-    x: &QuantActsK,
-    m: usize,
-    j0: usize,
-    rows: usize,
-    out: &mut Columns<'_>,
-) {
-    // SAFETY: forwarded from `rows_avx2`.
-    unsafe {
-        super::for_groups(m, j0, rows, out, |g, a, tile| match tile {
-            4 => q45k_rows::<4, FIVE>(w, g, x, a),
-            3 => pad(q45k_rows::<3, FIVE>(w, g, x, a)),
-            2 => pad(q45k_rows::<2, FIVE>(w, g, x, a)),
-            _ => pad(q45k_rows::<1, FIVE>(w, g, x, a)),
-        });
     }
 }
 

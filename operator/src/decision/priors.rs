@@ -39,22 +39,24 @@ pub const TARGET_UTILISATION: f64 = 0.7;
 
 /// How much of a HardwareClass's nominal figures the engine achieves, per device.
 ///
-/// Calibrated on CPU against the engine with its interleaved kernels and the prefix cache off
-/// (the estimates assume no cache hits), 2026-11-24 01:36 UTC: 2 vCPU AMD EPYC Milan, 2 threads,
-/// 143 MB of q8_0 weights, 33-token prompts, 64 generated tokens (BENCHMARKS.md, "Engine vs
-/// llama.cpp, end of session 4"). The class figure for this machine is the read bandwidth measured
-/// with 2 threads in the side-by-side two minutes later, 28.3 GB/s, and 2 × [`CPU_FLOPS_PER_THREAD`]:
-/// - decode at batch 1 took 6.3 ms per token (ITL p50; 5.7 ms in the side-by-side), 22.7–25.1 GB/s
-///   of weights streamed: `bandwidth` ≈ 0.85;
-/// - 8 streams took 16.0 ms per step, 2.5× batch 1: the kernels read each weight block once per
-///   step, but the integer work grows with the rows, so `1 + 7 · (1 − weight_reuse)` = 2.5 gives
-///   `weight_reuse` ≈ 0.78;
-/// - 33 prompt tokens took ~37 ms to prefill (TTFT p50 43 ms less one decode step), ~240 GFLOP/s
-///   against the 2 × 100 GFLOP/s prior: `compute` = 1.0 (prefill estimated ~20 % slow, the safe
-///   side; f16 prefills slower than the integer levels).
+/// Calibrated on CPU against the engine with the prefix cache off (the estimates assume no cache
+/// hits), 2026-11-24 06:40 UTC (session 6 kernels, f16 KV cache): 2 vCPU AMD EPYC Milan, 2 threads,
+/// 143 MB of q8_0 weights, 33-token prompts, 64 generated tokens; `bitscale-engine serve
+/// --prefix-cache-entries 0`, `bitscale-engine bench --concurrency 1,8 --prompt-tokens 32
+/// --max-tokens 64 --duration 15s` (BENCHMARKS.md, "Operator priors re-fitted, session 6"). The
+/// class figure for this machine is the read bandwidth measured with 2 threads just before and
+/// after, 28.9 GB/s, and 2 × [`CPU_FLOPS_PER_THREAD`]:
+/// - decode at batch 1 took 5.21 ms per token (ITL p50), 27.5 GB/s of weights streamed:
+///   `bandwidth` ≈ 0.95 (0.85 with the session-4 kernels);
+/// - 8 streams took 12.45 ms per step, 2.4× batch 1: the kernels read each weight block once per
+///   step, but the integer work grows with the rows, so `1 + 7 · (1 − weight_reuse)` = 2.4 gives
+///   `weight_reuse` ≈ 0.8;
+/// - 33 prompt tokens took ~33 ms to prefill (TTFT p50 37.8 ms less one decode step), ~270 GFLOP/s
+///   against the 2 × 100 GFLOP/s prior: `compute` = 1.2 (f16 prefills slower than the integer
+///   levels).
 ///
-/// With these, the estimates for that run stay within 20 % of the measured 142 tok/s at 1 stream
-/// and 377 at 8 (`calibration_matches_the_measured_engine`). CUDA has not been measured (no GPU
+/// With these, the estimates for that run stay within 20 % of the measured 171 tok/s at 1 stream
+/// and 473 at 8 (`calibration_matches_the_measured_engine`). CUDA has not been measured (no GPU
 /// here): its figures are assumptions, weight reuse as in any batched GPU matmul. Re-calibrate when
 /// the engine's kernels change and once per-variant measurements replace these priors.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,9 +74,9 @@ pub struct Efficiency {
 pub fn efficiency(device: Device) -> Efficiency {
     match device {
         Device::Cpu => Efficiency {
-            bandwidth: 0.85,
-            compute: 1.0,
-            weight_reuse: 0.78,
+            bandwidth: 0.95,
+            compute: 1.2,
+            weight_reuse: 0.8,
         },
         Device::Cuda => Efficiency {
             bandwidth: 0.6,

@@ -482,6 +482,7 @@ fn build(
             gate_up: Linear::new(vec![gate, up], &device)?,
             down: Linear::new(vec![down], &device)?,
         });
+        super::release_freed_memory();
         tracing::debug!(block = i, of = cfg.layers, "loaded block");
     }
     tracing::info!(blocks = cfg.layers, "loaded decoder blocks");

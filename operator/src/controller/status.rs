@@ -94,41 +94,34 @@ pub fn healthy(
     let variant = decision.variant.to_string();
     // Zero replicas count as ready only once the Deployment controller has seen that spec and the
     // old pods are gone, as any other replica count does.
-    let (ready, ready_reason, ready_message) =
-        match (observed.switched && observed.ready(), observed.desired_replicas) {
-            (true, 0) => (
-                true,
-                reasons::SCALED_TO_ZERO,
-                "the decision calls for zero replicas".to_owned(),
+    let ready = observed.switched && observed.ready();
+    let (ready_reason, ready_message) = match (ready, observed.desired_replicas) {
+        (true, 0) => (
+            reasons::SCALED_TO_ZERO,
+            "the decision calls for zero replicas".to_owned(),
+        ),
+        (false, 0) => (
+            reasons::ROLLING_OUT,
+            format!("scaling {variant} to zero replicas"),
+        ),
+        (ready, desired) => (
+            if ready {
+                reasons::AVAILABLE
+            } else {
+                reasons::ROLLING_OUT
+            },
+            format!(
+                "{}/{desired} replicas of {variant} available",
+                observed.available_replicas
             ),
-            (true, _) => (
-                true,
-                reasons::AVAILABLE,
-                format!(
-                    "{}/{} replicas of {variant} available",
-                    observed.available_replicas, observed.desired_replicas
-                ),
-            ),
-            (false, 0) => (
-                false,
-                reasons::ROLLING_OUT,
-                format!("scaling {variant} to zero replicas"),
-            ),
-            (false, _) => (
-                false,
-                reasons::ROLLING_OUT,
-                format!(
-                    "{}/{} replicas of {variant} available",
-                    observed.available_replicas, observed.desired_replicas
-                ),
-            ),
-        };
+        ),
+    };
     set(
         &mut conditions,
         condition(conditions::READY, ready, ready_reason, ready_message, g),
         now,
     );
-    let progressing = !(observed.ready() && observed.switched);
+    let progressing = !ready;
     set(
         &mut conditions,
         condition(
@@ -328,29 +321,23 @@ mod tests {
             desired_replicas: 0,
             ..observed(available, rolled_out, true)
         };
+        let status = |current, observed: &Observed, t| {
+            healthy(
+                current,
+                Some(3),
+                &d,
+                observed,
+                "s".into(),
+                "e".into(),
+                false,
+                &at(t),
+            )
+        };
         // The spec says zero, but the controller has not observed it yet: a pod may still serve.
-        let pending = healthy(
-            None,
-            Some(3),
-            &d,
-            &to_zero(1, false),
-            "s".into(),
-            "e".into(),
-            false,
-            &at(10),
-        );
+        let pending = status(None, &to_zero(1, false), 10);
         assert_eq!(ready_of(&pending).status, "False");
         assert_eq!(ready_of(&pending).reason, reasons::ROLLING_OUT);
-        let done = healthy(
-            Some(&pending),
-            Some(3),
-            &d,
-            &to_zero(0, true),
-            "s".into(),
-            "e".into(),
-            false,
-            &at(20),
-        );
+        let done = status(Some(&pending), &to_zero(0, true), 20);
         assert_eq!(ready_of(&done).status, "True");
         assert_eq!(ready_of(&done).reason, reasons::SCALED_TO_ZERO);
         assert_eq!(ready_of(&done).last_transition_time, at(20));

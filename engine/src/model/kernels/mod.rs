@@ -237,21 +237,6 @@ pub(crate) fn append_f16(dst: &mut Vec<f16>, src: &[f32]) {
     dst.extend(src.iter().map(|&v| f16::from_f32(v)));
 }
 
-/// Turns each head's row of `scores` (`visible` long) into softmax probabilities.
-fn softmax_rows(scores: &mut [f32], visible: usize) {
-    for row in scores.chunks_exact_mut(visible.max(1)) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        for s in row.iter_mut() {
-            *s -= max;
-        }
-        exp_in_place(row);
-        let sum: f32 = row.iter().sum();
-        for s in row.iter_mut() {
-            *s /= sum;
-        }
-    }
-}
-
 /// `x = eˣ` elementwise (AVX2: a degree-6 polynomial after range reduction, within 2 ulp of
 /// `f32::exp` over the range softmax and SiLU use).
 pub(crate) fn exp_in_place(x: &mut [f32]) {

@@ -86,11 +86,26 @@ pub(super) fn attend_heads(a: &super::HeadGroup<'_>, scores: &mut [f32], out: &m
             *s = q.iter().zip(k).map(|(&q, &k)| q * k.to_f32()).sum::<f32>() * a.scale;
         }
     }
-    super::softmax_rows(scores, vis);
+    softmax_rows(scores, vis);
     for (h, o) in out.chunks_exact_mut(hd).enumerate() {
         o.fill(0.0);
         for (j, &p) in scores[h * vis..(h + 1) * vis].iter().enumerate() {
             axpy(o, p, &a.v[j * a.stride..j * a.stride + hd]);
+        }
+    }
+}
+
+/// Turns each head's row of `scores` (`visible` long) into softmax probabilities.
+fn softmax_rows(scores: &mut [f32], visible: usize) {
+    for row in scores.chunks_exact_mut(visible.max(1)) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        for s in row.iter_mut() {
+            *s -= max;
+        }
+        super::exp_in_place(row);
+        let sum: f32 = row.iter().sum();
+        for s in row.iter_mut() {
+            *s /= sum;
         }
     }
 }

@@ -3,7 +3,7 @@
 //! The 32-value block formats run on eight interleaved weight rows (see `pack`): a vector holds
 //! four quants of each of the eight rows, an activation's four quants are broadcast against it,
 //! and the eight lanes of the integer sums are the eight rows' dots, so there are no horizontal
-//! sums. One pass serves up to eight activation rows (`up_to_eight`), reading the group's weights once:
+//! sums. One pass serves up to eight activation rows (`tiles!`), reading the group's weights once:
 //! a block's weights (Q4/Q5: unpacked) wait in registers or L1 while each row needs only its sums
 //! and accumulator (Q8_0's eight rows overflow the sixteen registers, but an accumulator is
 //! touched once per block, and eight rows still beat four by ~5 % at m = 8). Every
@@ -19,19 +19,25 @@
               and a size check of every buffer"
 )]
 
-/// `$kernel::<R, …>(args)` with `R` = `$tile` activation rows (1 to 8), its results padded to eight
-/// rows: the match that turns a pass's run-time tile into the kernels' const row count.
-macro_rules! up_to_eight {
-    ($tile:expr, $kernel:ident::<_ $(, $p:tt)*>($($arg:expr),*)) => {
+/// `$call` with the const `$R` = `$tile` activation rows, for the tiles listed (the first one the
+/// largest, whose results are returned as they are) and 1 for any other; smaller tiles' results are
+/// padded to the largest's count. The match that turns a pass's run-time tile into the kernels'
+/// const row count.
+macro_rules! tiles {
+    ($tile:expr, |$R:ident| $call:expr, [$top:literal $(, $r:literal)*]) => {
         match $tile {
-            8 => $kernel::<8 $(, $p)*>($($arg),*),
-            7 => pad($kernel::<7 $(, $p)*>($($arg),*)),
-            6 => pad($kernel::<6 $(, $p)*>($($arg),*)),
-            5 => pad($kernel::<5 $(, $p)*>($($arg),*)),
-            4 => pad($kernel::<4 $(, $p)*>($($arg),*)),
-            3 => pad($kernel::<3 $(, $p)*>($($arg),*)),
-            2 => pad($kernel::<2 $(, $p)*>($($arg),*)),
-            _ => pad($kernel::<1 $(, $p)*>($($arg),*)),
+            $top => {
+                const $R: usize = $top;
+                $call
+            }
+            $($r => {
+                const $R: usize = $r;
+                pad($call)
+            })*
+            _ => {
+                const $R: usize = 1;
+                pad($call)
+            }
         }
     };
 }
@@ -102,13 +108,13 @@ unsafe fn rows_avx2(
         return unsafe {
             match w.format {
                 Format::Q8 => for_groups(m, j0, rows, out, |g, a, tile| {
-                    up_to_eight!(tile, q8_rows::<_>(w, g, x, a))
+                    tiles!(tile, |R| q8_rows::<R>(w, g, x, a), [8, 7, 6, 5, 4, 3, 2])
                 }),
                 Format::Q4 => for_groups(m, j0, rows, out, |g, a, tile| {
-                    up_to_eight!(tile, q45_rows::<_, false>(w, g, x, a))
+                    tiles!(tile, |R| q45_rows::<R, false>(w, g, x, a), [8, 7, 6, 5, 4, 3, 2])
                 }),
                 _ => for_groups(m, j0, rows, out, |g, a, tile| {
-                    up_to_eight!(tile, q45_rows::<_, true>(w, g, x, a))
+                    tiles!(tile, |R| q45_rows::<R, true>(w, g, x, a), [8, 7, 6, 5, 4, 3, 2])
                 }),
             }
         };
@@ -528,10 +534,7 @@ unsafe fn quantize_block_avx2(src: &[f32; BLOCK], dst: &mut [i8; BLOCK]) -> (f32
         for x in &v[1..] {
             amax = _mm256_max_ps(amax, _mm256_andnot_ps(abs, *x));
         }
-        let m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        let scale = _mm_cvtss_f32(m4) / 127.0;
+        let scale = hmax(amax) / 127.0;
         let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
         let q: [__m256i; 4] = v.map(|x| {
             _mm256_cvtps_epi32(_mm256_round_ps(
@@ -649,7 +652,7 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
     }
 }
 
-/// [`super::softmax_rows`] with the maximum, the exponentials and the sum eight lanes at a time.
+/// `portable::softmax_rows` with the maximum, the exponentials and the sum eight lanes at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn softmax_rows(scores: &mut [f32], visible: usize) {
     for row in scores.chunks_exact_mut(visible.max(1)) {
@@ -659,10 +662,7 @@ fn softmax_rows(scores: &mut [f32], visible: usize) {
             // SAFETY: an eight-value load within the chunk.
             mv = _mm256_max_ps(mv, unsafe { _mm256_loadu_ps(c.as_ptr()) });
         }
-        let m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let lanes_max = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
-        let max = chunks.into_remainder().iter().fold(lanes_max, |m, &s| m.max(s));
+        let max = chunks.into_remainder().iter().fold(hmax(mv), |m, &s| m.max(s));
         let (maxv, mut sum) = (_mm256_set1_ps(max), _mm256_setzero_ps());
         let mut chunks = row.chunks_exact_mut(8);
         for c in &mut chunks {
@@ -765,6 +765,14 @@ fn exp8(x: __m256) -> __m256 {
     let y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
     let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
     _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
+}
+
+/// The largest of `v`'s eight lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

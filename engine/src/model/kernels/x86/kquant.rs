@@ -36,9 +36,7 @@ unsafe fn quantize_super_block_avx2(src: &[f32; QK], dst: &mut [i8; QK]) -> f32 
         for i in 0..QK / 8 {
             amax = _mm256_max_ps(_mm256_andnot_ps(sign, load(i)), amax);
         }
-        let m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+        let amax = super::hmax(amax);
         if amax == 0.0 {
             dst.fill(0);
             return 0.0;
@@ -102,19 +100,13 @@ unsafe fn rows_avx2(w: &PackedMatrix, x: &QuantActsK, out: &mut Columns<'_>) {
     unsafe {
         match w.format {
             Format::Q6K => super::for_groups(m, j0, rows, out, |g, a, tile| {
-                up_to_eight!(tile, q6k_rows::<_>(w, g, x, a))
+                tiles!(tile, |R| q6k_rows::<R>(w, g, x, a), [8, 7, 6, 5, 4, 3, 2])
             }),
-            Format::Q5K => super::for_groups(m, j0, rows, out, |g, a, tile| match tile {
-                4 => q45k_rows::<4, true>(w, g, x, a),
-                3 => pad(q45k_rows::<3, true>(w, g, x, a)),
-                2 => pad(q45k_rows::<2, true>(w, g, x, a)),
-                _ => pad(q45k_rows::<1, true>(w, g, x, a)),
+            Format::Q5K => super::for_groups(m, j0, rows, out, |g, a, tile| {
+                tiles!(tile, |R| q45k_rows::<R, true>(w, g, x, a), [4, 3, 2])
             }),
-            _ => super::for_groups(m, j0, rows, out, |g, a, tile| match tile {
-                4 => q45k_rows::<4, false>(w, g, x, a),
-                3 => pad(q45k_rows::<3, false>(w, g, x, a)),
-                2 => pad(q45k_rows::<2, false>(w, g, x, a)),
-                _ => pad(q45k_rows::<1, false>(w, g, x, a)),
+            _ => super::for_groups(m, j0, rows, out, |g, a, tile| {
+                tiles!(tile, |R| q45k_rows::<R, false>(w, g, x, a), [4, 3, 2])
             }),
         }
     }

@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Serve(args) = &cli.command {
         set_thread_env(cli::serve::threads(args));
+        bitscale_engine::model::cap_malloc_arenas();
     }
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,6 +19,8 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
+use rand::{SeedableRng, rngs::StdRng};
+
 use crate::cli::resources::parse_duration;
 
 /// Flags of `bench`.
@@ -55,6 +57,34 @@ pub struct BenchArgs {
     /// SLO mode: the highest concurrency tried.
     #[arg(long, default_value_t = 64)]
     pub max_concurrency: usize,
+    /// Spread of request lengths: each request's prompt and `max_tokens` are drawn uniformly from
+    /// `[L·(1 − r), L·(1 + r)]` around `--prompt-tokens` / `--max-tokens` (0: every request the
+    /// same). With equal lengths, closed-loop clients that start together stay in lock-step:
+    /// every prompt lands in the same step, which real traffic does not do.
+    #[arg(long, value_parser = parse_range_ratio, default_value_t = 0.0)]
+    pub range_ratio: f64,
+    /// Seed of the request lengths drawn with `--range-ratio` (client `i` uses `seed + i`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `--range-ratio`: a number in `[0, 1)`.
+fn parse_range_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a number in [0, 1)")),
+    }
+}
+
+/// A length drawn uniformly from `[len·(1 − ratio), len·(1 + ratio)]`, at least 1.
+pub fn spread(len: usize, ratio: f64, rng: &mut impl rand::Rng) -> usize {
+    let len = len.max(1);
+    if ratio <= 0.0 {
+        return len;
+    }
+    let (lo, hi) = (len as f64 * (1.0 - ratio), len as f64 * (1.0 + ratio));
+    let lo = (lo.ceil() as usize).max(1);
+    rng.random_range(lo..=(hi.floor() as usize).max(lo))
 }
 
 /// The SLO searched for, in seconds (`None`: not constrained).
@@ -143,6 +173,8 @@ pub struct BenchReport {
     pub model: String,
     pub prompt_tokens: usize,
     pub max_tokens: usize,
+    /// `--range-ratio`: lengths varied by up to this fraction either way.
+    pub range_ratio: f64,
     pub duration_s: f64,
     pub levels: Vec<LevelReport>,
 }
@@ -269,6 +301,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         model,
         prompt_tokens: args.prompt_tokens,
         max_tokens: args.max_tokens,
+        range_ratio: args.range_ratio,
         duration_s: args.duration.as_secs_f64(),
         levels,
     })
@@ -294,21 +327,26 @@ async fn level(
     concurrency: usize,
 ) -> anyhow::Result<LevelReport> {
     let url = base.join("/v1/completions")?;
-    let body = serde_json::json!({
-        "model": model,
-        "prompt": "the ".repeat(args.prompt_tokens.max(1)),
-        "max_tokens": args.max_tokens.max(1),
-        "temperature": 0,
-        "ignore_eos": true,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
+    let (prompt_tokens, max_tokens, ratio) = (args.prompt_tokens, args.max_tokens, args.range_ratio);
+    let model = model.to_owned();
+    let body = move |rng: &mut StdRng| {
+        serde_json::json!({
+            "model": model,
+            "prompt": "the ".repeat(spread(prompt_tokens, ratio, rng)),
+            "max_tokens": spread(max_tokens, ratio, rng),
+            "temperature": 0,
+            "ignore_eos": true,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    };
     let samples = Arc::new(Mutex::new(Samples::default()));
     let started = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let deadline = t0 + args.duration;
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|i| {
+            let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(i as u64));
             let (client, url, body, samples, started) = (
                 client.clone(),
                 url.clone(),
@@ -319,7 +357,7 @@ async fn level(
             let max_requests = args.max_requests;
             tokio::spawn(async move {
                 while Instant::now() < deadline && started.fetch_add(1, Ordering::SeqCst) < max_requests {
-                    let r = one_request(&client, &url, &body).await;
+                    let r = one_request(&client, &url, &body(&mut rng)).await;
                     let rejected = {
                         let Ok(mut s) = samples.lock() else { return };
                         match r {
@@ -549,6 +587,25 @@ mod tests {
         l.itl_s = p(0.05);
         l.rejected_429 = 1;
         assert!(!slo.met_by(&l));
+    }
+
+    #[test]
+    fn range_ratio_spreads_lengths_evenly_within_bounds() {
+        use rand::{SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        assert!((0..100).all(|_| spread(64, 0.0, &mut rng) == 64));
+        let draws: Vec<usize> = (0..20_000).map(|_| spread(64, 0.5, &mut rng)).collect();
+        assert!(draws.iter().all(|&n| (32..=96).contains(&n)));
+        assert_eq!((draws.iter().min(), draws.iter().max()), (Some(&32), Some(&96)));
+        let mean = draws.iter().sum::<usize>() as f64 / draws.len() as f64;
+        assert!((mean - 64.0).abs() < 0.5, "mean {mean}");
+        // Never an empty prompt or zero tokens, whatever the length.
+        assert!((0..1000).all(|_| spread(1, 0.9, &mut rng) >= 1));
+        assert!((0..1000).all(|_| spread(0, 0.0, &mut rng) == 1));
+        for bad in ["1", "1.5", "-0.1", "NaN", "x"] {
+            assert!(parse_range_ratio(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_range_ratio("0.25"), Ok(0.25));
     }
 
     #[test]

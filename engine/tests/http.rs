@@ -436,9 +436,13 @@ async fn bench_measures_a_running_server() {
         slo_ttft: None,
         slo_itl: None,
         max_concurrency: 64,
+        // Varied lengths take the same path as fixed ones and must not fail a request.
+        range_ratio: 0.5,
+        seed: 1,
     };
     let report = bitscale_engine::bench::bench(&args).await.expect("bench");
     assert_eq!(report.model, "fake");
+    assert_eq!(report.range_ratio, 0.5);
     assert_eq!(report.levels.len(), 2);
     for l in &report.levels {
         assert!(l.requests > 0 && l.errors == 0, "{l:?}");
@@ -504,6 +508,8 @@ async fn bench_slo_mode_finds_the_capacity() {
         slo_ttft: None,
         slo_itl: Some(Duration::from_secs(5)),
         max_concurrency: 4,
+        range_ratio: 0.0,
+        seed: 0,
     };
     let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
     assert_eq!(loose.concurrency, 4, "{loose:?}");

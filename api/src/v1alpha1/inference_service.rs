@@ -384,6 +384,11 @@ pub struct Estimate {
     pub inter_token_latency_ms: f64,
     /// Time to first token for a typical prompt, in milliseconds.
     pub time_to_first_token_ms: f64,
+    /// Tokens one engine step may carry (the running streams' decode tokens plus prompt chunks)
+    /// so that a step with a prompt chunk stays within the inter-token latency objective; the
+    /// engine's `--max-batch-tokens`. Unset without an ITL objective (the engine's default, 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_tokens: Option<i32>,
 }
 
 /// A candidate that was not chosen.

@@ -89,6 +89,12 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
     .into_iter()
     .map(str::to_owned)
     .collect();
+    // Sized to the ITL objective by the decision; a flag of the user's own comes last and wins.
+    if let Some(tokens) = decision.estimate.step_tokens
+        && !engine.args.iter().any(|a| a.starts_with("--max-batch-tokens"))
+    {
+        args.extend(["--max-batch-tokens".to_owned(), tokens.to_string()]);
+    }
     args.extend(engine.args.iter().cloned());
 
     let mut quantities = BTreeMap::from([
@@ -250,7 +256,7 @@ pub fn cpu_cores(q: &Quantity) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use bitscale_api::v1alpha1::QuantLevel;
+    use bitscale_api::v1alpha1::{Decision, InferenceService, QuantLevel};
     use k8s_openapi::api::core::v1::PodSpec;
 
     use super::*;
@@ -342,6 +348,35 @@ mod tests {
             d.metadata.owner_references.as_ref().map(|o| o[0].uid.as_str()),
             Some("11111111-2222-3333-4444-555555555555")
         );
+    }
+
+    #[test]
+    fn step_tokens_from_the_decision_reach_the_engine_unless_the_user_sets_them() {
+        let (class, owner, images) = (cpu_class(), owner(), images());
+        let mut isvc = smol();
+        let mut decision = decision(QuantLevel::Q4K, "cpu-standard", 1);
+        decision.estimate.step_tokens = Some(40);
+        let args = |isvc: &InferenceService, decision: &Decision| {
+            let d = deployment(&BuildInput {
+                owner: &owner,
+                model: &isvc.spec.model,
+                engine: &isvc.spec.engine,
+                class: &class,
+                decision,
+                images: &images,
+            });
+            engine(&d).args.clone().unwrap_or_default().join(" ")
+        };
+        assert!(args(&isvc, &decision).ends_with("--max-batch-tokens 40 --log-format json"));
+        isvc.spec.engine.args.push("--max-batch-tokens=64".into());
+        let own = args(&isvc, &decision);
+        assert!(
+            own.ends_with("--max-batch-tokens=64") && !own.contains("--max-batch-tokens 40"),
+            "{own}"
+        );
+        decision.estimate.step_tokens = None;
+        isvc.spec.engine.args.pop();
+        assert!(!args(&isvc, &decision).contains("--max-batch-tokens"));
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub(crate) fn decision(level: QuantLevel, class: &str, replicas: i32) -> Decisio
             tokens_per_second: 1.0,
             inter_token_latency_ms: 1.0,
             time_to_first_token_ms: 1.0,
+            step_tokens: None,
         },
         alternatives: vec![],
     }

@@ -92,6 +92,10 @@ pub const OVERHEAD_BYTES: f64 = 256.0 * 1024.0 * 1024.0;
 /// Activations and scratch space, as a fraction of the weight bytes.
 pub const SCRATCH_FRACTION: f64 = 0.1;
 
+/// Tokens an engine step carries by default (`serve --max-batch-tokens`): the running streams'
+/// decode tokens plus chunks of waiting prompts.
+pub const ENGINE_STEP_TOKENS: i32 = 512;
+
 /// Default engine batch (sequences decoded together).
 pub const DEFAULT_MAX_RUNNING: i32 = 8;
 

@@ -310,3 +310,42 @@ fn batching_pays_where_the_device_shares_weight_reads() {
     assert!(cpu_gain > 1.5, "cpu batch gain {cpu_gain}");
     assert!(gpu_gain > cpu_gain, "gpu batch gain {gpu_gain} vs cpu {cpu_gain}");
 }
+
+#[test]
+fn itl_objective_caps_the_tokens_of_a_step_and_chunks_the_prompt() {
+    let free = decide(&smol()).expect("feasible").decision;
+    assert_eq!(
+        free.estimate.step_tokens, None,
+        "no objective: the engine's default"
+    );
+
+    let slo = 0.05;
+    let bounded = decide(&Inputs {
+        itl_slo: Some(Duration::from_secs_f64(slo)),
+        ..smol()
+    })
+    .expect("feasible")
+    .decision;
+    assert_eq!(bounded.variant, free.variant);
+    let tokens = bounded
+        .estimate
+        .step_tokens
+        .expect("step tokens under an ITL objective");
+    // One token through 135M parameters on 200 GFLOP/s at the CPU's compute efficiency.
+    let per_token = 2.0 * 135e6 / (200e9 * efficiency(Device::Cpu).compute);
+    assert!(
+        f64::from(tokens) * per_token <= slo,
+        "{tokens} tokens overrun {slo} s"
+    );
+    assert!(
+        f64::from(tokens + 1) * per_token > slo,
+        "{tokens} tokens leave room"
+    );
+    assert!(
+        tokens > smol().max_running,
+        "room for a prompt chunk beside every decode"
+    );
+    // The 256-token prompt now arrives in chunks beside the decodes, so it starts later.
+    assert!(bounded.estimate.time_to_first_token_ms > free.estimate.time_to_first_token_ms);
+    assert!(bounded.estimate.inter_token_latency_ms <= slo * 1e3);
+}

@@ -17,9 +17,8 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Args;
 use futures::StreamExt;
-use serde::Serialize;
-
 use rand::{SeedableRng, rngs::StdRng};
+use serde::Serialize;
 
 use crate::cli::resources::parse_duration;
 
@@ -591,7 +590,6 @@ mod tests {
 
     #[test]
     fn range_ratio_spreads_lengths_evenly_within_bounds() {
-        use rand::{SeedableRng, rngs::StdRng};
         let mut rng = StdRng::seed_from_u64(7);
         assert!((0..100).all(|_| spread(64, 0.0, &mut rng) == 64));
         let draws: Vec<usize> = (0..20_000).map(|_| spread(64, 0.5, &mut rng)).collect();

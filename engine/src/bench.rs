@@ -62,9 +62,31 @@ pub struct BenchArgs {
     /// every prompt lands in the same step, which real traffic does not do.
     #[arg(long, value_parser = parse_range_ratio, default_value_t = 0.0)]
     pub range_ratio: f64,
-    /// Seed of the request lengths drawn with `--range-ratio` (client `i` uses `seed + i`).
+    /// Seed of the request lengths drawn with `--range-ratio` (client `i` uses `seed + i`) and of
+    /// the arrival times of `--request-rate`.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Open-loop mode: offered loads in requests per second, comma-separated, run instead of
+    /// `--concurrency`. Requests arrive as a Poisson process whatever the server's pace (as real
+    /// users do), at most `--max-concurrency` in flight; an arrival beyond that is not sent and
+    /// is counted as `dropped`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    pub request_rate: Vec<f64>,
+}
+
+/// `--request-rate`: a positive, finite number of requests per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("{s:?} is not a positive number of requests per second")),
+    }
+}
+
+/// Seconds to the next arrival of a Poisson process of `rate` per second (exponentially
+/// distributed).
+pub fn interarrival(rate: f64, rng: &mut impl rand::Rng) -> f64 {
+    // `random` is in [0, 1), so the logarithm's argument is in (0, 1].
+    -(1.0 - rng.random::<f64>()).ln() / rate
 }
 
 /// `--range-ratio`: a number in `[0, 1)`.
@@ -149,7 +171,14 @@ pub struct Percentiles {
 /// The result of one concurrency level.
 #[derive(Debug, Serialize)]
 pub struct LevelReport {
+    /// Closed loop: the clients. Open loop: the most requests allowed in flight.
     pub concurrency: usize,
+    /// Open loop: the offered load, requests per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_rate: Option<f64>,
+    /// Open loop: arrivals not sent because `concurrency` requests were in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<usize>,
     pub requests: usize,
     pub errors: usize,
     /// The errors by kind (`status 500`, `connect`, `stream cut`, …), so a failing server can be
@@ -236,7 +265,7 @@ pub async fn capacity(args: &BenchArgs) -> anyhow::Result<CapacityReport> {
     let mut best_tps = 0.0;
     let mut probes = Vec::new();
     while let Some(c) = next_probe(good, bad, args.max_concurrency.max(1)) {
-        let l = level(&client, &base, &model, args, c).await?;
+        let l = level(&client, &base, &model, args, Load::Clients(c)).await?;
         let met = slo.met_by(&l);
         tracing::info!(
             concurrency = c,
@@ -292,8 +321,13 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let client = bench_client()?;
     let model = resolve_model(&client, &base, args).await?;
     let mut levels = Vec::new();
-    for &c in &args.concurrency {
-        levels.push(level(&client, &base, &model, args, c.max(1)).await?);
+    if args.request_rate.is_empty() {
+        for &c in &args.concurrency {
+            levels.push(level(&client, &base, &model, args, Load::Clients(c.max(1))).await?);
+        }
+    }
+    for &rate in &args.request_rate {
+        levels.push(level(&client, &base, &model, args, Load::Rate(rate)).await?);
     }
     Ok(BenchReport {
         url: args.url.clone(),
@@ -318,12 +352,46 @@ struct Samples {
     prompt: usize,
 }
 
+/// How a level loads the server.
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    /// Closed loop: this many clients, each sending its next request when the last one ends.
+    Clients(usize),
+    /// Open loop: Poisson arrivals at this many requests per second.
+    Rate(f64),
+}
+
+impl Samples {
+    /// Adds one request's outcome; true when the server shed it (429).
+    fn record(&mut self, r: Result<RequestOutcome, Failure>) -> bool {
+        match r {
+            Ok(o) => {
+                self.requests += 1;
+                self.generated += o.completion_tokens;
+                self.prompt += o.prompt_tokens;
+                self.ttft.extend(o.ttft);
+                self.itl.extend(o.itl);
+                false
+            }
+            Err(Failure::Rejected) => {
+                self.rejected += 1;
+                true
+            }
+            Err(Failure::Error(kind)) => {
+                self.errors += 1;
+                *self.error_kinds.entry(kind).or_default() += 1;
+                false
+            }
+        }
+    }
+}
+
 async fn level(
     client: &reqwest::Client,
     base: &reqwest::Url,
     model: &str,
     args: &BenchArgs,
-    concurrency: usize,
+    load: Load,
 ) -> anyhow::Result<LevelReport> {
     let url = base.join("/v1/completions")?;
     let (prompt_tokens, max_tokens, ratio) = (args.prompt_tokens, args.max_tokens, args.range_ratio);
@@ -340,60 +408,81 @@ async fn level(
         })
     };
     let samples = Arc::new(Mutex::new(Samples::default()));
-    let started = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let deadline = t0 + args.duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|i| {
-            let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(i as u64));
-            let (client, url, body, samples, started) = (
-                client.clone(),
-                url.clone(),
-                body.clone(),
-                samples.clone(),
-                started.clone(),
-            );
-            let max_requests = args.max_requests;
-            tokio::spawn(async move {
-                while Instant::now() < deadline && started.fetch_add(1, Ordering::SeqCst) < max_requests {
-                    let r = one_request(&client, &url, &body(&mut rng)).await;
-                    let rejected = {
-                        let Ok(mut s) = samples.lock() else { return };
-                        match r {
-                            Ok(o) => {
-                                s.requests += 1;
-                                s.generated += o.completion_tokens;
-                                s.prompt += o.prompt_tokens;
-                                s.ttft.extend(o.ttft);
-                                s.itl.extend(o.itl);
-                                false
-                            }
-                            Err(Failure::Rejected) => {
-                                s.rejected += 1;
-                                true
-                            }
-                            Err(Failure::Error(kind)) => {
-                                s.errors += 1;
-                                *s.error_kinds.entry(kind).or_default() += 1;
-                                false
+    let (concurrency, dropped) = match load {
+        Load::Clients(concurrency) => {
+            let started = Arc::new(AtomicUsize::new(0));
+            let workers: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(i as u64));
+                    let (client, url, body, samples, started) = (
+                        client.clone(),
+                        url.clone(),
+                        body.clone(),
+                        samples.clone(),
+                        started.clone(),
+                    );
+                    let max_requests = args.max_requests;
+                    tokio::spawn(async move {
+                        while Instant::now() < deadline
+                            && started.fetch_add(1, Ordering::SeqCst) < max_requests
+                        {
+                            let r = one_request(&client, &url, &body(&mut rng)).await;
+                            let Ok(rejected) = samples.lock().map(|mut s| s.record(r)) else {
+                                return;
+                            };
+                            if rejected {
+                                // Back off a little so a saturated server is not hammered.
+                                tokio::time::sleep(Duration::from_millis(100)).await;
                             }
                         }
-                    };
-                    if rejected {
-                        // Back off a little so a saturated server is not hammered.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await?;
+            }
+            (concurrency, None)
+        }
+        Load::Rate(rate) => {
+            let cap = args.max_concurrency.max(1);
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(cap));
+            let mut rng = StdRng::seed_from_u64(args.seed);
+            let (mut requests, mut dropped) = (Vec::new(), 0);
+            let mut next = t0;
+            while next < deadline && requests.len() + dropped < args.max_requests {
+                tokio::time::sleep_until(next.into()).await;
+                next += Duration::from_secs_f64(interarrival(rate, &mut rng));
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    dropped += 1;
+                    continue;
+                };
+                let (client, url, body, samples) =
+                    (client.clone(), url.clone(), body(&mut rng), samples.clone());
+                requests.push(tokio::spawn(async move {
+                    let r = one_request(&client, &url, &body).await;
+                    drop(permit);
+                    if let Ok(mut s) = samples.lock() {
+                        s.record(r);
                     }
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await?;
-    }
+                }));
+            }
+            for r in requests {
+                r.await?;
+            }
+            (cap, Some(dropped))
+        }
+    };
     let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
     let mut s = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     Ok(LevelReport {
         concurrency,
+        request_rate: match load {
+            Load::Rate(rate) => Some(rate),
+            Load::Clients(_) => None,
+        },
+        dropped,
         requests: s.requests,
         errors: s.errors,
         error_kinds: std::mem::take(&mut s.error_kinds),
@@ -569,6 +658,8 @@ mod tests {
         };
         let mut l = LevelReport {
             concurrency: 1,
+            request_rate: None,
+            dropped: None,
             requests: 3,
             errors: 0,
             error_kinds: BTreeMap::new(),
@@ -604,6 +695,22 @@ mod tests {
             assert!(parse_range_ratio(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_range_ratio("0.25"), Ok(0.25));
+    }
+
+    #[test]
+    fn poisson_arrivals_have_the_requested_rate() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let gaps: Vec<f64> = (0..50_000).map(|_| interarrival(4.0, &mut rng)).collect();
+        assert!(gaps.iter().all(|g| g.is_finite() && *g >= 0.0));
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        assert!((mean - 0.25).abs() < 0.005, "mean gap {mean}");
+        // Exponential: the share of gaps longer than the mean is 1/e, not 1/2.
+        let long = gaps.iter().filter(|g| **g > 0.25).count() as f64 / gaps.len() as f64;
+        assert!((long - (-1f64).exp()).abs() < 0.01, "{long}");
+        for bad in ["0", "-1", "inf", "NaN", "x"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
     }
 
     #[test]

@@ -439,6 +439,7 @@ async fn bench_measures_a_running_server() {
         // Varied lengths take the same path as fixed ones and must not fail a request.
         range_ratio: 0.5,
         seed: 1,
+        request_rate: vec![],
     };
     let report = bitscale_engine::bench::bench(&args).await.expect("bench");
     assert_eq!(report.model, "fake");
@@ -449,6 +450,52 @@ async fn bench_measures_a_running_server() {
         assert!(l.ttft_s.is_some() && l.itl_s.is_some(), "{l:?}");
         assert!(l.generated_tokens_per_s > 0.0);
     }
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
+#[tokio::test]
+async fn bench_open_loop_offers_the_requested_rate_and_caps_what_is_in_flight() {
+    let (s, base) = server(
+        fake().with_step_delay(Duration::from_millis(2)),
+        SchedulerConfig::default(),
+    )
+    .await;
+    let mut args = bitscale_engine::bench::BenchArgs {
+        url: base,
+        concurrency: vec![1],
+        prompt_tokens: 4,
+        max_tokens: 4,
+        duration: Duration::from_millis(1000),
+        max_requests: 10_000,
+        model: None,
+        slo_ttft: None,
+        slo_itl: None,
+        max_concurrency: 64,
+        range_ratio: 0.0,
+        seed: 5,
+        request_rate: vec![40.0],
+    };
+    let report = bitscale_engine::bench::bench(&args).await.expect("bench");
+    // The rate replaces the closed-loop levels.
+    assert_eq!(report.levels.len(), 1);
+    let l = &report.levels[0];
+    assert_eq!(
+        (l.request_rate, l.dropped, l.errors),
+        (Some(40.0), Some(0), 0),
+        "{l:?}"
+    );
+    // 40 arrivals expected in the second; a Poisson count is within 20..60 but for 1 in 10^4.
+    assert!((20..=60).contains(&l.requests), "{l:?}");
+    assert!(l.ttft_s.is_some() && l.itl_s.is_some(), "{l:?}");
+
+    // One request in flight at most, arrivals far faster than a request takes: most are dropped,
+    // none fails.
+    args.max_concurrency = 1;
+    args.request_rate = vec![2000.0];
+    args.duration = Duration::from_millis(300);
+    let l = &bitscale_engine::bench::bench(&args).await.expect("bench").levels[0];
+    assert_eq!((l.concurrency, l.errors), (1, 0), "{l:?}");
+    assert!(l.dropped.is_some_and(|d| d > 10 * l.requests), "{l:?}");
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
 
@@ -510,6 +557,7 @@ async fn bench_slo_mode_finds_the_capacity() {
         max_concurrency: 4,
         range_ratio: 0.0,
         seed: 0,
+        request_rate: vec![],
     };
     let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
     assert_eq!(loose.concurrency, 4, "{loose:?}");

@@ -1,9 +1,10 @@
-//! `bitscale-engine bench`: a closed-loop load generator against a running server.
+//! `bitscale-engine bench`: a load generator against a running server.
 //!
 //! For each concurrency level, that many clients send streaming `/v1/completions` requests back to
-//! back for `--duration`, and the tool prints one JSON document: requests/s, generated tokens/s,
-//! and time-to-first-token and inter-token latency percentiles per level. It only talks to
-//! loopback addresses and stops after `--max-requests` per level.
+//! back for `--duration` (closed loop); with `--request-rate`, requests instead arrive as a
+//! Poisson process at each offered rate (open loop). The tool prints one JSON document:
+//! requests/s, generated tokens/s, and time-to-first-token and inter-token latency percentiles
+//! per level. It only talks to loopback addresses and stops after `--max-requests` per level.
 
 use std::{
     collections::BTreeMap,

@@ -330,6 +330,7 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
         (1, 24, 1, 24),
         (2, 128, 5, 256),
         (4, 32, 9, 128),
+        (8, 64, 13, 512),
     ];
     for (heads, hd, visible, stride) in cases {
         let q = random(heads * hd, 7);
@@ -438,5 +439,52 @@ fn swiglu_is_silu_of_gate_times_up() {
                 got[r * ffn + i]
             );
         }
+    }
+}
+
+/// Times one row's attention over a long cache (SmolLM2's shape: three query heads per KV head,
+/// 64 values per head, KV rows 192 values apart). Run with `--ignored --nocapture`.
+#[test]
+#[ignore = "timing, not a check"]
+fn attention_timing() {
+    use super::{HeadGroup, attend_heads};
+    use half::f16;
+    let (heads, hd, stride) = (3, 64, 192);
+    for visible in [64, 300, 1000] {
+        let q = random(heads * hd, 7);
+        let k: Vec<f16> = random(visible * stride, 8)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let v: Vec<f16> = random(visible * stride, 9)
+            .into_iter()
+            .map(f16::from_f32)
+            .collect();
+        let a = HeadGroup {
+            q: &q,
+            k: &k,
+            v: &v,
+            stride,
+            head_dim: hd,
+            visible,
+            scale: 0.125,
+        };
+        let (mut scratch, mut out) = (Vec::new(), vec![0f32; heads * hd]);
+        let iters = 200_000 / visible;
+        let best = (0..7)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    attend_heads(&a, &mut scratch, &mut out);
+                    std::hint::black_box(&out);
+                }
+                t.elapsed().as_secs_f64() * 1e6 / iters as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        let macs = 2.0 * (heads * hd * visible) as f64;
+        println!(
+            "attention {heads} heads × {visible} positions: {best:.2} µs ({:.1} MAC/ns)",
+            macs / best / 1e3
+        );
     }
 }

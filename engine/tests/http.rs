@@ -3,6 +3,7 @@
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use bitscale_engine::{
+    bench::BenchArgs,
     scheduler::SchedulerConfig,
     server::{RunningServer, ServerConfig, start},
     testing::{ByteCodec, FakeModel},
@@ -418,6 +419,25 @@ mod tokenization {
     }
 }
 
+/// `bench` flags for the fake server at `url`: short requests, one stream, 50 requests at most.
+fn bench_args(url: String) -> BenchArgs {
+    BenchArgs {
+        url,
+        concurrency: vec![1],
+        prompt_tokens: 4,
+        max_tokens: 8,
+        duration: Duration::from_millis(300),
+        max_requests: 50,
+        model: None,
+        slo_ttft: None,
+        slo_itl: None,
+        max_concurrency: 64,
+        range_ratio: 0.0,
+        seed: 0,
+        request_rate: vec![],
+    }
+}
+
 #[tokio::test]
 async fn bench_measures_a_running_server() {
     let (s, base) = server(
@@ -425,21 +445,13 @@ async fn bench_measures_a_running_server() {
         SchedulerConfig::default(),
     )
     .await;
-    let args = bitscale_engine::bench::BenchArgs {
-        url: base,
+    let args = BenchArgs {
         concurrency: vec![1, 2],
-        prompt_tokens: 4,
-        max_tokens: 8,
         duration: Duration::from_millis(500),
-        max_requests: 50,
-        model: None,
-        slo_ttft: None,
-        slo_itl: None,
-        max_concurrency: 64,
         // Varied lengths take the same path as fixed ones and must not fail a request.
         range_ratio: 0.5,
         seed: 1,
-        request_rate: vec![],
+        ..bench_args(base)
     };
     let report = bitscale_engine::bench::bench(&args).await.expect("bench");
     assert_eq!(report.model, "fake");
@@ -460,20 +472,13 @@ async fn bench_open_loop_offers_the_requested_rate_and_caps_what_is_in_flight() 
         SchedulerConfig::default(),
     )
     .await;
-    let mut args = bitscale_engine::bench::BenchArgs {
-        url: base,
-        concurrency: vec![1],
-        prompt_tokens: 4,
+    let mut args = BenchArgs {
         max_tokens: 4,
         duration: Duration::from_millis(1000),
         max_requests: 10_000,
-        model: None,
-        slo_ttft: None,
-        slo_itl: None,
-        max_concurrency: 64,
-        range_ratio: 0.0,
         seed: 5,
         request_rate: vec![40.0],
+        ..bench_args(base)
     };
     let report = bitscale_engine::bench::bench(&args).await.expect("bench");
     // The rate replaces the closed-loop levels.
@@ -544,20 +549,12 @@ async fn bench_slo_mode_finds_the_capacity() {
         SchedulerConfig::default(),
     )
     .await;
-    let mut args = bitscale_engine::bench::BenchArgs {
-        url: base,
+    let mut args = BenchArgs {
         concurrency: vec![],
-        prompt_tokens: 4,
-        max_tokens: 8,
         duration: Duration::from_millis(300),
-        max_requests: 50,
-        model: None,
-        slo_ttft: None,
         slo_itl: Some(Duration::from_secs(5)),
         max_concurrency: 4,
-        range_ratio: 0.0,
-        seed: 0,
-        request_rate: vec![],
+        ..bench_args(base)
     };
     let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
     assert_eq!(loose.concurrency, 4, "{loose:?}");

@@ -323,8 +323,7 @@ fn planned_bytes_are_the_packed_bytes() {
 
 #[test]
 fn attention_simd_matches_portable_and_the_softmax_definition() {
-    use super::{HeadGroup, attend_heads, portable};
-    use half::f16;
+    use super::{attend_heads, portable};
     let cases = [
         (3, 64, 37, 192),
         (1, 24, 1, 24),
@@ -333,25 +332,10 @@ fn attention_simd_matches_portable_and_the_softmax_definition() {
         (8, 64, 13, 512),
     ];
     for (heads, hd, visible, stride) in cases {
-        let q = random(heads * hd, 7);
         // The cache holds f16; the definition below reads the same f16 values.
-        let k: Vec<f16> = random(visible * stride, 8)
-            .into_iter()
-            .map(f16::from_f32)
-            .collect();
-        let v: Vec<f16> = random(visible * stride, 9)
-            .into_iter()
-            .map(f16::from_f32)
-            .collect();
-        let a = HeadGroup {
-            q: &q,
-            k: &k,
-            v: &v,
-            stride,
-            head_dim: hd,
-            visible,
-            scale: 0.125,
-        };
+        let case = AttentionCase::new(heads, hd, visible, stride);
+        let (q, k, v) = (&case.q, &case.k, &case.v);
+        let a = case.group();
         let (mut scores, mut got) = (Vec::new(), vec![0f32; heads * hd]);
         attend_heads(&a, &mut scores, &mut got);
         let mut plain = vec![0f32; heads * hd];
@@ -442,33 +426,57 @@ fn swiglu_is_silu_of_gate_times_up() {
     }
 }
 
+/// Random queries and a random f16 cache for one row's attention (`HeadGroup`), scale 1/8.
+struct AttentionCase {
+    q: Vec<f32>,
+    k: Vec<half::f16>,
+    v: Vec<half::f16>,
+    stride: usize,
+    head_dim: usize,
+    visible: usize,
+}
+
+impl AttentionCase {
+    fn new(heads: usize, head_dim: usize, visible: usize, stride: usize) -> Self {
+        let cache = |seed| {
+            random(visible * stride, seed)
+                .into_iter()
+                .map(half::f16::from_f32)
+                .collect()
+        };
+        Self {
+            q: random(heads * head_dim, 7),
+            k: cache(8),
+            v: cache(9),
+            stride,
+            head_dim,
+            visible,
+        }
+    }
+
+    fn group(&self) -> super::HeadGroup<'_> {
+        super::HeadGroup {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            stride: self.stride,
+            head_dim: self.head_dim,
+            visible: self.visible,
+            scale: 0.125,
+        }
+    }
+}
+
 /// Times one row's attention over a long cache (SmolLM2's shape: three query heads per KV head,
 /// 64 values per head, KV rows 192 values apart). Run with `--ignored --nocapture`.
 #[test]
 #[ignore = "timing, not a check"]
 fn attention_timing() {
-    use super::{HeadGroup, attend_heads};
-    use half::f16;
+    use super::attend_heads;
     let (heads, hd, stride) = (3, 64, 192);
     for visible in [64, 300, 1000] {
-        let q = random(heads * hd, 7);
-        let k: Vec<f16> = random(visible * stride, 8)
-            .into_iter()
-            .map(f16::from_f32)
-            .collect();
-        let v: Vec<f16> = random(visible * stride, 9)
-            .into_iter()
-            .map(f16::from_f32)
-            .collect();
-        let a = HeadGroup {
-            q: &q,
-            k: &k,
-            v: &v,
-            stride,
-            head_dim: hd,
-            visible,
-            scale: 0.125,
-        };
+        let case = AttentionCase::new(heads, hd, visible, stride);
+        let a = case.group();
         let (mut scratch, mut out) = (Vec::new(), vec![0f32; heads * hd]);
         let iters = 200_000 / visible;
         let best = (0..7)

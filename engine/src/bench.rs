@@ -75,12 +75,21 @@ pub struct BenchArgs {
     pub request_rate: Vec<f64>,
 }
 
+/// `s` as a number for which `ok` holds, else an error saying it is not `what`.
+fn parse_number(s: &str, ok: impl Fn(f64) -> bool, what: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|&v| ok(v))
+        .ok_or_else(|| format!("{s:?} is not {what}"))
+}
+
 /// `--request-rate`: a positive, finite number of requests per second.
 fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
-        _ => Err(format!("{s:?} is not a positive number of requests per second")),
-    }
+    parse_number(
+        s,
+        |r| r > 0.0 && r.is_finite(),
+        "a positive number of requests per second",
+    )
 }
 
 /// Seconds to the next arrival of a Poisson process of `rate` per second (exponentially
@@ -92,10 +101,7 @@ pub fn interarrival(rate: f64, rng: &mut impl rand::Rng) -> f64 {
 
 /// `--range-ratio`: a number in `[0, 1)`.
 fn parse_range_ratio(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..1.0).contains(&r) => Ok(r),
-        _ => Err(format!("{s:?} is not a number in [0, 1)")),
-    }
+    parse_number(s, |r| (0.0..1.0).contains(&r), "a number in [0, 1)")
 }
 
 /// A length drawn uniformly from `[len·(1 − ratio), len·(1 + ratio)]`, at least 1.

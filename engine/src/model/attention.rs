@@ -16,6 +16,12 @@ pub(crate) struct SeqKv {
 }
 
 impl SeqKv {
+    /// Bytes one position takes: K and V of every layer, `kv_dim` f16 values each. The loaded
+    /// model's `kv_bytes_per_token` and `plan`'s (from a file's header) are both this.
+    pub(crate) fn bytes_per_token(layers: usize, kv_dim: usize) -> u64 {
+        (layers * 2 * kv_dim * std::mem::size_of::<f16>()) as u64
+    }
+
     pub(crate) fn new(layers: usize, kv_dim: usize, reserve_positions: usize) -> Self {
         let cap = kv_dim * reserve_positions;
         Self {

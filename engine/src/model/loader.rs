@@ -14,6 +14,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 
+use super::attention::SeqKv;
 use super::config::LlamaConfig;
 use super::linear::{Linear, tied_embedding_kept_apart};
 use super::llama::{Block, Llama, inv_freq};
@@ -514,7 +515,7 @@ fn build(
         context_length: cfg.context,
         vocab_size: cfg.vocab,
         weight_bytes,
-        kv_bytes_per_token: (cfg.layers * 2 * kvd * std::mem::size_of::<half::f16>()) as u64,
+        kv_bytes_per_token: SeqKv::bytes_per_token(cfg.layers, kvd),
     };
     let inv_freq = inv_freq(&cfg);
     Ok(Llama {

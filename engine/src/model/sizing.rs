@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{GgmlDType, gguf_file};
 
+use super::attention::SeqKv;
 use super::config::LlamaConfig;
 use super::linear::{ggml_bytes, linear_resident_bytes, tied_embedding_kept_apart};
 use super::loader::{head_dtype, is_float};
@@ -91,7 +92,7 @@ impl ModelHeader {
             kv_dim: cfg.kv_dim(),
             vocab: cfg.vocab,
             context_length: cfg.context,
-            kv_bytes_per_token: (cfg.layers * 2 * cfg.kv_dim() * std::mem::size_of::<half::f16>()) as u64,
+            kv_bytes_per_token: SeqKv::bytes_per_token(cfg.layers, cfg.kv_dim()),
             tensors,
         })
     }

@@ -65,7 +65,6 @@ impl QuantActsK {
         let mut qs = vec![0i8; x.len()];
         let mut d = vec![0f32; m * nsb];
         let mut bsums = vec![0i16; x.len() / 16];
-        let simd = super::has_avx2();
         for (((src, dst), dx), bs) in x
             .chunks_exact(QK)
             .zip(qs.chunks_exact_mut(QK))
@@ -75,24 +74,22 @@ impl QuantActsK {
             let (Ok(src), Ok(dst)) = (<&[f32; QK]>::try_from(src), <&mut [i8; QK]>::try_from(dst)) else {
                 continue;
             };
-            *dx = if simd {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    super::x86::quantize_super_block(src, dst)
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    quantize_super_block(src, dst)
-                }
-            } else {
-                quantize_super_block(src, dst)
-            };
+            *dx = quantize_fastest(src, dst);
             for (s, q) in bs.iter_mut().zip(dst.chunks_exact(16)) {
                 *s = q.iter().map(|&v| i16::from(v)).sum();
             }
         }
         Self { qs, d, bsums }
     }
+}
+
+/// [`quantize_super_block`] with AVX2 when the CPU has it (bit for bit the same).
+fn quantize_fastest(src: &[f32; QK], dst: &mut [i8; QK]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        return super::x86::quantize_super_block(src, dst);
+    }
+    quantize_super_block(src, dst)
 }
 
 /// One Q8_K super-block as llama.cpp's `quantize_row_q8_K`: the first value of largest magnitude

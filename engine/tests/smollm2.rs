@@ -142,3 +142,74 @@ fn smollm2_stepwise_equals_prefill() {
     }
     assert_eq!(ours, stepwise);
 }
+
+/// Timing, not a check: `BITSCALE_STEP_MODEL=FILE.gguf BITSCALE_STEP_LEVEL=q8_0 cargo test
+/// --release -p bitscale-engine --test smollm2 -- --ignored --nocapture step_timing` prints the
+/// wall time of a decode step at batch 1 and 8 (32-token prompts, the next 64 positions), the best
+/// of several passes: the HTTP benchmark's noise on a shared VM (±10 %) hides the few-percent
+/// effects of work outside the matmul kernels, and the minimum is the least disturbed run.
+#[test]
+#[ignore = "timing"]
+fn step_timing() {
+    let path = match std::env::var_os("BITSCALE_STEP_MODEL") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match smollm2_path() {
+            Some(p) => p,
+            None => return,
+        },
+    };
+    let level: QuantLevel = std::env::var("BITSCALE_STEP_LEVEL")
+        .unwrap_or_else(|_| "q8_0".into())
+        .parse()
+        .expect("BITSCALE_STEP_LEVEL");
+    let m = load(&path, level, DeviceKind::Cpu).expect("load");
+    let model = m.forward.as_ref();
+    let (prompt_len, steps, passes) = (32, 64, 7);
+    for batch in [1, 8] {
+        // Prefill once; every pass decodes from copies of these caches.
+        let prefilled: Vec<_> = (0..batch)
+            .map(|s| {
+                let ids: Vec<u32> = (0..prompt_len).map(|i| (100 + 37 * s + 11 * i) as u32).collect();
+                let mut cache = model.new_cache();
+                model.reserve_cache(&mut cache, prompt_len + steps);
+                let mut chunk = [SeqChunk {
+                    tokens: &ids,
+                    cache: &mut cache,
+                    want_logits: false,
+                }];
+                model.forward(&mut chunk).expect("prefill");
+                cache
+            })
+            .collect();
+        let best = (0..passes)
+            .map(|_| {
+                let mut caches: Vec<_> = prefilled
+                    .iter()
+                    .map(|c| model.fork_cache(c, c.len()).expect("fork"))
+                    .collect();
+                let start = std::time::Instant::now();
+                for step in 0..steps {
+                    let toks: Vec<[u32; 1]> = (0..batch).map(|s| [(500 + 13 * s + step) as u32]).collect();
+                    let mut chunks: Vec<SeqChunk<'_>> = caches
+                        .iter_mut()
+                        .zip(&toks)
+                        .map(|(cache, t)| SeqChunk {
+                            tokens: t,
+                            cache,
+                            want_logits: true,
+                        })
+                        .collect();
+                    model.forward(&mut chunks).expect("decode");
+                }
+                start.elapsed().as_secs_f64() / steps as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "{level} batch {batch}: {:.3} ms a step, {:.1} tok/s (best of {passes} passes of {steps} steps, \
+             {} rayon threads)",
+            best * 1e3,
+            batch as f64 / best,
+            rayon::current_num_threads()
+        );
+    }
+}

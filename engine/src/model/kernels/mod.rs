@@ -26,10 +26,9 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
-use rayon::prelude::*;
 
 pub(crate) use kquant::QuantActsK;
-use out::{Columns, split_columns};
+use out::{Columns, fill_columns};
 pub(crate) use pack::{PackedMatrix, ROWS};
 
 /// Values per quantization block.
@@ -173,22 +172,18 @@ pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, isa: Isa) -> Vec<f32
     };
     let simd = isa == Isa::Best && has_avx2();
     // Weight rows are split across threads in whole interleaved groups; each task writes its
-    // columns of every activation row straight into `y` (tiles copied into place afterwards were
+    // columns of every activation row straight into the output (tiles copied into place afterwards were
     // 5–9 % of a decode step over 8 sequences, with their allocation and zeroing).
     let threads = rayon::current_num_threads().max(1);
     let rows_per_task = n.div_ceil(threads * 4).max(16).next_multiple_of(ROWS);
-    let mut y = vec![0f32; m * n];
-    split_columns(&mut y, m, n, rows_per_task)
-        .into_par_iter()
-        .for_each(|mut out| {
-            if simd {
-                #[cfg(target_arch = "x86_64")]
-                x86::rows(w, &acts, &mut out);
-            } else {
-                portable::rows(w, &acts, &mut out);
-            }
-        });
-    y
+    fill_columns(m, n, rows_per_task, |out| {
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            x86::rows(w, &acts, out);
+        } else {
+            portable::rows(w, &acts, out);
+        }
+    })
 }
 
 /// `a · b` (RMS norm), with AVX2 when the CPU has it.

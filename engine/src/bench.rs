@@ -48,7 +48,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// SLO mode: the p95 time to first token to meet. With `--slo-itl` (either or both), bench
-    /// searches for the highest concurrency meeting the SLO instead of running `--concurrency`.
+    /// searches for the highest concurrency meeting the SLO instead of running `--concurrency`,
+    /// or, given `--request-rate R`, for the highest offered load (open loop, from `R` on).
     #[arg(long, value_parser = parse_duration)]
     pub slo_ttft: Option<Duration>,
     /// SLO mode: the p95 inter-token latency to meet.
@@ -70,7 +71,7 @@ pub struct BenchArgs {
     /// Open-loop mode: offered loads in requests per second, comma-separated, run instead of
     /// `--concurrency`. Requests arrive as a Poisson process whatever the server's pace (as real
     /// users do), at most `--max-concurrency` in flight; an arrival beyond that is not sent and
-    /// is counted as `dropped`.
+    /// is counted as `dropped`. In SLO mode, the first rate is where the search starts.
     #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
     pub request_rate: Vec<f64>,
 }
@@ -123,7 +124,8 @@ pub struct Slo {
 }
 
 impl Slo {
-    /// Whether a level met the SLO: its p95s within bounds, no errors and no 429s.
+    /// Whether a level met the SLO: its p95s within bounds, no errors, no 429s and (open loop) no
+    /// arrival dropped at the in-flight cap.
     pub fn met_by(&self, l: &LevelReport) -> bool {
         let within = |bound: Option<f64>, p: &Option<Percentiles>| match (bound, p) {
             (None, _) => true,
@@ -133,6 +135,7 @@ impl Slo {
         l.requests > 0
             && l.errors == 0
             && l.rejected_429 == 0
+            && l.dropped.unwrap_or(0) == 0
             && within(self.ttft_p95_s, &l.ttft_s)
             && within(self.itl_p95_s, &l.itl_s)
     }
@@ -147,9 +150,14 @@ pub struct CapacityReport {
     pub max_tokens: usize,
     pub duration_s: f64,
     pub slo: Slo,
-    /// The highest concurrency that met the SLO (0: not even one stream did).
+    /// Closed loop: the highest concurrency that met the SLO (0: not even one stream did). Open
+    /// loop: the cap on requests in flight (`--max-concurrency`).
     pub concurrency: usize,
-    /// Generated tokens/s at that concurrency: the sustainable throughput per replica.
+    /// Open loop: the highest offered load, in requests per second, that met the SLO (0: not even
+    /// the lowest tried did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_rate: Option<f64>,
+    /// Generated tokens/s at that concurrency or load: the sustainable throughput per replica.
     pub sustainable_tokens_per_s: f64,
     /// Every concurrency tried, in order.
     pub probes: Vec<LevelReport>,
@@ -164,6 +172,22 @@ pub fn next_probe(good: usize, bad: Option<usize>, max: usize) -> Option<usize> 
         None => Some((good * 2).min(max)),
         Some(b) if b > good + 1 => Some(good + (b - good) / 2),
         Some(_) => None,
+    }
+}
+
+/// Open-loop SLO search resolves the capacity to within this factor.
+pub const RATE_RESOLUTION: f64 = 1.1;
+
+/// The next offered load to try, given the highest that met the SLO (`good`) and the lowest that
+/// did not (`bad`), starting at `start`: doubling until a failure, halving until a success, then
+/// bisecting until the two are within [`RATE_RESOLUTION`]. `None` when the search is over,
+/// including when even `start / 64` fails (the server cannot meet the SLO at any useful load).
+pub fn next_rate(good: Option<f64>, bad: Option<f64>, start: f64) -> Option<f64> {
+    match (good, bad) {
+        (None, None) => Some(start),
+        (Some(g), None) => Some(g * 2.0),
+        (None, Some(b)) => (b > start / 64.0).then_some(b / 2.0),
+        (Some(g), Some(b)) => (b > g * RATE_RESOLUTION).then_some((g + b) / 2.0),
     }
 }
 
@@ -259,7 +283,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SLO mode: searches for the highest concurrency whose p95 TTFT / ITL meet the SLO.
+/// SLO mode: searches for the highest concurrency (or, with `--request-rate`, the highest
+/// offered load) whose p95 TTFT / ITL meet the SLO.
 pub async fn capacity(args: &BenchArgs) -> anyhow::Result<CapacityReport> {
     let slo = Slo {
         ttft_p95_s: args.slo_ttft.map(|d| d.as_secs_f64()),
@@ -268,26 +293,39 @@ pub async fn capacity(args: &BenchArgs) -> anyhow::Result<CapacityReport> {
     let base = check_loopback(&args.url)?;
     let client = bench_client()?;
     let model = resolve_model(&client, &base, args).await?;
-    let (mut good, mut bad) = (0usize, None);
     let mut best_tps = 0.0;
     let mut probes = Vec::new();
-    while let Some(c) = next_probe(good, bad, args.max_concurrency.max(1)) {
-        let l = level(&client, &base, &model, args, Load::Clients(c)).await?;
+    let mut probe = async |load: Load| -> anyhow::Result<bool> {
+        let l = level(&client, &base, &model, args, load).await?;
         let met = slo.met_by(&l);
-        tracing::info!(
-            concurrency = c,
-            met,
-            tokens_per_s = l.generated_tokens_per_s,
-            "SLO probe"
-        );
+        tracing::info!(?load, met, tokens_per_s = l.generated_tokens_per_s, "SLO probe");
         if met {
-            good = c;
             best_tps = l.generated_tokens_per_s;
-        } else {
-            bad = Some(c);
         }
         probes.push(l);
-    }
+        Ok(met)
+    };
+    let (concurrency, request_rate) = if let Some(&start) = args.request_rate.first() {
+        let (mut good, mut bad) = (None, None);
+        while let Some(r) = next_rate(good, bad, start) {
+            if probe(Load::Rate(r)).await? {
+                good = Some(r);
+            } else {
+                bad = Some(r);
+            }
+        }
+        (args.max_concurrency.max(1), Some(good.unwrap_or(0.0)))
+    } else {
+        let (mut good, mut bad) = (0usize, None);
+        while let Some(c) = next_probe(good, bad, args.max_concurrency.max(1)) {
+            if probe(Load::Clients(c)).await? {
+                good = c;
+            } else {
+                bad = Some(c);
+            }
+        }
+        (good, None)
+    };
     Ok(CapacityReport {
         url: args.url.clone(),
         model,
@@ -295,7 +333,8 @@ pub async fn capacity(args: &BenchArgs) -> anyhow::Result<CapacityReport> {
         max_tokens: args.max_tokens,
         duration_s: args.duration.as_secs_f64(),
         slo,
-        concurrency: good,
+        concurrency,
+        request_rate,
         sustainable_tokens_per_s: best_tps,
         probes,
     })
@@ -651,6 +690,39 @@ mod tests {
     }
 
     #[test]
+    fn rate_search_doubles_halves_then_bisects_to_the_resolution() {
+        let search = |capacity: f64, start: f64| {
+            let (mut good, mut bad, mut tried) = (None, None, Vec::new());
+            while let Some(r) = next_rate(good, bad, start) {
+                tried.push(r);
+                assert!(tried.len() < 40, "search does not end: {tried:?}");
+                if r <= capacity {
+                    good = Some(r);
+                } else {
+                    bad = Some(r);
+                }
+            }
+            (good, bad, tried)
+        };
+        // Capacity 5 req/s from 1: up by doubling, then bisecting 4..8.
+        let (good, bad, tried) = search(5.0, 1.0);
+        assert_eq!(tried, [1.0, 2.0, 4.0, 8.0, 6.0, 5.0, 5.5]);
+        let (good, bad) = (good.expect("met"), bad.expect("failed"));
+        assert!(
+            good <= 5.0 && bad > 5.0 && bad <= good * RATE_RESOLUTION,
+            "{good} {bad}"
+        );
+        // Capacity below the start: halving first.
+        let (good, _, tried) = search(0.3, 1.0);
+        assert_eq!(&tried[..3], [1.0, 0.5, 0.25]);
+        assert!(good.is_some_and(|g| g <= 0.3 && g * RATE_RESOLUTION >= 0.3 / RATE_RESOLUTION));
+        // Nothing meets the SLO: the search gives up below start / 64.
+        let (good, _, tried) = search(0.0, 1.0);
+        assert_eq!(good, None);
+        assert_eq!(tried.last(), Some(&(1.0 / 64.0)));
+    }
+
+    #[test]
     fn slo_needs_p95s_within_bounds_and_no_rejections() {
         let slo = Slo {
             ttft_p95_s: Some(1.0),
@@ -684,6 +756,14 @@ mod tests {
         l.itl_s = p(0.05);
         l.rejected_429 = 1;
         assert!(!slo.met_by(&l));
+        l.rejected_429 = 0;
+        l.dropped = Some(1);
+        assert!(
+            !slo.met_by(&l),
+            "an open-loop arrival dropped at the in-flight cap"
+        );
+        l.dropped = Some(0);
+        assert!(slo.met_by(&l));
     }
 
     #[test]

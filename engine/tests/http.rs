@@ -569,6 +569,54 @@ async fn bench_slo_mode_finds_the_capacity() {
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
 
+/// With `--request-rate`, SLO mode searches over the offered load (open loop): a loose SLO is met
+/// from the start rate up until arrivals find every slot taken, an impossible one at no rate,
+/// after halving down to start / 64.
+#[tokio::test]
+async fn bench_slo_mode_searches_the_offered_load() {
+    let (s, base) = server(
+        fake().with_step_delay(Duration::from_millis(1)),
+        SchedulerConfig::default(),
+    )
+    .await;
+    let mut args = BenchArgs {
+        concurrency: vec![],
+        request_rate: vec![4.0],
+        slo_itl: Some(Duration::from_secs(5)),
+        // Arrivals are seeded, so the first probe's ~4 requests in a second are the same on every
+        // run; a request takes ~10 ms, so two in flight never both stay busy at 4 per second.
+        duration: Duration::from_secs(1),
+        max_concurrency: 2,
+        max_requests: 20,
+        ..bench_args(base)
+    };
+    let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    let rate = loose.request_rate.expect("an open-loop result");
+    assert!(rate >= 4.0, "{loose:?}");
+    assert!(loose.sustainable_tokens_per_s > 0.0);
+    assert!(loose.probes.iter().all(|p| p.request_rate.is_some()));
+    // The search ended on a failure just above the result: arrivals dropped at the cap of two.
+    let above = loose
+        .probes
+        .iter()
+        .filter(|p| p.request_rate.is_some_and(|r| r > rate))
+        .min_by(|a, b| a.request_rate.partial_cmp(&b.request_rate).expect("rates"))
+        .expect("a failed probe above the result");
+    assert!(
+        above.dropped.is_some_and(|d| d > 0) || above.rejected_429 > 0,
+        "{above:?}"
+    );
+    args.slo_itl = None;
+    args.slo_ttft = Some(Duration::from_nanos(1));
+    args.duration = Duration::from_millis(200);
+    let impossible = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    assert_eq!(impossible.request_rate, Some(0.0));
+    assert_eq!(impossible.sustainable_tokens_per_s, 0.0);
+    let lowest = impossible.probes.last().and_then(|p| p.request_rate);
+    assert_eq!(lowest, Some(4.0 / 64.0));
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+}
+
 #[tokio::test]
 async fn generation_tokens_counter_matches_usage_when_the_model_stops() {
     let (s, base) = server(fake(), SchedulerConfig::default()).await;

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub e2e_request_latency_seconds: Histogram,
     pub request_queue_time_seconds: Histogram,
     pub iteration_tokens: Histogram,
+    pub step_token_budget: Gauge,
     pub iteration_batch_size: Histogram,
     pub num_requests_running: Gauge,
     pub num_requests_waiting: Gauge,
@@ -94,6 +95,7 @@ impl Metrics {
             e2e_request_latency_seconds: Histogram::new(REQUEST_LATENCY_BUCKETS),
             request_queue_time_seconds: Histogram::new(REQUEST_LATENCY_BUCKETS),
             iteration_tokens: Histogram::new(ITERATION_TOKEN_BUCKETS),
+            step_token_budget: Gauge::default(),
             iteration_batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
             num_requests_running: Gauge::default(),
             num_requests_waiting: Gauge::default(),
@@ -136,6 +138,11 @@ impl Metrics {
             "iteration_tokens",
             "Tokens processed per engine step",
             m.iteration_tokens.clone(),
+        );
+        r.register(
+            "step_token_budget",
+            "Tokens the next engine step may carry: --max-batch-tokens, or fewer to meet --itl-target",
+            m.step_token_budget.clone(),
         );
         r.register(
             "iteration_batch_size",

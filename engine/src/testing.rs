@@ -15,6 +15,7 @@ const STEP_LOG: usize = 4096;
 pub struct FakeModel {
     info: ModelInfo,
     step_delay: Duration,
+    token_delay: Duration,
     steps: Mutex<VecDeque<Vec<usize>>>,
 }
 
@@ -32,6 +33,7 @@ impl FakeModel {
                 kv_bytes_per_token: 64,
             },
             step_delay: Duration::ZERO,
+            token_delay: Duration::ZERO,
             steps: Mutex::new(VecDeque::new()),
         }
     }
@@ -39,6 +41,12 @@ impl FakeModel {
     /// Makes every step sleep, to hold requests in flight.
     pub fn with_step_delay(mut self, d: Duration) -> Self {
         self.step_delay = d;
+        self
+    }
+
+    /// Makes every step sleep this long per token it carries, as a compute-bound step takes.
+    pub fn with_token_delay(mut self, d: Duration) -> Self {
+        self.token_delay = d;
         self
     }
 
@@ -53,8 +61,10 @@ impl FakeModel {
 
 impl Forward for FakeModel {
     fn forward(&self, batch: &mut [SeqChunk<'_>]) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
-        if !self.step_delay.is_zero() {
-            std::thread::sleep(self.step_delay);
+        let tokens: usize = batch.iter().map(|c| c.tokens.len()).sum();
+        let delay = self.step_delay + self.token_delay * u32::try_from(tokens).unwrap_or(u32::MAX);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
         }
         if let Ok(mut s) = self.steps.lock() {
             if s.len() == STEP_LOG {

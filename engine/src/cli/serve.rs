@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// Tokens per engine step (decode tokens plus prompt chunks).
     #[arg(long, env = "BITSCALE_MAX_BATCH_TOKENS", default_value_t = 512)]
     pub max_batch_tokens: usize,
+    /// Inter-token latency to keep engine steps within (e.g. 100ms): a step then carries only as
+    /// many tokens (at most --max-batch-tokens) as fit in 90 % of it at the measured time per
+    /// token, so a long prompt arriving does not stall the running streams. Default: no target.
+    #[arg(long, env = "BITSCALE_ITL_TARGET", value_parser = parse_duration)]
+    pub itl_target: Option<Duration>,
     /// KV cache pool size (e.g. 2GiB). Default: the memory limit minus weights and headroom.
     #[arg(long, alias = "kv-memory", env = "BITSCALE_KV_POOL_BYTES", value_parser = parse_size)]
     pub kv_pool_bytes: Option<u64>,
@@ -165,6 +170,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_waiting: args.max_waiting,
             max_waiting_tokens: args.max_waiting_tokens,
             max_batch_tokens: args.max_batch_tokens.max(1),
+            itl_target: args.itl_target,
             kv_pool_bytes,
             prefix_cache_entries: args.prefix_cache_entries,
         },

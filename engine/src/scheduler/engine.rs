@@ -7,7 +7,7 @@ use std::{
 
 use super::{
     Event, FinishReason, GenerationRequest, Queue, Sampler, Shared, admission::reservation,
-    prefix::PrefixCache,
+    prefix::PrefixCache, step_budget::StepBudget,
 };
 use crate::{
     metrics::Metrics,
@@ -48,11 +48,13 @@ pub(super) struct Engine {
     running: Vec<Sequence>,
     kv_reserved: u64,
     prefix: PrefixCache,
+    budget: StepBudget,
 }
 
 impl Engine {
     pub(super) fn new(model: Arc<dyn Forward>, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Self {
         let prefix = PrefixCache::new(shared.config.prefix_cache_entries);
+        let budget = StepBudget::new(shared.config.itl_target, shared.config.max_batch_tokens);
         Self {
             model,
             shared,
@@ -60,6 +62,7 @@ impl Engine {
             running: Vec::new(),
             kv_reserved: 0,
             prefix,
+            budget,
         }
     }
 
@@ -200,7 +203,8 @@ impl Engine {
 
     /// Token ranges per running sequence for this step: decodes first, then prompt chunks.
     fn plan(&self) -> Vec<Option<(usize, usize)>> {
-        let budget = self.shared.config.max_batch_tokens.max(1);
+        let budget = self.budget.tokens();
+        self.metrics.step_token_budget.set(budget as i64);
         let decodes = self.running.iter().filter(|s| s.is_decoding()).count();
         // Prefill always gets some share, so a full batch of decodes cannot starve new prompts.
         let mut left = budget.saturating_sub(decodes).max(budget / 8).max(1);
@@ -245,7 +249,9 @@ impl Engine {
             owners.push((i, b - a));
         }
         let batch = chunks.len();
+        let started = Instant::now();
         let result = self.model.forward(&mut chunks);
+        self.budget.observe(step_tokens, started.elapsed().as_secs_f64());
         drop(chunks);
         self.metrics.iteration_tokens.observe(step_tokens as f64);
         self.metrics.iteration_batch_size.observe(batch as f64);

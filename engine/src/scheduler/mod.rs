@@ -7,8 +7,9 @@
 //! 2. admits waiting requests into the running batch, first come first served, while the batch has
 //!    room (`max_running`) and the KV pool can hold the request's reservation;
 //! 3. gives every decoding sequence one token, then fills the rest of the token budget
-//!    (`max_batch_tokens`) with prompt chunks of prefilling sequences (chunked prefill), so a new
-//!    request joins a running batch instead of waiting for it to end;
+//!    (`max_batch_tokens`, or fewer to end the step within `itl_target`) with prompt chunks of
+//!    prefilling sequences (chunked prefill), so a new request joins a running batch instead of
+//!    waiting for it to end;
 //! 4. runs one [`Forward::forward`] over the ragged batch, samples, and streams [`Event`]s back.
 //!
 //! Admission is bounded: [`SchedulerHandle::submit`] answers at once with an [`AdmissionError`]
@@ -18,6 +19,7 @@ mod admission;
 mod engine;
 mod prefix;
 mod sampling;
+mod step_budget;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +45,9 @@ pub struct SchedulerConfig {
     pub max_waiting_tokens: usize,
     /// Tokens per engine step (decode tokens plus prompt chunks).
     pub max_batch_tokens: usize,
+    /// Inter-token latency to keep steps within: a step then carries only as many tokens as the
+    /// measured time per token of recent steps allows (at most `max_batch_tokens`).
+    pub itl_target: Option<Duration>,
     /// Bytes of the KV pool; each running request reserves `(prompt + max_tokens) × kv_bytes_per_token`.
     pub kv_pool_bytes: u64,
     /// Finished sequences whose KV caches are kept for reuse by prompts with the same prefix
@@ -57,6 +62,7 @@ impl Default for SchedulerConfig {
             max_waiting: 64,
             max_waiting_tokens: 64 * 1024,
             max_batch_tokens: 512,
+            itl_target: None,
             kv_pool_bytes: 1 << 30,
             prefix_cache_entries: 16,
         }

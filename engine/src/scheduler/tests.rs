@@ -96,6 +96,47 @@ async fn generates_until_max_tokens_then_stop_token() {
     );
 }
 
+/// With an ITL target, a long prompt is prefilled in chunks sized from the measured time per
+/// token, so the steps it shares with a running stream end within the target; without one it goes
+/// in whole (up to `max_batch_tokens`).
+#[tokio::test]
+async fn itl_target_sizes_prompt_chunks_from_the_measured_step_cost() {
+    let run = |itl_target| async move {
+        let model = Arc::new(FakeModel::new(1000, 10_000).with_token_delay(Duration::from_millis(1)));
+        let config = SchedulerConfig {
+            itl_target,
+            ..Default::default()
+        };
+        let s = spawn(model.clone(), config);
+        let (a, mut rx_a) = request(vec![1], 500);
+        s.handle().submit(a).expect("admitted");
+        assert!(matches!(next(&mut rx_a).await, Event::Token(_)));
+        let (b, mut rx_b) = request((1..=300).collect(), 1);
+        s.handle().submit(b).expect("admitted");
+        let (toks, _) = finish(&mut rx_b).await;
+        assert_eq!(toks.len(), 1);
+        drop(rx_a);
+        // Step sizes while B's prompt went in (the steps of more than A's one decode token).
+        model
+            .steps()
+            .iter()
+            .map(|chunks| chunks.iter().sum::<usize>())
+            .filter(|&t| t > 1)
+            .collect::<Vec<usize>>()
+    };
+    assert_eq!(run(None).await, [301]);
+    let steps = run(Some(Duration::from_millis(40))).await;
+    // The first chunk is the cautious first budget (64 with A's token); once timed at ≥ 1 ms a
+    // token, 90 % of 40 ms fits at most 36, and the floor keeps at least 16 (but for the prompt's
+    // rest).
+    let (first, rest) = steps.split_first().expect("steps");
+    assert_eq!(*first, 64, "{steps:?}");
+    let (last, middle) = rest.split_last().expect("more than one chunk");
+    assert!(middle.iter().all(|t| (16..=36).contains(t)), "{steps:?}");
+    assert!(*last <= 36, "{steps:?}");
+    assert_eq!(steps.iter().sum::<usize>() - steps.len(), 300, "{steps:?}");
+}
+
 #[tokio::test]
 async fn new_request_joins_running_batch_with_chunked_prefill() {
     let model = Arc::new(FakeModel::new(1000, 10_000).with_step_delay(Duration::from_millis(2)));

@@ -49,6 +49,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         class,
         decision,
         images,
+        itl_target,
     } = input;
     let variant = variant_label(&decision.variant);
     let selector = variant_selector(&owner.name, &variant);
@@ -89,11 +90,24 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
     .into_iter()
     .map(str::to_owned)
     .collect();
-    // Sized to the ITL objective by the decision; a flag of the user's own comes last and wins.
+    // Sized to the ITL objective by the decision (a flag of the user's own comes last and wins):
+    // the step-token estimate, from a compute prior, caps the steps, and the objective itself
+    // lets the engine size them from its own measured time per token below that cap.
+    let user_sets = |flag: &str| engine.args.iter().any(|a| a.starts_with(flag));
     if let Some(tokens) = decision.estimate.step_tokens
-        && !engine.args.iter().any(|a| a.starts_with("--max-batch-tokens"))
+        && !user_sets("--max-batch-tokens")
     {
         args.extend(["--max-batch-tokens".to_owned(), tokens.to_string()]);
+    }
+    if let Some(itl) = itl_target
+        && !user_sets("--itl-target")
+    {
+        // Milliseconds, the one unit both Kubernetes-style durations ("1m30s") and the engine's
+        // parser agree on.
+        args.extend([
+            "--itl-target".to_owned(),
+            format!("{}ms", itl.as_secs_f64() * 1e3),
+        ]);
     }
     args.extend(engine.args.iter().cloned());
 
@@ -278,6 +292,7 @@ mod tests {
             class,
             decision: &decision,
             images: &images,
+            itl_target: None,
         })
     }
 
@@ -351,12 +366,13 @@ mod tests {
     }
 
     #[test]
-    fn step_tokens_from_the_decision_reach_the_engine_unless_the_user_sets_them() {
+    fn step_tokens_and_the_itl_objective_reach_the_engine_unless_the_user_sets_them() {
         let (class, owner, images) = (cpu_class(), owner(), images());
         let mut isvc = smol();
         let mut decision = decision(QuantLevel::Q4K, "cpu-standard", 1);
         decision.estimate.step_tokens = Some(40);
-        let args = |isvc: &InferenceService, decision: &Decision| {
+        let itl = Some(std::time::Duration::from_millis(50));
+        let args = |isvc: &InferenceService, decision: &Decision, itl_target| {
             let d = deployment(&BuildInput {
                 owner: &owner,
                 model: &isvc.spec.model,
@@ -364,19 +380,30 @@ mod tests {
                 class: &class,
                 decision,
                 images: &images,
+                itl_target,
             });
             engine(&d).args.clone().unwrap_or_default().join(" ")
         };
-        assert!(args(&isvc, &decision).ends_with("--max-batch-tokens 40 --log-format json"));
-        isvc.spec.engine.args.push("--max-batch-tokens=64".into());
-        let own = args(&isvc, &decision);
         assert!(
-            own.ends_with("--max-batch-tokens=64") && !own.contains("--max-batch-tokens 40"),
+            args(&isvc, &decision, itl)
+                .ends_with("--max-batch-tokens 40 --itl-target 50ms --log-format json")
+        );
+        isvc.spec.engine.args.push("--max-batch-tokens=64".into());
+        isvc.spec.engine.args.push("--itl-target=80ms".into());
+        let own = args(&isvc, &decision, itl);
+        assert!(
+            own.ends_with("--max-batch-tokens=64 --itl-target=80ms")
+                && !own.contains("--max-batch-tokens 40")
+                && !own.contains("--itl-target 50ms"),
             "{own}"
         );
         decision.estimate.step_tokens = None;
-        isvc.spec.engine.args.pop();
-        assert!(!args(&isvc, &decision).contains("--max-batch-tokens"));
+        isvc.spec.engine.args.clear();
+        let none = args(&isvc, &decision, None);
+        assert!(
+            !none.contains("--max-batch-tokens") && !none.contains("--itl-target"),
+            "{none}"
+        );
     }
 
     #[test]

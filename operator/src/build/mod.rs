@@ -76,6 +76,8 @@ pub struct BuildInput<'a> {
     pub decision: &'a Decision,
     /// Default engine images.
     pub images: &'a EngineImages,
+    /// `spec.slo.interTokenLatency`: the engine sizes its steps to it (`--itl-target`).
+    pub itl_target: Option<std::time::Duration>,
 }
 
 /// Every child of an InferenceService. Destructured without `..` in `apply`, so a new kind

@@ -389,6 +389,7 @@ mod tests {
             class: &class,
             decision: &decision,
             images: &images,
+            itl_target: None,
         };
         let wanted = desired(&input, "q8-0.cpu-standard");
         let (deployments, mut deployment_writer) = reflector::store();

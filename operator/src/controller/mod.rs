@@ -300,6 +300,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         class,
         decision: &decided,
         images: &ctx.config.images,
+        itl_target: valid.inputs.itl_slo,
     };
     let desired = build::desired(&input, &serving);
     let applied = apply::apply(client, &ctx.children, &ctx.ledger, &valid.owner, &desired).await?;

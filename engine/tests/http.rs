@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use bitscale_engine::{
-    bench::BenchArgs,
+    bench::{BenchArgs, CapacityReport},
     scheduler::SchedulerConfig,
     server::{RunningServer, ServerConfig, start},
     testing::{ByteCodec, FakeModel},
@@ -542,33 +542,42 @@ async fn get_status(base: &str, path: &str) -> reqwest::StatusCode {
     reqwest::get(format!("{base}{path}")).await.expect(path).status()
 }
 
-/// SLO mode finds the highest concurrency meeting the SLO: every level meets a loose one (up to
-/// `--max-concurrency`), none meets an impossible one.
-#[tokio::test]
-async fn bench_slo_mode_finds_the_capacity() {
+/// SLO mode against a fake server with 1 ms steps, twice: with the SLO of `args(url)` (a loose
+/// one), then with an impossible p95 TTFT of 1 ns and probes of 200 ms.
+async fn loose_and_impossible(args: impl FnOnce(String) -> BenchArgs) -> (CapacityReport, CapacityReport) {
     let (s, base) = server(
         fake().with_step_delay(Duration::from_millis(1)),
         SchedulerConfig::default(),
     )
     .await;
-    let mut args = BenchArgs {
+    let mut args = args(base);
+    let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    args.slo_itl = None;
+    args.slo_ttft = Some(Duration::from_nanos(1));
+    args.duration = Duration::from_millis(200);
+    let impossible = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    s.drain(Duration::from_secs(5)).await.expect("drain");
+    (loose, impossible)
+}
+
+/// SLO mode finds the highest concurrency meeting the SLO: every level meets a loose one (up to
+/// `--max-concurrency`), none meets an impossible one.
+#[tokio::test]
+async fn bench_slo_mode_finds_the_capacity() {
+    let (loose, impossible) = loose_and_impossible(|base| BenchArgs {
         concurrency: vec![],
         duration: Duration::from_millis(300),
         slo_itl: Some(Duration::from_secs(5)),
         max_concurrency: 4,
         ..bench_args(base)
-    };
-    let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    })
+    .await;
     assert_eq!(loose.concurrency, 4, "{loose:?}");
     assert!(loose.sustainable_tokens_per_s > 0.0);
     let tried: Vec<usize> = loose.probes.iter().map(|p| p.concurrency).collect();
     assert_eq!(tried, [1, 2, 4]);
-    args.slo_itl = None;
-    args.slo_ttft = Some(Duration::from_nanos(1));
-    let impossible = bitscale_engine::bench::capacity(&args).await.expect("capacity");
     assert_eq!(impossible.concurrency, 0);
     assert_eq!(impossible.sustainable_tokens_per_s, 0.0);
-    s.drain(Duration::from_secs(5)).await.expect("drain");
 }
 
 /// With `--request-rate`, SLO mode searches over the offered load (open loop): a loose SLO is met
@@ -576,12 +585,7 @@ async fn bench_slo_mode_finds_the_capacity() {
 /// after halving down to start / 64.
 #[tokio::test]
 async fn bench_slo_mode_searches_the_offered_load() {
-    let (s, base) = server(
-        fake().with_step_delay(Duration::from_millis(1)),
-        SchedulerConfig::default(),
-    )
-    .await;
-    let mut args = BenchArgs {
+    let (loose, impossible) = loose_and_impossible(|base| BenchArgs {
         concurrency: vec![],
         request_rate: vec![4.0],
         slo_itl: Some(Duration::from_secs(5)),
@@ -591,8 +595,8 @@ async fn bench_slo_mode_searches_the_offered_load() {
         max_concurrency: 2,
         max_requests: 20,
         ..bench_args(base)
-    };
-    let loose = bitscale_engine::bench::capacity(&args).await.expect("capacity");
+    })
+    .await;
     let rate = loose.request_rate.expect("an open-loop result");
     assert!(rate >= 4.0, "{loose:?}");
     assert!(loose.sustainable_tokens_per_s > 0.0);
@@ -608,15 +612,10 @@ async fn bench_slo_mode_searches_the_offered_load() {
         above.dropped.is_some_and(|d| d > 0) || above.rejected_429 > 0,
         "{above:?}"
     );
-    args.slo_itl = None;
-    args.slo_ttft = Some(Duration::from_nanos(1));
-    args.duration = Duration::from_millis(200);
-    let impossible = bitscale_engine::bench::capacity(&args).await.expect("capacity");
     assert_eq!(impossible.request_rate, Some(0.0));
     assert_eq!(impossible.sustainable_tokens_per_s, 0.0);
     let lowest = impossible.probes.last().and_then(|p| p.request_rate);
     assert_eq!(lowest, Some(4.0 / 64.0));
-    s.drain(Duration::from_secs(5)).await.expect("drain");
 }
 
 #[tokio::test]

@@ -159,7 +159,7 @@ pub struct CapacityReport {
     pub request_rate: Option<f64>,
     /// Generated tokens/s at that concurrency or load: the sustainable throughput per replica.
     pub sustainable_tokens_per_s: f64,
-    /// Every concurrency tried, in order.
+    /// Every concurrency (or offered load) tried, in order.
     pub probes: Vec<LevelReport>,
 }
 

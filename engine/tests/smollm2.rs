@@ -145,9 +145,10 @@ fn smollm2_stepwise_equals_prefill() {
 
 /// Timing, not a check: `BITSCALE_STEP_MODEL=FILE.gguf BITSCALE_STEP_LEVEL=q8_0 cargo test
 /// --release -p bitscale-engine --test smollm2 -- --ignored --nocapture step_timing` prints the
-/// wall time of a decode step at batch 1 and 8 (32-token prompts, the next 64 positions), the best
-/// of several passes: the HTTP benchmark's noise on a shared VM (±10 %) hides the few-percent
-/// effects of work outside the matmul kernels, and the minimum is the least disturbed run.
+/// wall time of a decode step at batch 1 and 8 (prompts of `BITSCALE_STEP_PROMPT` tokens, 32 by
+/// default, then the next 64 positions), the best of several passes: the HTTP benchmark's noise on
+/// a shared VM (±10 %) hides the few-percent effects of work outside the matmul kernels, and the
+/// minimum is the least disturbed run. Long prompts show attention's share of a step.
 #[test]
 #[ignore = "timing"]
 fn step_timing() {
@@ -164,7 +165,10 @@ fn step_timing() {
         .expect("BITSCALE_STEP_LEVEL");
     let m = load(&path, level, DeviceKind::Cpu).expect("load");
     let model = m.forward.as_ref();
-    let (prompt_len, steps, passes) = (32, 64, 7);
+    let prompt_len: usize = std::env::var("BITSCALE_STEP_PROMPT")
+        .map(|v| v.parse().expect("BITSCALE_STEP_PROMPT: a token count"))
+        .unwrap_or(32);
+    let (steps, passes) = (64, 7);
     for batch in [1, 8] {
         // Prefill once; every pass decodes from copies of these caches.
         let prefilled: Vec<_> = (0..batch)
@@ -205,8 +209,8 @@ fn step_timing() {
             })
             .fold(f64::INFINITY, f64::min);
         println!(
-            "{level} batch {batch}: {:.3} ms a step, {:.1} tok/s (best of {passes} passes of {steps} steps, \
-             {} rayon threads)",
+            "{level} batch {batch}, {prompt_len}-token prompts: {:.3} ms a step, {:.1} tok/s (best of \
+             {passes} passes of {steps} steps, {} rayon threads)",
             best * 1e3,
             batch as f64 / best,
             rayon::current_num_threads()

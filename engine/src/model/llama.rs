@@ -107,7 +107,7 @@ impl Llama {
     ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
         self.validate(batch)?;
         let cfg = &self.cfg;
-        let (hidden, kv_dim) = (cfg.hidden, cfg.kv_dim());
+        let (hidden, head_dim) = (cfg.hidden, cfg.head_dim);
 
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -127,7 +127,7 @@ impl Llama {
             let past = c.cache.len();
             let rows = c.tokens.len();
             let kv = c.cache.state_mut::<SeqKv>().ok_or(ModelError::ForeignCache)?;
-            kv.truncate(past, kv_dim);
+            kv.truncate(past, head_dim);
             seqs.push(SeqRows { row0, rows, past, kv });
             row0 += rows;
         }
@@ -208,7 +208,7 @@ impl Forward for Llama {
     fn new_cache(&self) -> KvCache {
         // Empty: the scheduler reserves a sequence's whole cache (`reserve_cache`); other users
         // grow it by doubling.
-        KvCache::new(Box::new(SeqKv::new(self.cfg.layers, self.cfg.kv_dim(), 0)))
+        KvCache::new(Box::new(SeqKv::new(self.cfg.layers, self.dims(), 0)))
     }
 
     fn fork_cache(&self, cache: &KvCache, len: usize) -> Option<KvCache> {
@@ -216,14 +216,13 @@ impl Forward for Llama {
         if len > cache.len() {
             return None;
         }
-        let copy = kv.prefix(len, self.cfg.kv_dim());
+        let copy = kv.prefix(len, self.cfg.head_dim);
         Some(KvCache::with_len(Box::new(copy), len))
     }
 
     fn reserve_cache(&self, cache: &mut KvCache, positions: usize) {
-        let kv_dim = self.cfg.kv_dim();
         if let Some(kv) = cache.state_mut::<SeqKv>() {
-            kv.reserve(positions.min(self.cfg.context), kv_dim);
+            kv.reserve(positions.min(self.cfg.context), self.cfg.head_dim);
         }
     }
 

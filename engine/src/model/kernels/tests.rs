@@ -427,6 +427,27 @@ fn swiglu_is_silu_of_gate_times_up() {
 }
 
 /// Random queries and a random f16 cache for one row's attention (`HeadGroup`), scale 1/8.
+/// The query heads of a KV group attended together give exactly what each gives alone (the
+/// SIMD kernel converts a cached value once for the group; the sums must not change with it).
+#[test]
+fn attention_of_a_group_equals_its_heads_one_at_a_time() {
+    for (heads, hd) in [(2, 128), (3, 64), (4, 32)] {
+        let case = AttentionCase::new(heads, hd, 41, 2 * hd);
+        let mut scores = Vec::new();
+        let mut together = vec![0f32; heads * hd];
+        super::attend_heads(&case.group(), &mut scores, &mut together);
+        for h in 0..heads {
+            let one = super::HeadGroup {
+                q: &case.q[h * hd..(h + 1) * hd],
+                ..case.group()
+            };
+            let mut alone = vec![0f32; hd];
+            super::attend_heads(&one, &mut scores, &mut alone);
+            assert_eq!(alone, together[h * hd..(h + 1) * hd], "{heads} heads, head {h}");
+        }
+    }
+}
+
 struct AttentionCase {
     q: Vec<f32>,
     k: Vec<half::f16>,

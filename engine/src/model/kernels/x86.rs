@@ -632,6 +632,12 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
             }
         }
         softmax_rows(scores, vis);
+        match heads {
+            2 => return weighted_values::<2, 4>(a, scores, out),
+            3 => return weighted_values::<3, 4>(a, scores, out),
+            4 => return weighted_values::<4, 2>(a, scores, out),
+            _ => {}
+        }
         // Weighted values: per head, up to 64 output values stay in registers across positions.
         for h in 0..heads {
             for i0 in (0..hd).step_by(64) {
@@ -646,6 +652,45 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
                 }
                 for (t, acc) in acc.iter().enumerate().take(nv) {
                     _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + i0 + 8 * t), *acc);
+                }
+            }
+        }
+    }
+}
+
+/// The weighted values of attention for the `G` query heads of a group together, `W` vectors of
+/// eight output values per head at a time (`G · W` accumulators, at most 12, plus `G` broadcast
+/// weights stay in registers): each cached value is converted from f16 once for all `G` heads
+/// rather than once per head, and conversions take a multiply-add's slot on this CPU
+/// (BENCHMARKS.md, session 7). Every output value is the same chain of fused multiply-adds over
+/// the positions in order as head by head, so the results are bit-identical.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_values<const G: usize, const W: usize>(
+    a: &super::HeadGroup<'_>,
+    scores: &[f32],
+    out: &mut [f32],
+) {
+    let (hd, vis) = (a.head_dim, a.visible);
+    // SAFETY: as in `attend_avx2` (`attend_heads` checked G · hd = q.len() = out.len(), scores
+    // G × visible, and `visible` rows of `hd` values in V).
+    unsafe {
+        for i0 in (0..hd).step_by(8 * W) {
+            let nv = ((hd - i0) / 8).min(W);
+            let mut acc = [[_mm256_setzero_ps(); W]; G];
+            for j in 0..vis {
+                let vp = a.v.as_ptr().add(j * a.stride + i0);
+                let p: [__m256; G] =
+                    std::array::from_fn(|g| _mm256_set1_ps(*scores.get_unchecked(g * vis + j)));
+                for t in 0..nv {
+                    let v = load_f16(vp.add(8 * t));
+                    for (acc, p) in acc.iter_mut().zip(&p) {
+                        acc[t] = _mm256_fmadd_ps(*p, v, acc[t]);
+                    }
+                }
+            }
+            for (g, acc) in acc.iter().enumerate() {
+                for (t, acc) in acc.iter().enumerate().take(nv) {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(g * hd + i0 + 8 * t), *acc);
                 }
             }
         }

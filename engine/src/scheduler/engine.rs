@@ -55,6 +55,7 @@ impl Engine {
     pub(super) fn new(model: Arc<dyn Forward>, shared: Arc<Shared>, metrics: Arc<Metrics>) -> Self {
         let prefix = PrefixCache::new(shared.config.prefix_cache_entries);
         let budget = StepBudget::new(shared.config.itl_target, shared.config.max_batch_tokens);
+        metrics.step_token_budget.set(budget.tokens() as i64);
         Self {
             model,
             shared,

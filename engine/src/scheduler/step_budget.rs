@@ -8,12 +8,7 @@
 
 use std::time::Duration;
 
-/// Steps of at least this many tokens are timed: on CPU they are compute-bound, so their time per
-/// token is what another token costs (a step of a few decode tokens costs about what one does:
-/// it streams the weights once, whatever the rows).
-const MEASURED_FROM: usize = 32;
-
-/// Until a step of [`MEASURED_FROM`] tokens has been timed, steps carry at most this many.
+/// Until a step has been timed, steps carry at most this many.
 const FIRST_BUDGET: usize = 64;
 
 /// The budget never drops below this (nor above `--max-batch-tokens`): when even the running
@@ -60,8 +55,16 @@ impl StepBudget {
     }
 
     /// Records that a step of `tokens` took `seconds`.
+    ///
+    /// Only steps of at least half the budget (and at least [`MIN_BUDGET`] tokens) count: a step
+    /// of a few decode tokens costs about what one token does (it streams the weights once,
+    /// whatever the rows), so its time per token would shrink the budget for nothing. Averaging
+    /// the steps near the budget's size settles where such a step takes 90 % of the target, even
+    /// when the time per token depends on the step's size. (Timing only steps of 32 or more, as a
+    /// first version did, froze the average once the budget fell below 32.)
     pub(super) fn observe(&mut self, tokens: usize, seconds: f64) {
-        if tokens < MEASURED_FROM || !seconds.is_finite() || seconds <= 0.0 {
+        let counts = tokens >= MIN_BUDGET.max(self.tokens() / 2);
+        if !counts || !seconds.is_finite() || seconds <= 0.0 {
             return;
         }
         let cost = seconds / tokens as f64;
@@ -90,6 +93,7 @@ mod tests {
         assert_eq!(b.tokens(), FIRST_BUDGET);
         // Small steps say nothing about the cost of another token.
         b.observe(8, 0.012);
+        b.observe(31, 0.100);
         assert_eq!(b.tokens(), FIRST_BUDGET);
         // 64 tokens in 80 ms: 1.25 ms a token, 72 fit in 90 % of 100 ms.
         b.observe(64, 0.080);
@@ -99,6 +103,16 @@ mod tests {
             b.observe(b.tokens(), b.tokens() as f64 * 0.002);
         }
         assert!((44..=46).contains(&b.tokens()), "{}", b.tokens());
+        // Slower still, 4 ms a token: the budget falls to 22, and steps of that size keep being
+        // timed, so it comes back up when the machine speeds up again.
+        for _ in 0..30 {
+            b.observe(b.tokens(), b.tokens() as f64 * 0.004);
+        }
+        assert!((21..=23).contains(&b.tokens()), "{}", b.tokens());
+        for _ in 0..30 {
+            b.observe(b.tokens(), b.tokens() as f64 * 0.00125);
+        }
+        assert!((70..=73).contains(&b.tokens()), "{}", b.tokens());
         // Never above the maximum, never below the floor.
         let mut fast = StepBudget::new(Some(Duration::from_millis(100)), 512);
         fast.observe(64, 1e-6);

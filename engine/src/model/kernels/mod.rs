@@ -172,8 +172,8 @@ pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, isa: Isa) -> Vec<f32
     };
     let simd = isa == Isa::Best && has_avx2();
     // Weight rows are split across threads in whole interleaved groups; each task writes its
-    // columns of every activation row straight into the output (tiles copied into place afterwards were
-    // 5–9 % of a decode step over 8 sequences, with their allocation and zeroing).
+    // columns of every activation row straight into the output (tiles copied into place
+    // afterwards were 5–9 % of a decode step over 8 sequences, with their allocation and zeroing).
     let threads = rayon::current_num_threads().max(1);
     let rows_per_task = n.div_ceil(threads * 4).max(16).next_multiple_of(ROWS);
     fill_columns(m, n, rows_per_task, |out| {

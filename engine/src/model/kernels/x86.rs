@@ -632,35 +632,24 @@ unsafe fn attend_avx2(a: &super::HeadGroup<'_>, heads: usize, scores: &mut [f32]
             }
         }
         softmax_rows(scores, vis);
-        match heads {
-            2 => return weighted_values::<2, 4>(a, scores, out),
-            3 => return weighted_values::<3, 4>(a, scores, out),
-            4 => return weighted_values::<4, 2>(a, scores, out),
-            _ => {}
-        }
-        // Weighted values: per head, up to 64 output values stay in registers across positions.
-        for h in 0..heads {
-            for i0 in (0..hd).step_by(64) {
-                let nv = ((hd - i0) / 8).min(8);
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for j in 0..vis {
-                    let p = _mm256_set1_ps(scores[h * vis + j]);
-                    let vp = a.v.as_ptr().add(j * a.stride + i0);
-                    for (t, acc) in acc.iter_mut().enumerate().take(nv) {
-                        *acc = _mm256_fmadd_ps(p, load_f16(vp.add(8 * t)), *acc);
-                    }
-                }
-                for (t, acc) in acc.iter().enumerate().take(nv) {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + i0 + 8 * t), *acc);
-                }
+        // Weighted values, the query heads in bunches of at most four (a KV group of eight, as in
+        // TinyLlama, is two bunches): every output value is the same chain whatever the bunch.
+        for h in (0..heads).step_by(4) {
+            let n = (heads - h).min(4);
+            let (p, o) = (&scores[h * vis..(h + n) * vis], &mut out[h * hd..(h + n) * hd]);
+            match n {
+                1 => weighted_values::<1, 8>(a, p, o),
+                2 => weighted_values::<2, 4>(a, p, o),
+                3 => weighted_values::<3, 4>(a, p, o),
+                _ => weighted_values::<4, 2>(a, p, o),
             }
         }
     }
 }
 
-/// The weighted values of attention for the `G` query heads of a group together, `W` vectors of
-/// eight output values per head at a time (`G · W` accumulators, at most 12, plus `G` broadcast
-/// weights stay in registers): each cached value is converted from f16 once for all `G` heads
+/// The weighted values of attention for `G` query heads together (`scores`: their `G` rows of
+/// weights; `out`: their `G · head_dim` outputs), `W` vectors of eight output values per head at a
+/// time (`G · W` accumulators, at most 12, plus `G` broadcast weights stay in registers): each cached value is converted from f16 once for all `G` heads
 /// rather than once per head, and conversions take a multiply-add's slot on this CPU
 /// (BENCHMARKS.md, session 7). Every output value is the same chain of fused multiply-adds over
 /// the positions in order as head by head, so the results are bit-identical.
@@ -671,8 +660,8 @@ unsafe fn weighted_values<const G: usize, const W: usize>(
     out: &mut [f32],
 ) {
     let (hd, vis) = (a.head_dim, a.visible);
-    // SAFETY: as in `attend_avx2` (`attend_heads` checked G · hd = q.len() = out.len(), scores
-    // G × visible, and `visible` rows of `hd` values in V).
+    // SAFETY: `attend_avx2` passes `G` rows of `visible` weights and `G · hd` outputs, and
+    // `attend_heads` checked that V holds `visible` rows of `hd` values.
     unsafe {
         for i0 in (0..hd).step_by(8 * W) {
             let nv = ((hd - i0) / 8).min(W);

@@ -15,6 +15,8 @@ use super::kernels::{HeadGroup, append_f16, attend_heads};
 /// Values are stored as f16, as llama.cpp does by default: half the memory of f32, so a pool holds
 /// twice the tokens, and half the bytes attention streams.
 pub(crate) struct SeqKv {
+    /// Values a position takes in each buffer.
+    head_dim: usize,
     /// Per layer, per KV head: (K, V).
     layers: Vec<Vec<(Vec<f16>, Vec<f16>)>>,
 }
@@ -31,21 +33,23 @@ impl SeqKv {
         let cap = dims.head_dim * reserve_positions;
         let head = || (Vec::with_capacity(cap), Vec::with_capacity(cap));
         Self {
+            head_dim: dims.head_dim,
             layers: (0..layers)
                 .map(|_| (0..dims.kv_heads).map(|_| head()).collect())
                 .collect(),
         }
     }
 
-    /// Every K and V buffer, with the values a position takes in each (`head_dim`).
+    /// Every K and V buffer.
     fn buffers_mut(&mut self) -> impl Iterator<Item = &mut Vec<f16>> {
         self.layers.iter_mut().flatten().flat_map(|(k, v)| [k, v])
     }
 
     /// The first `len` positions, in a new cache of exactly that size.
-    pub(crate) fn prefix(&self, len: usize, head_dim: usize) -> Self {
-        let copy = |v: &Vec<f16>| v[..(len * head_dim).min(v.len())].to_vec();
+    pub(crate) fn prefix(&self, len: usize) -> Self {
+        let copy = |v: &Vec<f16>| v[..(len * self.head_dim).min(v.len())].to_vec();
         Self {
+            head_dim: self.head_dim,
             layers: self
                 .layers
                 .iter()
@@ -55,9 +59,10 @@ impl SeqKv {
     }
 
     /// Room for `positions` in all, exactly.
-    pub(crate) fn reserve(&mut self, positions: usize, head_dim: usize) {
+    pub(crate) fn reserve(&mut self, positions: usize) {
+        let values = positions * self.head_dim;
         for b in self.buffers_mut() {
-            b.reserve_exact((positions * head_dim).saturating_sub(b.len()));
+            b.reserve_exact(values.saturating_sub(b.len()));
         }
     }
 
@@ -69,9 +74,10 @@ impl SeqKv {
     }
 
     /// Drops positions at and after `len` (a failed step may have written some layers only).
-    pub(crate) fn truncate(&mut self, len: usize, head_dim: usize) {
+    pub(crate) fn truncate(&mut self, len: usize) {
+        let values = len * self.head_dim;
         for b in self.buffers_mut() {
-            b.truncate(len * head_dim);
+            b.truncate(values);
         }
     }
 }

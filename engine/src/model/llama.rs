@@ -107,7 +107,7 @@ impl Llama {
     ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
         self.validate(batch)?;
         let cfg = &self.cfg;
-        let (hidden, head_dim) = (cfg.hidden, cfg.head_dim);
+        let hidden = cfg.hidden;
 
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -127,7 +127,7 @@ impl Llama {
             let past = c.cache.len();
             let rows = c.tokens.len();
             let kv = c.cache.state_mut::<SeqKv>().ok_or(ModelError::ForeignCache)?;
-            kv.truncate(past, head_dim);
+            kv.truncate(past);
             seqs.push(SeqRows { row0, rows, past, kv });
             row0 += rows;
         }
@@ -216,13 +216,13 @@ impl Forward for Llama {
         if len > cache.len() {
             return None;
         }
-        let copy = kv.prefix(len, self.cfg.head_dim);
+        let copy = kv.prefix(len);
         Some(KvCache::with_len(Box::new(copy), len))
     }
 
     fn reserve_cache(&self, cache: &mut KvCache, positions: usize) {
         if let Some(kv) = cache.state_mut::<SeqKv>() {
-            kv.reserve(positions.min(self.cfg.context), self.cfg.head_dim);
+            kv.reserve(positions.min(self.cfg.context));
         }
     }
 

@@ -112,9 +112,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
 
+/// A duration greater than zero (`--itl-target`: a step cannot be sized to take no time).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err(format!("`{s}` is not a positive duration"))
+        } else {
+            Ok(d)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positive_durations_refuse_zero() {
+        assert_eq!(parse_positive_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_positive_duration("0.25s"), Ok(Duration::from_millis(250)));
+        for bad in ["0ms", "0", "-1s", "fast"] {
+            assert!(parse_positive_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_cgroup_files() {

@@ -5,7 +5,9 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Args;
 
-use super::resources::{default_kv_pool, default_threads, memory_limit, parse_duration, parse_size};
+use super::resources::{
+    default_kv_pool, default_threads, memory_limit, parse_duration, parse_positive_duration, parse_size,
+};
 use crate::{
     model::{DeviceKind, QuantLevel},
     scheduler::SchedulerConfig,
@@ -46,7 +48,7 @@ pub struct ServeArgs {
     /// Inter-token latency to keep engine steps within (e.g. 100ms): a step then carries only as
     /// many tokens (at most --max-batch-tokens) as fit in 90 % of it at the measured time per
     /// token, so a long prompt arriving does not stall the running streams. Default: no target.
-    #[arg(long, env = "BITSCALE_ITL_TARGET", value_parser = parse_itl_target)]
+    #[arg(long, env = "BITSCALE_ITL_TARGET", value_parser = parse_positive_duration)]
     pub itl_target: Option<Duration>,
     /// KV cache pool size (e.g. 2GiB). Default: the memory limit minus weights and headroom.
     #[arg(long, alias = "kv-memory", env = "BITSCALE_KV_POOL_BYTES", value_parser = parse_size)]
@@ -73,17 +75,6 @@ pub struct ServeArgs {
     /// How long requests in flight may take to finish after SIGTERM.
     #[arg(long, env = "BITSCALE_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
     pub grace_period: Duration,
-}
-
-/// `--itl-target`: a positive duration (a step cannot be sized to take no time).
-fn parse_itl_target(s: &str) -> Result<Duration, String> {
-    parse_duration(s).and_then(|d| {
-        if d.is_zero() {
-            Err(format!("`{s}` is not a positive duration"))
-        } else {
-            Ok(d)
-        }
-    })
 }
 
 /// Parses a quantization level name (GGUF spelling, case-insensitive).
@@ -235,19 +226,5 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn itl_target_must_be_a_positive_duration() {
-        assert_eq!(parse_itl_target("100ms"), Ok(Duration::from_millis(100)));
-        assert_eq!(parse_itl_target("0.25s"), Ok(Duration::from_millis(250)));
-        for bad in ["0ms", "0", "-1s", "fast"] {
-            assert!(parse_itl_target(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -6,6 +6,7 @@
 // them as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod telemetry;
 pub mod v1alpha1;
 
 /// The API group of every Bitscale resource.

@@ -27,8 +27,9 @@ use crate::{
     nodes::{self, NODES},
     parts,
     paths::{self, Layout},
-    pki,
+    pki, prometheus,
     process::{self, Daemon},
+    runner,
     wait::{await_condition, await_list},
 };
 
@@ -195,7 +196,7 @@ impl Cluster {
         let kwok_home = components::kwok_home(&state_dir);
         std::fs::create_dir_all(&kwok_home).map_err(Error::io("creating", &kwok_home))?;
         let stages = kwok_home.join("stages.yaml");
-        std::fs::write(&stages, components::KWOK_STAGES).map_err(Error::io("writing", &stages))?;
+        std::fs::write(&stages, components::kwok_stages()).map_err(Error::io("writing", &stages))?;
         let bins = &self.binaries;
 
         eprintln!("bitscale-e2e: starting etcd on 127.0.0.1:{}", ports.etcd_client);
@@ -286,6 +287,8 @@ impl Cluster {
         // The ServiceAccount controller runs; pods in `default` can be created.
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         await_condition(accounts, "default", conditions::is_created(), COMPONENT_TIMEOUT).await?;
+        self.start_prometheus(&client, ports.prometheus, &pki).await?;
+        self.start_pod_runner(&kubeconfigs)?;
         eprintln!(
             "bitscale-e2e: cluster up in {:.1}s",
             started.elapsed().as_secs_f64()
@@ -314,6 +317,15 @@ async fn lock(layout: &Layout) -> Result<paths::FileLock, Error> {
     tokio::task::spawn_blocking(move || paths::lock(&path)).await?
 }
 
+/// Stops every process the pod runner started for this cluster and is still running.
+fn stop_pod_processes(state_dir: &Path) {
+    let marker = state_dir.to_string_lossy();
+    for pid in process::find_by_env(runner::pod::MARKER_ENV, &marker) {
+        eprintln!("bitscale-e2e: stopping pod process {pid}");
+        process::stop("pod process", pid, Duration::from_secs(2));
+    }
+}
+
 /// Stops whatever of the cluster still runs (newest component first) and removes its state.
 fn teardown(layout: &Layout) -> Result<Vec<String>, Error> {
     let state_dir = layout.cluster_dir();
@@ -323,11 +335,141 @@ fn teardown(layout: &Layout) -> Result<Vec<String>, Error> {
     for (name, pid) in &running {
         eprintln!("bitscale-e2e: stopping {name} (pid {pid})");
         process::stop(name, *pid, STOP_GRACE);
+        if name == "pod-runner" {
+            stop_pod_processes(&state_dir);
+        }
     }
+    // The pod runner stops its pods' processes when it stops; whatever it left (it was killed,
+    // or had already crashed) is found by the marker in their environment.
+    stop_pod_processes(&state_dir);
     if state_dir.exists() {
         std::fs::remove_dir_all(&state_dir).map_err(Error::io("removing", &state_dir))?;
     }
     Ok(running.into_iter().map(|(name, _)| name).collect())
+}
+
+impl Cluster {
+    /// Prometheus's URL (`http://127.0.0.1:<port>`), once `up` has started it.
+    pub fn prometheus_url(&self) -> Option<String> {
+        prometheus::url(&self.state_dir())
+    }
+
+    /// Stops Prometheus (its data stays), as a fault for tests of missing metrics.
+    pub fn stop_prometheus(&self) -> Option<u32> {
+        let daemon = process::find(&self.state_dir(), "prometheus", &self.binaries.prometheus)?;
+        process::stop(daemon.name, daemon.pid, STOP_GRACE);
+        Some(daemon.pid)
+    }
+
+    /// Starts Prometheus again on its port and data after [`Cluster::stop_prometheus`].
+    pub async fn restart_prometheus(&self) -> Result<(), Error> {
+        let url = self.prometheus_url().ok_or(Error::NotRunning)?;
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or(Error::NotRunning)?;
+        let state_dir = self.state_dir();
+        let daemon = process::spawn(
+            &state_dir,
+            "prometheus",
+            &self.binaries.prometheus,
+            &prometheus::args(&state_dir, port),
+            &[],
+        )?;
+        wait_prometheus(&daemon, &url).await
+    }
+
+    async fn start_prometheus(&self, client: &Client, port: u16, pki: &pki::Pki) -> Result<(), Error> {
+        for object in prometheus::rbac() {
+            let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                "rbac.authorization.k8s.io",
+                "v1",
+                &kind,
+            ));
+            let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+            let object: kube::api::DynamicObject =
+                serde_json::from_value(object).map_err(|source| Error::Encode {
+                    what: "Prometheus RBAC",
+                    source,
+                })?;
+            api.patch(
+                &name,
+                &kube::api::PatchParams::apply("bitscale-e2e").force(),
+                &kube::api::Patch::Apply(&object),
+            )
+            .await?;
+        }
+        let state_dir = self.state_dir();
+        let home = prometheus::home(&state_dir);
+        std::fs::create_dir_all(home.join("data")).map_err(Error::io("creating", &home))?;
+        let config = home.join("prometheus.yml");
+        let api_server = client_server(&self.kubeconfig)?;
+        std::fs::write(&config, prometheus::config(&api_server, pki)).map_err(Error::io("writing", &config))?;
+        let url = format!("http://127.0.0.1:{port}");
+        eprintln!("bitscale-e2e: starting prometheus on {url}");
+        let daemon = process::spawn(
+            &state_dir,
+            "prometheus",
+            &self.binaries.prometheus,
+            &prometheus::args(&state_dir, port),
+            &[],
+        )?;
+        wait_prometheus(&daemon, &url).await?;
+        let url_file = prometheus::url_file(&state_dir);
+        std::fs::write(&url_file, &url).map_err(Error::io("writing", &url_file))
+    }
+
+    fn start_pod_runner(&self, kubeconfigs: &Kubeconfigs) -> Result<(), Error> {
+        let state_dir = self.state_dir();
+        let bin_dir = paths::workspace_bin_dir()?;
+        let source = bin_dir.join("bitscale-e2e");
+        let target = &self.binaries.pod_runner;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(Error::io("creating", parent))?;
+        }
+        std::fs::copy(&source, target).map_err(Error::io("copying the pod runner from", &source))?;
+        for program in runner::images::Program::ALL {
+            let binary = bin_dir.join(program.binary());
+            if !binary.is_file() {
+                eprintln!(
+                    "bitscale-e2e: {} is not built; pods of its image wait until it is (cargo build -p {})",
+                    binary.display(),
+                    program.binary()
+                );
+            }
+        }
+        eprintln!("bitscale-e2e: starting the pod runner (engine and operator pods run from {})", bin_dir.display());
+        process::spawn(
+            &state_dir,
+            "pod-runner",
+            target,
+            &components::pod_runner_args(&state_dir, kubeconfigs, &bin_dir, self.layout.pod_range()),
+            &[],
+        )?;
+        Ok(())
+    }
+}
+
+/// The API server URL in a kubeconfig.
+fn client_server(kubeconfig: &Path) -> Result<String, Error> {
+    let config = Kubeconfig::read_from(kubeconfig).map_err(|source| Error::Kubeconfig {
+        path: kubeconfig.to_owned(),
+        source,
+    })?;
+    Ok(config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref()?.server.clone())
+        .unwrap_or_default())
+}
+
+async fn wait_prometheus(daemon: &Daemon, url: &str) -> Result<(), Error> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let ready = format!("{url}/-/ready");
+    wait_ready(daemon, COMPONENT_TIMEOUT, || probe_http(&http, &ready, "Ready")).await
 }
 
 /// Probes until `probe` succeeds; fails early if the process exits, or after `timeout`.

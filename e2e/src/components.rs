@@ -20,16 +20,19 @@ use crate::{
 /// The Service ClusterIP range; [`crate::pki::KUBERNETES_SERVICE_IP`] is its first address.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
-/// The range KWOK hands pod IPs out of.
-pub const POD_CIDR: &str = "10.244.0.1/16";
+/// The loopback range KWOK hands the IPs of the pods it fakes out of (nothing listens there).
+/// Pods the pod runner runs get theirs from [`crate::Layout::pod_range`].
+pub const KWOK_POD_CIDR: &str = "127.1.0.1/16";
 
 /// The component names, in start order; they name PID and log files. Stop in reverse.
-pub const START_ORDER: [&str; 5] = [
+pub const START_ORDER: [&str; 7] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
     "kwok",
+    "prometheus",
+    "pod-runner",
 ];
 
 /// The cached binaries the cluster runs.
@@ -49,6 +52,11 @@ pub struct Binaries {
     pub kubectl: PathBuf,
     /// helm.
     pub helm: PathBuf,
+    /// prometheus (Debian's package, cached).
+    pub prometheus: PathBuf,
+    /// The pod runner: a copy of `bitscale-e2e` in the state directory, so rebuilding the
+    /// workspace does not change the binary of a running cluster.
+    pub pod_runner: PathBuf,
 }
 
 impl Binaries {
@@ -62,6 +70,8 @@ impl Binaries {
             kwok: KWOK.binary(layout, "kwok"),
             kubectl: KUBERNETES.binary(layout, "kubectl"),
             helm: HELM.binary(layout, "helm"),
+            prometheus: crate::prometheus::binary(layout),
+            pod_runner: layout.cluster_dir().join("bin").join("bitscale-e2e"),
         }
     }
 
@@ -73,6 +83,8 @@ impl Binaries {
             "kube-controller-manager" => Some(&self.controller_manager),
             "kube-scheduler" => Some(&self.scheduler),
             "kwok" => Some(&self.kwok),
+            "prometheus" => Some(&self.prometheus),
+            "pod-runner" => Some(&self.pod_runner),
             _ => None,
         }
     }
@@ -91,13 +103,15 @@ pub struct Ports {
     pub controller_manager: u16,
     /// kube-scheduler HTTPS (health).
     pub scheduler: u16,
+    /// Prometheus HTTP.
+    pub prometheus: u16,
 }
 
 impl Ports {
-    /// Asks the kernel for five distinct free ports on 127.0.0.1.
+    /// Asks the kernel for six distinct free ports on 127.0.0.1.
     pub fn free() -> Result<Self, Error> {
-        // All five listeners stay open until every port is known, so no two are the same.
-        let listeners = (0..5)
+        // All six listeners stay open until every port is known, so no two are the same.
+        let listeners = (0..6)
             .map(|_| TcpListener::bind("127.0.0.1:0"))
             .collect::<Result<Vec<_>, _>>()
             .map_err(Error::io("binding a free port on", "127.0.0.1"))?;
@@ -112,6 +126,7 @@ impl Ports {
             apiserver: ports[2],
             controller_manager: ports[3],
             scheduler: ports[4],
+            prometheus: ports[5],
         })
     }
 }
@@ -127,6 +142,8 @@ pub struct Kubeconfigs {
     pub scheduler: PathBuf,
     /// KWOK's.
     pub kwok: PathBuf,
+    /// The pod runner's.
+    pub pod_runner: PathBuf,
 }
 
 impl Kubeconfigs {
@@ -137,23 +154,29 @@ impl Kubeconfigs {
             controller_manager: state_dir.join("controller-manager.kubeconfig"),
             scheduler: state_dir.join("scheduler.kubeconfig"),
             kwok: state_dir.join("kwok.kubeconfig"),
+            pod_runner: state_dir.join("pod-runner.kubeconfig"),
         }
     }
 
     /// Writes all of them for the API server at `server`.
     pub fn write(&self, server: &str, pki: &Pki) -> Result<(), Error> {
         for identity in &IDENTITIES {
-            kubeconfig::write(self.path(identity), server, &pki.ca.cert, &pki.client(identity))?;
+            if let Some(path) = self.path(identity) {
+                kubeconfig::write(path, server, &pki.ca.cert, &pki.client(identity))?;
+            }
         }
         Ok(())
     }
 
-    fn path(&self, identity: &Identity) -> &Path {
+    /// The kubeconfig of an identity; Prometheus has none (its config names the certificates).
+    fn path(&self, identity: &Identity) -> Option<&Path> {
         match identity.name {
-            "controller-manager" => &self.controller_manager,
-            "scheduler" => &self.scheduler,
-            "kwok" => &self.kwok,
-            _ => &self.admin,
+            "admin" => Some(&self.admin),
+            "controller-manager" => Some(&self.controller_manager),
+            "scheduler" => Some(&self.scheduler),
+            "kwok" => Some(&self.kwok),
+            "pod-runner" => Some(&self.pod_runner),
+            _ => None,
         }
     }
 }
@@ -261,15 +284,18 @@ pub fn scheduler_args(state_dir: &Path, ports: Ports, kubeconfigs: &Kubeconfigs)
     ]
 }
 
-/// The stages KWOK plays (its defaults), written to `<state>/kwok/stages.yaml` by [`kwok_args`]'s caller.
-pub const KWOK_STAGES: &str = include_str!("../kwok/stages.yaml");
+/// The stages KWOK plays (its defaults, skipping the pod runner's pods), written to
+/// `<state>/kwok/stages.yaml` by [`kwok_args`]'s caller.
+pub fn kwok_stages() -> String {
+    include_str!("../kwok/stages.yaml").replace("BITSCALE_RUNNER_PODS", crate::runner::images::KWOK_SKIP_QUERY)
+}
 
 /// The directory KWOK runs in; also its HOME, so a user's `~/.kwok/kwok.yaml` is not read.
 pub fn kwok_home(state_dir: &Path) -> PathBuf {
     state_dir.join("kwok")
 }
 
-/// kwok's flags: manage only nodes annotated [`KWOK_ANNOTATION`], pod IPs from [`POD_CIDR`].
+/// kwok's flags: manage only nodes annotated [`KWOK_ANNOTATION`], pod IPs from [`KWOK_POD_CIDR`].
 pub fn kwok_args(state_dir: &Path, kubeconfigs: &Kubeconfigs) -> Vec<OsString> {
     vec![
         flag("kubeconfig", &kubeconfigs.kwok),
@@ -279,7 +305,18 @@ pub fn kwok_args(state_dir: &Path, kubeconfigs: &Kubeconfigs) -> Vec<OsString> {
             "manage-nodes-with-annotation-selector",
             format!("{}={}", KWOK_ANNOTATION.0, KWOK_ANNOTATION.1),
         ),
-        flag("cidr", POD_CIDR),
+        flag("cidr", KWOK_POD_CIDR),
         flag("node-lease-duration-seconds", "40"),
+    ]
+}
+
+/// The pod runner's flags (`bitscale-e2e pod-runner …`).
+pub fn pod_runner_args(state_dir: &Path, kubeconfigs: &Kubeconfigs, bin_dir: &Path, pod_range: [u8; 2]) -> Vec<OsString> {
+    vec![
+        OsString::from("pod-runner"),
+        flag("state-dir", state_dir),
+        flag("kubeconfig", &kubeconfigs.pod_runner),
+        flag("bin-dir", bin_dir),
+        flag("pod-range", format!("{}.{}", pod_range[0], pod_range[1])),
     ]
 }

@@ -3,8 +3,10 @@
 //! Real etcd, kube-apiserver, kube-controller-manager and kube-scheduler (v1.37), built from the
 //! Kubernetes Go modules, plus KWOK playing kubelet for three CPU nodes (`bitscale.dev/pool: cpu`)
 //! and two GPU nodes (`bitscale.dev/pool: gpu`, one `nvidia.com/gpu` each, tainted
-//! `nvidia.com/gpu=present:NoSchedule`). Pods scheduled onto them go Running with a pod IP;
-//! nothing runs in them.
+//! `nvidia.com/gpu=present:NoSchedule`). A pod runner ([`runner`]) runs the pods of the
+//! workspace's own images (the engine, the operator) as real processes at loopback pod IPs;
+//! KWOK fakes every other pod. A real Prometheus ([`prometheus`]) scrapes the engine pods it
+//! discovers through the API server.
 //!
 //! The cluster is shared: the first [`Cluster::shared`] (or `bitscale-e2e up`) starts it as
 //! detached processes that outlive the caller, later ones reuse it, and `bitscale-e2e down`
@@ -31,6 +33,8 @@ pub mod parts;
 pub mod paths;
 pub mod pki;
 mod process;
+pub mod prometheus;
+pub mod runner;
 mod wait;
 
 pub use cluster::Cluster;

@@ -25,20 +25,55 @@ enum Cmd {
     Build,
     /// Show whether the cluster runs, its components' PIDs, and where its files are.
     Status,
-    /// Print `export` lines for KUBECONFIG and a PATH with the cluster's kubectl and helm first.
+    /// Print `export` lines for KUBECONFIG, BITSCALE_PROMETHEUS_URL (and the scrape interval)
+    /// and a PATH with the cluster's kubectl and helm first.
     Env,
+    /// The cluster's pod runner (started by `up`; not for use by hand).
+    #[command(hide = true)]
+    PodRunner(PodRunnerArgs),
+}
+
+/// Flags of the pod runner, set by `up`.
+#[derive(Debug, clap::Args)]
+struct PodRunnerArgs {
+    /// The cluster's state directory.
+    #[arg(long)]
+    state_dir: std::path::PathBuf,
+    /// The runner's kubeconfig.
+    #[arg(long)]
+    kubeconfig: std::path::PathBuf,
+    /// Where the workspace's binaries are.
+    #[arg(long)]
+    bin_dir: std::path::PathBuf,
+    /// The pod range's first two octets, `127.N`.
+    #[arg(long, value_parser = parse_range)]
+    pod_range: [u8; 2],
+}
+
+fn parse_range(s: &str) -> Result<[u8; 2], String> {
+    let (a, b) = s.split_once('.').ok_or("expected 127.N")?;
+    match (a.parse::<u8>(), b.parse::<u8>()) {
+        (Ok(127), Ok(b)) => Ok([127, b]),
+        _ => Err(format!("{s} is not 127.N")),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
     // Client errors while probing a starting API server are expected; show them only on request.
+    // The pod runner is a daemon whose log is the record of what its pods did.
+    let default = match cli.command {
+        Cmd::PodRunner(_) => "info,kube=warn",
+        _ => "off",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse().command).await {
+    match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bitscale-e2e: error: {e}");
@@ -104,6 +139,15 @@ async fn run(command: Cmd) -> Result<ExitCode, bitscale_e2e::Error> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Cmd::PodRunner(args) => {
+            bitscale_e2e::runner::run(bitscale_e2e::runner::RunnerConfig {
+                state_dir: args.state_dir,
+                kubeconfig: args.kubeconfig,
+                bin_dir: args.bin_dir,
+                pod_range: args.pod_range,
+            })
+            .await?;
+        }
         Cmd::Env => {
             let cluster = Cluster::at(layout.clone());
             if !cluster.is_running().await {
@@ -114,6 +158,13 @@ async fn run(command: Cmd) -> Result<ExitCode, bitscale_e2e::Error> {
                 "export KUBECONFIG={}",
                 shell_quote(&cluster.kubeconfig().to_string_lossy())
             );
+            if let Some(url) = cluster.prometheus_url() {
+                println!("export BITSCALE_PROMETHEUS_URL={}", shell_quote(&url));
+                println!(
+                    "export BITSCALE_SCRAPE_INTERVAL={}",
+                    bitscale_e2e::prometheus::SCRAPE_INTERVAL
+                );
+            }
             println!(
                 "export PATH={}:{}:\"$PATH\"",
                 shell_quote(&cluster.bin_dir().to_string_lossy()),

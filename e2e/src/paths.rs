@@ -4,8 +4,12 @@
 //! <cache>/                      BITSCALE_CACHE_DIR, else $XDG_CACHE_HOME/bitscale, else ~/.cache/bitscale
 //!   <part>-<version>/bin/       built binaries, kept across clusters
 //!   cluster.lock                held while a cluster is being started or stopped
-//!   cluster/                    the running cluster: pki/, kubeconfigs, etcd data, logs/, pids/
+//!   cluster/                    the running cluster: pki/, kubeconfigs, etcd data, logs/, pids/,
+//!                               prometheus/, pods/ (one folder per pod the pod runner runs)
 //! ```
+//!
+//! Another cluster beside the default one (a test of `down`, say) lives in `<cache>/<name>/`
+//! with its own lock and its own pod range ([`Layout::named`]).
 
 use std::{
     fs::File,
@@ -18,7 +22,11 @@ use crate::Error;
 #[derive(Clone, Debug)]
 pub struct Layout {
     root: PathBuf,
+    cluster: String,
 }
+
+/// The default cluster's name, its directory under the cache.
+const DEFAULT_CLUSTER: &str = "cluster";
 
 impl Layout {
     /// The layout under the cache directory chosen by the environment (see the module docs).
@@ -32,7 +40,28 @@ impl Layout {
         } else {
             return Err(Error::NoCacheDir);
         };
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            cluster: DEFAULT_CLUSTER.to_owned(),
+        })
+    }
+
+    /// The same cache, another cluster: `<cache>/<name>/`, its own lock and pod range.
+    pub fn named(&self, name: &str) -> Self {
+        Self {
+            root: self.root.clone(),
+            cluster: name.to_owned(),
+        }
+    }
+
+    /// The first two octets of this cluster's pod range, `127.x.0.0/16`: 127.2 for the default
+    /// cluster, 127.100–127.199 by name for others (KWOK's own fake pods use 127.1).
+    pub fn pod_range(&self) -> [u8; 2] {
+        if self.cluster == DEFAULT_CLUSTER {
+            return [127, 2];
+        }
+        let hash = self.cluster.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        [127, 100 + (hash % 100) as u8]
     }
 
     /// The cache root.
@@ -42,12 +71,12 @@ impl Layout {
 
     /// The running cluster's state directory.
     pub fn cluster_dir(&self) -> PathBuf {
-        self.root.join("cluster")
+        self.root.join(&self.cluster)
     }
 
     /// The lock serializing start and stop of the cluster; outside `cluster/` so removing that keeps it.
     pub fn cluster_lock(&self) -> PathBuf {
-        self.root.join("cluster.lock")
+        self.root.join(format!("{}.lock", self.cluster))
     }
 }
 
@@ -76,4 +105,23 @@ pub fn lock(path: &Path) -> Result<FileLock, Error> {
     }
     file.lock().map_err(Error::io("locking", path))?;
     Ok(FileLock { _file: file })
+}
+
+/// `BITSCALE_BIN_DIR` names where the workspace's binaries are (`bitscale-engine`,
+/// `bitscale-operator`, `bitscale-e2e`) for the pod runner.
+pub const BIN_DIR_ENV: &str = "BITSCALE_BIN_DIR";
+
+/// Where this workspace's binaries are: `$BITSCALE_BIN_DIR`, else the Cargo profile directory of
+/// the running executable (`target/debug` for `target/debug/bitscale-e2e`, for a test binary in
+/// `target/debug/deps/` and for an example in `target/debug/examples/`).
+pub fn workspace_bin_dir() -> Result<PathBuf, Error> {
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().map_err(Error::io("finding", "the running executable"))?;
+    let mut dir = exe.parent().map(Path::to_owned).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps" || n == "examples") {
+        dir.pop();
+    }
+    Ok(dir)
 }

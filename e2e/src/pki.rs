@@ -38,8 +38,23 @@ pub struct Identity {
     pub groups: &'static [&'static str],
 }
 
+/// Prometheus's: pod discovery, allowed by a ClusterRole of its own (no group).
+pub const PROMETHEUS: Identity = Identity {
+    name: "prometheus",
+    user: "bitscale-e2e-prometheus",
+    groups: &[],
+};
+
+/// The pod runner's: like KWOK it plays every node's kubelet at once (pod status, deletion,
+/// service-account tokens for any pod), which no one node identity may do.
+pub const POD_RUNNER: Identity = Identity {
+    name: "pod-runner",
+    user: "bitscale-e2e-pod-runner",
+    groups: &["system:masters"],
+};
+
 /// The identities the harness issues client certificates for.
-pub const IDENTITIES: [Identity; 4] = [
+pub const IDENTITIES: [Identity; 6] = [
     Identity {
         name: "admin",
         user: "bitscale-e2e-admin",
@@ -61,6 +76,8 @@ pub const IDENTITIES: [Identity; 4] = [
         user: "bitscale-e2e-kwok",
         groups: &["system:masters"],
     },
+    PROMETHEUS,
+    POD_RUNNER,
 ];
 
 /// Where [`generate`] wrote everything.

@@ -185,3 +185,40 @@ pub fn stop(name: &str, pid: u32, grace: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn until_terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Every running process whose environment holds `key=value`: how teardown finds the pod
+/// runner's processes, whose PIDs no file records once the runner is gone.
+pub fn find_by_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|entry| entry == needle.as_bytes())
+            })
+        })
+        .filter(|pid| is_running(*pid))
+        .collect()
+}

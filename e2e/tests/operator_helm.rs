@@ -1,76 +1,39 @@
-//! `helm install` of the chart, then the operator, running in-process as the chart's
-//! ServiceAccount (a token from the TokenRequest API), makes an example InferenceService Ready.
-//! This proves the chart's RBAC is enough for everything the operator does.
+//! `helm install` of the chart alone brings up a working operator: the pod runner runs the
+//! chart's operator pod as the real `bitscale-operator` process, talking to the API server as the
+//! chart's ServiceAccount (a TokenRequest token), so its least-privilege RBAC is exercised by
+//! everything it does; an InferenceService then becomes Ready with a real engine answering.
 
 mod operator_support;
 
 use bitscale_api::v1alpha1::InferenceService;
-use bitscale_e2e::{Cluster, TestNamespace, await_condition};
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
-};
+use bitscale_e2e::{TestNamespace, await_condition};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client,
-    api::PostParams,
-    config::{AuthInfo, KubeConfigOptions, Kubeconfig},
+    Api,
+    api::{ListParams, PostParams},
 };
-use operator_support::*;
-
-async fn client_as(cluster: &Cluster, namespace: &str, service_account: &str) -> anyhow::Result<Client> {
-    let admin = cluster.client().await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin, namespace);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(service_account, &PostParams::default(), &request)
-        .await?;
-    let token = token
-        .status
-        .and_then(|s| s.token)
-        .ok_or_else(|| anyhow::anyhow!("no token issued"))?;
-    let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig())?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    config.auth_info = AuthInfo {
-        token: Some(token.into()),
-        ..AuthInfo::default()
-    };
-    Ok(Client::try_from(config)?)
-}
+use operator_support::{live::*, *};
 
 #[tokio::test]
-async fn helm_install_then_an_example_becomes_ready_as_the_chart_service_account() -> anyhow::Result<()> {
-    let cluster = Cluster::shared().await?;
+async fn helm_install_alone_runs_an_operator_that_serves_an_inference_service() -> anyhow::Result<()> {
+    let cluster = bitscale_e2e::Cluster::shared().await?;
     let admin = cluster.client().await?;
     let ns = TestNamespace::create(&admin, "op-helm").await?;
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/bitscale");
 
     // Classes named after the namespace, so parallel runs do not collide; null drops the defaults.
-    let cpu = format!("{}-cpu", ns.name);
+    // The operator watches only this namespace: other tests run operators of their own.
+    let tiny = format!("{}-tiny", ns.name);
     let values = format!(
-        "hardwareClasses:\n  cpu-standard: null\n  gpu-small: null\n  {cpu}:\n    device: cpu\n    resources: {{ cpu: \"2\", memory: 4Gi }}\n    nodeSelector: {{ bitscale.dev/pool: cpu }}\n    costPerHour: 0.12\n    memoryBandwidth: 20GB/s\n"
+        "watchNamespace: {ns}\nlogFormat: text\nhardwareClasses:\n  cpu-standard: null\n  gpu-small: null\n  {tiny}:\n    device: cpu\n    resources: {{ cpu: \"1\", memory: 1Gi }}\n    threads: 1\n    nodeSelector: {{ bitscale.dev/pool: cpu }}\n    costPerHour: 0.05\n    memoryBandwidth: 10GB/s\n",
+        ns = ns.name
     );
     let values_path = std::env::temp_dir().join(format!("{}-values.yaml", ns.name));
     std::fs::write(&values_path, values)?;
     let release = ns.name.clone();
     let install = cluster
         .helm()
-        .args([
-            "install",
-            &release,
-            chart,
-            "--namespace",
-            &ns.name,
-            "--wait",
-            "--timeout",
-            "2m",
-            "-f",
-        ])
+        .args(["install", &release, chart, "--namespace", &ns.name, "--wait", "--timeout", "2m", "-f"])
         .arg(&values_path)
         .output()?;
     assert!(
@@ -79,30 +42,50 @@ async fn helm_install_then_an_example_becomes_ready_as_the_chart_service_account
         String::from_utf8_lossy(&install.stderr)
     );
 
-    // The chart names its objects `<release>-bitscale-operator` unless the release name says bitscale.
-    let service_account = format!("{release}-bitscale-operator");
-    let client = client_as(&cluster, &ns.name, &service_account).await?;
-    let operator = start_operator(client, &ns.name);
+    // `--wait` returned: the operator pod is Ready, which the runner reports only once the
+    // process's /healthz answers at the pod IP.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    let operator_pods = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=bitscale-operator"))
+        .await?
+        .items;
+    let operator_pid = operator_pods.first().and_then(engine_pid).expect("a running operator");
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{operator_pid}/cmdline"))?).into_owned();
+    assert!(cmdline.contains("bitscale-operator"), "pid {operator_pid} runs {cmdline}");
 
     let isvcs: Api<InferenceService> = Api::namespaced(admin.clone(), &ns.name);
     isvcs
-        .create(&PostParams::default(), &smol("smollm2", &ns.name, &[&cpu]))
+        .create(&PostParams::default(), &tiny_service("tiny", &ns.name, &tiny, &tiny_model()?, 1))
         .await?;
-    let result = await_condition(isvcs.clone(), "smollm2", ready, TIMEOUT).await;
-    let finished = operator.is_finished();
-    operator.abort();
+    let result = await_condition(isvcs.clone(), "tiny", ready, TIMEOUT).await;
+    let engine = pods
+        .list(&ListParams::default().labels("bitscale.dev/inference-service=tiny"))
+        .await?
+        .items
+        .into_iter()
+        .find(pod_ready);
+    let answer = match engine.as_ref().and_then(pod_ip) {
+        Some(ip) => chat(&http(), ip, "tiny").await.map(|_| ()),
+        None => Err(anyhow::anyhow!("no Ready engine pod")),
+    };
+    let operator_alive = process_alive(operator_pid);
 
     let uninstall = cluster
         .helm()
-        .args(["uninstall", &release, "--namespace", &ns.name])
+        .args(["uninstall", &release, "--namespace", &ns.name, "--wait"])
         .output()?;
+    let operator_gone = eventually("the operator process gone", std::time::Duration::from_secs(40), || async {
+        Ok((!process_alive(operator_pid)).then_some(()))
+    })
+    .await;
     ns.delete().await?;
-    assert!(!finished, "the operator stopped early (insufficient RBAC?)");
+    assert!(operator_alive, "the operator process stopped early (insufficient RBAC?)");
     result?;
+    answer?;
     assert!(
         uninstall.status.success(),
         "helm uninstall: {}",
         String::from_utf8_lossy(&uninstall.stderr)
     );
-    Ok(())
+    operator_gone
 }

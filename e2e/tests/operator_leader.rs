@@ -30,8 +30,8 @@ struct Instance {
 fn start(client: &Client, namespace: &str, identity: &str) -> Instance {
     let config = Config {
         images: EngineImages {
-            cpu: "bitscale-engine:test".into(),
-            cuda: "bitscale-engine:test-cuda".into(),
+            cpu: FAKE_ENGINE_IMAGES[0].into(),
+            cuda: FAKE_ENGINE_IMAGES[1].into(),
         },
         namespace: Some(namespace.to_owned()),
         instance: Some(identity.to_owned()),

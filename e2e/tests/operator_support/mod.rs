@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod live;
+
 use std::time::Duration;
 
 use bitscale_api::v1alpha1::{HardwareClass, InferenceService};
@@ -138,12 +140,21 @@ pub struct Scene {
 
 impl Scene {
     pub async fn start(prefix: &str, classes: impl Fn(&str) -> Vec<HardwareClass>) -> anyhow::Result<Self> {
+        Self::start_with(prefix, classes, FAKE_ENGINE_IMAGES).await
+    }
+
+    /// A scene whose operator launches `images` (cpu, cuda).
+    pub async fn start_with(
+        prefix: &str,
+        classes: impl Fn(&str) -> Vec<HardwareClass>,
+        images: [&str; 2],
+    ) -> anyhow::Result<Self> {
         let cluster = Cluster::shared().await?;
         let client = cluster.client().await?;
         install_crds(&client).await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         let classes = classes(&ns.name);
-        let operator = start_operator(client.clone(), &ns.name);
+        let operator = start_operator_with(client.clone(), &ns.name, images);
         let scene = Self {
             cluster,
             client,
@@ -202,12 +213,22 @@ impl Drop for Scene {
     }
 }
 
-/// Runs the operator in-process, watching only `namespace`, until the handle is aborted.
+/// Engine images KWOK fakes (the pod runner runs only images named `bitscale-engine`): the
+/// tests that use them are about the API objects the operator writes, not about engines.
+pub const FAKE_ENGINE_IMAGES: [&str; 2] = ["example.invalid/fake-engine:test", "example.invalid/fake-engine:test-cuda"];
+
+/// Runs the operator in-process, watching only `namespace`, until the handle is aborted. Its
+/// engine pods are KWOK's fakes ([`FAKE_ENGINE_IMAGES`]).
 pub fn start_operator(client: Client, namespace: &str) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    start_operator_with(client, namespace, FAKE_ENGINE_IMAGES)
+}
+
+/// Runs the operator in-process with these engine images (cpu, cuda).
+pub fn start_operator_with(client: Client, namespace: &str, images: [&str; 2]) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let config = Config {
         images: EngineImages {
-            cpu: "bitscale-engine:test".into(),
-            cuda: "bitscale-engine:test-cuda".into(),
+            cpu: images[0].into(),
+            cuda: images[1].into(),
         },
         namespace: Some(namespace.to_owned()),
         instance: Some(format!("e2e-{namespace}")),

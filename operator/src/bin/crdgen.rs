@@ -1,4 +1,5 @@
-//! Writes the CRD YAML into `crds/` and `charts/bitscale/crds/`, or prints it with `--stdout`.
+//! Writes the CRD YAML into `crds/` and `charts/bitscale/crds/` and the engine scrape
+//! relabeling into `charts/bitscale/files/`, or prints the CRDs with `--stdout`.
 
 use std::path::Path;
 
@@ -16,6 +17,13 @@ fn main() -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join(file), &yaml)?;
             eprintln!("wrote {}", dir.join(file).display());
+        }
+    }
+    if !stdout {
+        for (file, text) in bitscale_operator::crd::chart_files() {
+            let path = root.join(file);
+            std::fs::write(&path, text)?;
+            eprintln!("wrote {}", path.display());
         }
     }
     Ok(())

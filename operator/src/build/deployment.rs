@@ -25,6 +25,7 @@ use super::{
     model::{model_mount, pull_container},
 };
 use crate::decision::priors::DEFAULT_MAX_RUNNING;
+use bitscale_api::telemetry::ENGINE_PORT_NAME;
 
 /// Name of the engine container.
 pub const ENGINE_CONTAINER: &str = "engine";
@@ -75,6 +76,9 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         decision.variant.level.as_str(),
         "--device",
         spec.device.as_str(),
+        // Every address of the pod: the Service, probes and Prometheus reach it at the pod IP.
+        "--host",
+        "0.0.0.0",
         "--port",
         &ENGINE_PORT.to_string(),
         "--threads",
@@ -94,6 +98,10 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
     // the step-token estimate, from a compute prior, caps the steps, and the objective itself
     // lets the engine size them from its own measured time per token below that cap.
     let user_sets = |flag: &str| engine.args.iter().any(|a| a.starts_with(flag));
+    // Clients name the model by the InferenceService, whatever the weights file is called.
+    if !user_sets("--served-model-name") {
+        args.extend(["--served-model-name".to_owned(), owner.name.clone()]);
+    }
     if let Some(tokens) = decision.estimate.step_tokens
         && !user_sets("--max-batch-tokens")
     {
@@ -148,7 +156,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         args: Some(args),
         env: Some(env),
         ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
+            name: Some(ENGINE_PORT_NAME.into()),
             container_port: ENGINE_PORT,
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
@@ -227,7 +235,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(ENGINE_PORT_NAME.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -335,8 +343,8 @@ mod tests {
         let args = c.args.as_ref().expect("args").join(" ");
         assert_eq!(
             args,
-            "serve --model /models/smol.gguf --quantization q4_k --device cpu --port 8000 --threads 4 \
-             --max-running 4 --context-length 2048 --kv-cache-tokens 8192 --log-format json"
+            "serve --model /models/smol.gguf --quantization q4_k --device cpu --host 0.0.0.0 --port 8000 --threads 4 \
+             --max-running 4 --context-length 2048 --kv-cache-tokens 8192 --served-model-name chat --log-format json"
         );
         let limits = c
             .resources

@@ -4,10 +4,8 @@ use std::collections::BTreeMap;
 
 use bitscale_api::v1alpha1::Variant;
 
-/// Label naming the InferenceService a child belongs to.
-pub const LABEL_INSTANCE: &str = "bitscale.dev/inference-service";
-/// Label naming the variant of an engine Deployment and its pods.
-pub const LABEL_VARIANT: &str = "bitscale.dev/variant";
+pub use bitscale_api::telemetry::{LABEL_INSTANCE, LABEL_VARIANT};
+use bitscale_api::telemetry::{ENGINE_APP, LABEL_APP_NAME};
 /// The operator's field manager for server-side apply.
 pub const FIELD_MANAGER: &str = "bitscale.dev/operator";
 
@@ -39,7 +37,7 @@ fn fnv1a(value: &str) -> u64 {
 /// Labels every child of the InferenceService `name` carries.
 pub fn common_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "bitscale-engine".to_owned()),
+        (LABEL_APP_NAME.to_owned(), ENGINE_APP.to_owned()),
         ("app.kubernetes.io/instance".to_owned(), shorten(name, 63, '-')),
         (
             "app.kubernetes.io/managed-by".to_owned(),

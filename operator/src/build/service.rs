@@ -5,6 +5,8 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
+use bitscale_api::telemetry::ENGINE_PORT_NAME;
+
 use super::{Owner, deployment::ENGINE_PORT, labels::*};
 
 /// The Service named after the InferenceService, selecting the pods of `serving_variant`.
@@ -16,7 +18,7 @@ pub fn service(owner: &Owner, serving_variant: &str) -> Service {
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: ENGINE_PORT,
-                target_port: Some(IntOrString::String("http".into())),
+                target_port: Some(IntOrString::String(ENGINE_PORT_NAME.into())),
                 protocol: Some("TCP".into()),
                 ..ServicePort::default()
             }]),

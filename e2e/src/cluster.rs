@@ -27,9 +27,9 @@ use crate::{
     nodes::{self, NODES},
     parts,
     paths::{self, Layout},
-    pki, prometheus,
+    pki,
     process::{self, Daemon},
-    runner,
+    prometheus, runner,
     wait::{await_condition, await_list},
 };
 
@@ -354,21 +354,7 @@ impl Cluster {
         prometheus::url(&self.state_dir())
     }
 
-    /// Stops Prometheus (its data stays), as a fault for tests of missing metrics.
-    pub fn stop_prometheus(&self) -> Option<u32> {
-        let daemon = process::find(&self.state_dir(), "prometheus", &self.binaries.prometheus)?;
-        process::stop(daemon.name, daemon.pid, STOP_GRACE);
-        Some(daemon.pid)
-    }
-
-    /// Starts Prometheus again on its port and data after [`Cluster::stop_prometheus`].
-    pub async fn restart_prometheus(&self) -> Result<(), Error> {
-        let url = self.prometheus_url().ok_or(Error::NotRunning)?;
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or(Error::NotRunning)?;
+    async fn spawn_prometheus(&self, port: u16) -> Result<(), Error> {
         let state_dir = self.state_dir();
         let daemon = process::spawn(
             &state_dir,
@@ -377,47 +363,21 @@ impl Cluster {
             &prometheus::args(&state_dir, port),
             &[],
         )?;
-        wait_prometheus(&daemon, &url).await
+        wait_prometheus(&daemon, &prometheus_url(port)).await
     }
 
     async fn start_prometheus(&self, client: &Client, port: u16, pki: &pki::Pki) -> Result<(), Error> {
-        for object in prometheus::rbac() {
-            let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-            let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-                "rbac.authorization.k8s.io",
-                "v1",
-                &kind,
-            ));
-            let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
-            let object: kube::api::DynamicObject =
-                serde_json::from_value(object).map_err(|source| Error::Encode {
-                    what: "Prometheus RBAC",
-                    source,
-                })?;
-            api.patch(
-                &name,
-                &kube::api::PatchParams::apply("bitscale-e2e").force(),
-                &kube::api::Patch::Apply(&object),
-            )
-            .await?;
-        }
+        apply_prometheus_rbac(client).await?;
         let state_dir = self.state_dir();
         let home = prometheus::home(&state_dir);
         std::fs::create_dir_all(home.join("data")).map_err(Error::io("creating", &home))?;
         let config = home.join("prometheus.yml");
         let api_server = client_server(&self.kubeconfig)?;
-        std::fs::write(&config, prometheus::config(&api_server, pki)).map_err(Error::io("writing", &config))?;
-        let url = format!("http://127.0.0.1:{port}");
+        std::fs::write(&config, prometheus::config(&api_server, pki))
+            .map_err(Error::io("writing", &config))?;
+        let url = prometheus_url(port);
         eprintln!("bitscale-e2e: starting prometheus on {url}");
-        let daemon = process::spawn(
-            &state_dir,
-            "prometheus",
-            &self.binaries.prometheus,
-            &prometheus::args(&state_dir, port),
-            &[],
-        )?;
-        wait_prometheus(&daemon, &url).await?;
+        self.spawn_prometheus(port).await?;
         let url_file = prometheus::url_file(&state_dir);
         std::fs::write(&url_file, &url).map_err(Error::io("writing", &url_file))
     }
@@ -441,7 +401,10 @@ impl Cluster {
                 );
             }
         }
-        eprintln!("bitscale-e2e: starting the pod runner (engine and operator pods run from {})", bin_dir.display());
+        eprintln!(
+            "bitscale-e2e: starting the pod runner (engine and operator pods run from {})",
+            bin_dir.display()
+        );
         process::spawn(
             &state_dir,
             "pod-runner",
@@ -451,6 +414,36 @@ impl Cluster {
         )?;
         Ok(())
     }
+}
+
+fn prometheus_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The ClusterRole and binding that let Prometheus discover pods.
+async fn apply_prometheus_rbac(client: &Client) -> Result<(), Error> {
+    for object in prometheus::rbac() {
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            &kind,
+        ));
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+        let object: kube::api::DynamicObject =
+            serde_json::from_value(object).map_err(|source| Error::Encode {
+                what: "Prometheus RBAC",
+                source,
+            })?;
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply("bitscale-e2e").force(),
+            &kube::api::Patch::Apply(&object),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The API server URL in a kubeconfig.
@@ -467,7 +460,9 @@ fn client_server(kubeconfig: &Path) -> Result<String, Error> {
 }
 
 async fn wait_prometheus(daemon: &Daemon, url: &str) -> Result<(), Error> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let ready = format!("{url}/-/ready");
     wait_ready(daemon, COMPONENT_TIMEOUT, || probe_http(&http, &ready, "Ready")).await
 }

@@ -287,7 +287,8 @@ pub fn scheduler_args(state_dir: &Path, ports: Ports, kubeconfigs: &Kubeconfigs)
 /// The stages KWOK plays (its defaults, skipping the pod runner's pods), written to
 /// `<state>/kwok/stages.yaml` by [`kwok_args`]'s caller.
 pub fn kwok_stages() -> String {
-    include_str!("../kwok/stages.yaml").replace("BITSCALE_RUNNER_PODS", crate::runner::images::KWOK_SKIP_QUERY)
+    include_str!("../kwok/stages.yaml")
+        .replace("BITSCALE_RUNNER_PODS", crate::runner::images::KWOK_SKIP_QUERY)
 }
 
 /// The directory KWOK runs in; also its HOME, so a user's `~/.kwok/kwok.yaml` is not read.
@@ -311,7 +312,12 @@ pub fn kwok_args(state_dir: &Path, kubeconfigs: &Kubeconfigs) -> Vec<OsString> {
 }
 
 /// The pod runner's flags (`bitscale-e2e pod-runner …`).
-pub fn pod_runner_args(state_dir: &Path, kubeconfigs: &Kubeconfigs, bin_dir: &Path, pod_range: [u8; 2]) -> Vec<OsString> {
+pub fn pod_runner_args(
+    state_dir: &Path,
+    kubeconfigs: &Kubeconfigs,
+    bin_dir: &Path,
+    pod_range: [u8; 2],
+) -> Vec<OsString> {
     vec![
         OsString::from("pod-runner"),
         flag("state-dir", state_dir),

@@ -191,7 +191,11 @@ impl Part {
             .current_dir(self.module_dir())
             // -v lists each package as it is compiled: the progress count below reads it.
             .args(["build", "-v", "-trimpath", "-ldflags", self.ldflags])
-            .args(if self.tags.is_empty() { vec![] } else { vec!["-tags", self.tags] })
+            .args(if self.tags.is_empty() {
+                vec![]
+            } else {
+                vec!["-tags", self.tags]
+            })
             .arg("-o")
             .arg(&output)
             .args(self.packages)

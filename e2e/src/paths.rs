@@ -60,7 +60,10 @@ impl Layout {
         if self.cluster == DEFAULT_CLUSTER {
             return [127, 2];
         }
-        let hash = self.cluster.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let hash = self
+            .cluster
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
         [127, 100 + (hash % 100) as u8]
     }
 

@@ -33,7 +33,9 @@ pub fn url_file(state_dir: &Path) -> PathBuf {
 
 /// Prometheus's URL, if this cluster has started it.
 pub fn url(state_dir: &Path) -> Option<String> {
-    std::fs::read_to_string(url_file(state_dir)).ok().map(|s| s.trim().to_owned())
+    std::fs::read_to_string(url_file(state_dir))
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 /// The configuration: one job discovering pods through the API server at `api_server`,

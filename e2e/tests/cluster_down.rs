@@ -37,12 +37,23 @@ async fn down_stops_every_engine_process_of_the_cluster() -> anyhow::Result<()> 
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let model = tiny_model()?;
     let model = model.to_string_lossy();
-    let serve = ["serve", "--model", &model, "--host", "0.0.0.0", "--port", "8000", "--threads", "1"];
+    let serve = [
+        "serve",
+        "--model",
+        &model,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--threads",
+        "1",
+    ];
     for (name, args) in [
         ("serving", serve.to_vec()),
         ("crashing", vec!["serve", "--model", "/nonexistent/model.gguf"]),
     ] {
-        pods.create(&PostParams::default(), &engine_pod(name, &args)).await?;
+        pods.create(&PostParams::default(), &engine_pod(name, &args))
+            .await?;
     }
     let serving = eventually("the serving pod Ready", Duration::from_secs(90), || async {
         let pod = pods.get("serving").await?;
@@ -55,7 +66,8 @@ async fn down_stops_every_engine_process_of_the_cluster() -> anyhow::Result<()> 
     })
     .await?;
     // A third pod still starting when the cluster goes.
-    pods.create(&PostParams::default(), &engine_pod("starting", &serve)).await?;
+    pods.create(&PostParams::default(), &engine_pod("starting", &serve))
+        .await?;
 
     let stopped = Cluster::down(layout.clone()).await?;
     assert!(stopped.iter().any(|c| c == "pod-runner"), "stopped: {stopped:?}");
@@ -71,7 +83,10 @@ async fn down_stops_every_engine_process_of_the_cluster() -> anyhow::Result<()> 
                     .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == marker.as_bytes()))
         })
         .collect();
-    assert!(left.is_empty(), "processes of the stopped cluster still run: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the stopped cluster still run: {left:?}"
+    );
     assert!(!state.exists(), "{} was not removed", state.display());
     Ok(())
 }

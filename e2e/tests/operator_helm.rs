@@ -33,7 +33,17 @@ async fn helm_install_alone_runs_an_operator_that_serves_an_inference_service() 
     let release = ns.name.clone();
     let install = cluster
         .helm()
-        .args(["install", &release, chart, "--namespace", &ns.name, "--wait", "--timeout", "2m", "-f"])
+        .args([
+            "install",
+            &release,
+            chart,
+            "--namespace",
+            &ns.name,
+            "--wait",
+            "--timeout",
+            "2m",
+            "-f",
+        ])
         .arg(&values_path)
         .output()?;
     assert!(
@@ -49,13 +59,23 @@ async fn helm_install_alone_runs_an_operator_that_serves_an_inference_service() 
         .list(&ListParams::default().labels("app.kubernetes.io/name=bitscale-operator"))
         .await?
         .items;
-    let operator_pid = operator_pods.first().and_then(engine_pid).expect("a running operator");
-    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{operator_pid}/cmdline"))?).into_owned();
-    assert!(cmdline.contains("bitscale-operator"), "pid {operator_pid} runs {cmdline}");
+    let operator_pid = operator_pods
+        .first()
+        .and_then(engine_pid)
+        .expect("a running operator");
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{operator_pid}/cmdline"))?).into_owned();
+    assert!(
+        cmdline.contains("bitscale-operator"),
+        "pid {operator_pid} runs {cmdline}"
+    );
 
     let isvcs: Api<InferenceService> = Api::namespaced(admin.clone(), &ns.name);
     isvcs
-        .create(&PostParams::default(), &tiny_service("tiny", &ns.name, &tiny, &tiny_model()?, 1))
+        .create(
+            &PostParams::default(),
+            &tiny_service("tiny", &ns.name, &tiny, &tiny_model()?, 1),
+        )
         .await?;
     let result = await_condition(isvcs.clone(), "tiny", ready, TIMEOUT).await;
     let engine = pods
@@ -74,12 +94,17 @@ async fn helm_install_alone_runs_an_operator_that_serves_an_inference_service() 
         .helm()
         .args(["uninstall", &release, "--namespace", &ns.name, "--wait"])
         .output()?;
-    let operator_gone = eventually("the operator process gone", std::time::Duration::from_secs(40), || async {
-        Ok((!process_alive(operator_pid)).then_some(()))
-    })
+    let operator_gone = eventually(
+        "the operator process gone",
+        std::time::Duration::from_secs(40),
+        || async { Ok((!process_alive(operator_pid)).then_some(())) },
+    )
     .await;
     ns.delete().await?;
-    assert!(operator_alive, "the operator process stopped early (insufficient RBAC?)");
+    assert!(
+        operator_alive,
+        "the operator process stopped early (insufficient RBAC?)"
+    );
     result?;
     answer?;
     assert!(

@@ -93,7 +93,10 @@ impl Run {
             reason: "RunContainerError",
             message: format!("{what}: {e}"),
         };
-        for dir in [self.log.parent(), self.termination_file.parent()].into_iter().flatten() {
+        for dir in [self.log.parent(), self.termination_file.parent()]
+            .into_iter()
+            .flatten()
+        {
             std::fs::create_dir_all(dir).map_err(|e| fail("creating the container's files", e))?;
         }
         // Each run starts with an empty termination message, as in a fresh container.
@@ -122,9 +125,21 @@ impl Run {
         self.since = Some((now, Timestamp::now()));
         self.stop_deadline = None;
         self.stop_reason = None;
-        self.startup = self.spec.startup_probe.as_ref().map(|p| ProbeState::new(p, &self.spec, now));
-        self.readiness = self.spec.readiness_probe.as_ref().map(|p| ProbeState::new(p, &self.spec, now));
-        self.liveness = self.spec.liveness_probe.as_ref().map(|p| ProbeState::new(p, &self.spec, now));
+        self.startup = self
+            .spec
+            .startup_probe
+            .as_ref()
+            .map(|p| ProbeState::new(p, &self.spec, now));
+        self.readiness = self
+            .spec
+            .readiness_probe
+            .as_ref()
+            .map(|p| ProbeState::new(p, &self.spec, now));
+        self.liveness = self
+            .spec
+            .liveness_probe
+            .as_ref()
+            .map(|p| ProbeState::new(p, &self.spec, now));
         self.record.started = self.startup.is_none();
         self.record.ready = self.readiness.is_none();
         self.record.state = State::Running {
@@ -201,10 +216,10 @@ impl Run {
             }
             return;
         }
-        if let Some(readiness) = self.readiness.as_mut() {
-            if let Some(verdict) = readiness.tick(http, ip, now).await {
-                self.record.ready = verdict == Verdict::Passed;
-            }
+        if let Some(readiness) = self.readiness.as_mut()
+            && let Some(verdict) = readiness.tick(http, ip, now).await
+        {
+            self.record.ready = verdict == Verdict::Passed;
         }
         if let Some(liveness) = self.liveness.as_mut()
             && liveness.tick(http, ip, now).await == Some(Verdict::Failed)

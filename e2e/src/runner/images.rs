@@ -63,10 +63,19 @@ mod tests {
     #[test]
     fn images_map_to_workspace_binaries_by_repository_name() {
         for (image, program) in [
-            ("ghcr.io/bitscale-dev/bitscale-engine:0.1.0", Some(Program::Engine)),
-            ("ghcr.io/bitscale-dev/bitscale-engine:0.1.0-cuda", Some(Program::Engine)),
+            (
+                "ghcr.io/bitscale-dev/bitscale-engine:0.1.0",
+                Some(Program::Engine),
+            ),
+            (
+                "ghcr.io/bitscale-dev/bitscale-engine:0.1.0-cuda",
+                Some(Program::Engine),
+            ),
             ("bitscale-engine:test", Some(Program::Engine)),
-            ("localhost:5000/bitscale-operator@sha256:abc", Some(Program::Operator)),
+            (
+                "localhost:5000/bitscale-operator@sha256:abc",
+                Some(Program::Operator),
+            ),
             ("bitscale-operator", Some(Program::Operator)),
             ("registry.k8s.io/pause:3.10", None),
             ("example.com/bitscale-engine-fake:1", None),

@@ -104,9 +104,9 @@ pub fn invocation(container: &Container, ctx: &PodContext) -> Result<Invocation,
 fn command_args(container: &Container, program: Program) -> Result<Vec<String>, CannotStart> {
     let args = container.args.clone();
     match container.command.as_deref() {
-        None | Some([]) => Ok(args.unwrap_or_else(|| {
-            program.default_args().iter().map(|s| (*s).to_owned()).collect()
-        })),
+        None | Some([]) => {
+            Ok(args.unwrap_or_else(|| program.default_args().iter().map(|s| (*s).to_owned()).collect()))
+        }
         Some([first, rest @ ..]) if first.rsplit('/').next() == Some(program.binary()) => {
             Ok(rest.iter().cloned().chain(args.unwrap_or_default()).collect())
         }
@@ -224,7 +224,11 @@ pub fn cpu_threads(container: &Container) -> u32 {
     let quantity = resources
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get("cpu"))
-        .or_else(|| resources.and_then(|r| r.requests.as_ref()).and_then(|l| l.get("cpu")));
+        .or_else(|| {
+            resources
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|l| l.get("cpu"))
+        });
     let Some(quantity) = quantity else { return 1 };
     let q = quantity.0.trim();
     let cores = match q.strip_suffix('m') {
@@ -328,13 +332,22 @@ mod tests {
         let ctx = context(bins.path().to_owned());
         let mut pause = engine(&[]);
         pause.image = Some("registry.k8s.io/pause:3.10".into());
-        assert_eq!(invocation(&pause, &ctx).expect_err("foreign").reason, "ErrImageNeverPull");
+        assert_eq!(
+            invocation(&pause, &ctx).expect_err("foreign").reason,
+            "ErrImageNeverPull"
+        );
         let mut shell = engine(&[]);
         shell.command = Some(vec!["/bin/sh".into(), "-c".into()]);
-        assert_eq!(invocation(&shell, &ctx).expect_err("sh").reason, "RunContainerError");
+        assert_eq!(
+            invocation(&shell, &ctx).expect_err("sh").reason,
+            "RunContainerError"
+        );
         let mut own = engine(&["--help"]);
         own.command = Some(vec!["/usr/local/bin/bitscale-engine".into(), "serve".into()]);
-        assert_eq!(invocation(&own, &ctx).expect("own binary").args, ["serve", "--help"]);
+        assert_eq!(
+            invocation(&own, &ctx).expect("own binary").args,
+            ["serve", "--help"]
+        );
         let no_args = Container {
             args: None,
             ..engine(&[])
@@ -358,7 +371,10 @@ mod tests {
         assert_eq!(translate("/models", &ctx), "/srv/pv/models");
         assert_eq!(translate("/modelsx/a", &ctx), "/modelsx/a");
         assert_eq!(translate("/tmp/x", &ctx), "/state/pods/p/volumes/tmp/x");
-        assert_eq!(translate("--metrics-addr=0.0.0.0:8080", &ctx), "--metrics-addr=127.2.0.7:8080");
+        assert_eq!(
+            translate("--metrics-addr=0.0.0.0:8080", &ctx),
+            "--metrics-addr=127.2.0.7:8080"
+        );
         assert_eq!(translate("a=b", &ctx), "a=b");
     }
 
@@ -367,8 +383,14 @@ mod tests {
         let with = |resources: serde_json::Value| -> Container {
             serde_json::from_value(serde_json::json!({ "name": "c", "resources": resources })).expect("c")
         };
-        assert_eq!(cpu_threads(&with(serde_json::json!({ "limits": { "cpu": "4" } }))), 4);
-        assert_eq!(cpu_threads(&with(serde_json::json!({ "requests": { "cpu": "250m" } }))), 1);
+        assert_eq!(
+            cpu_threads(&with(serde_json::json!({ "limits": { "cpu": "4" } }))),
+            4
+        );
+        assert_eq!(
+            cpu_threads(&with(serde_json::json!({ "requests": { "cpu": "250m" } }))),
+            1
+        );
         assert_eq!(cpu_threads(&with(serde_json::json!({}))), 1);
     }
 }

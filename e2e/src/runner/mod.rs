@@ -137,7 +137,11 @@ pub async fn run(config: RunnerConfig) -> Result<(), Error> {
             path: config.kubeconfig.clone(),
             source,
         })?;
-    let url = client_config.cluster_url.to_string().trim_end_matches('/').to_owned();
+    let url = client_config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
     let client = Client::try_from(client_config)?;
     let http = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
@@ -158,8 +162,8 @@ pub async fn run(config: RunnerConfig) -> Result<(), Error> {
     });
 
     let pods: Api<Pod> = Api::all(client.clone());
-    let events = watcher(pods.clone(), watcher::Config::default().fields("spec.nodeName!="))
-        .default_backoff();
+    let events =
+        watcher(pods.clone(), watcher::Config::default().fields("spec.nodeName!=")).default_backoff();
     let mut events = std::pin::pin!(events);
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut listed: Option<HashSet<String>> = None;
@@ -207,7 +211,12 @@ pub async fn run(config: RunnerConfig) -> Result<(), Error> {
 }
 
 /// Hands a pod to its worker, starting one for a pod the runner owns and has not seen.
-async fn observe(shared: &Arc<Shared>, workers: &mut HashMap<String, Worker>, shutdown: &watch::Receiver<bool>, pod: Pod) {
+async fn observe(
+    shared: &Arc<Shared>,
+    workers: &mut HashMap<String, Worker>,
+    shutdown: &watch::Receiver<bool>,
+    pod: Pod,
+) {
     let uid = pod.uid().unwrap_or_default();
     if let Some(worker) = workers.get(&uid) {
         let _ = worker.pod.send(Some(pod));

@@ -65,7 +65,11 @@ pub struct PodWorker {
 
 impl PodWorker {
     /// A worker for the pod `pod` currently holds.
-    pub fn new(shared: Arc<Shared>, pod: watch::Receiver<Option<Pod>>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        pod: watch::Receiver<Option<Pod>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let current = pod.borrow().clone().unwrap_or_default();
         let uid = current.metadata.uid.clone().unwrap_or_default();
         let dir = shared.state_dir.join("pods").join(format!(
@@ -105,7 +109,11 @@ impl PodWorker {
             self.remove().await;
         }
         if let Some(ip) = self.ip {
-            self.shared.ipam.lock().unwrap_or_else(|e| e.into_inner()).release(ip);
+            self.shared
+                .ipam
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release(ip);
         }
         let _ = std::fs::remove_dir_all(self.dir.join("volumes"));
     }
@@ -133,8 +141,16 @@ impl PodWorker {
 
     async fn step(&mut self, pod: &Pod) {
         if self.ip.is_none() {
-            let preferred = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()?.parse().ok());
-            self.ip = self.shared.ipam.lock().unwrap_or_else(|e| e.into_inner()).allocate(preferred);
+            let preferred = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref()?.parse().ok());
+            self.ip = self
+                .shared
+                .ipam
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allocate(preferred);
         }
         if self.prepared.is_none() {
             match setup::prepare(&self.shared.client, &self.shared.api, pod, &self.dir).await {
@@ -232,7 +248,12 @@ impl PodWorker {
     }
 
     /// What `container`'s process sees of the pod.
-    async fn context(&self, pod: &Pod, container: &Container, termination: &std::path::Path) -> Result<PodContext, String> {
+    async fn context(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        termination: &std::path::Path,
+    ) -> Result<PodContext, String> {
         let prepared = self.prepared.clone().unwrap_or_default();
         let mut mounts = Vec::new();
         let mut kubeconfig = None;
@@ -260,7 +281,10 @@ impl PodWorker {
         let resolved_env = setup::resolve_env(&self.shared.client, &with_ip, container).await?;
         let mut runner_env = vec![
             ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ("HOME".to_owned(), self.dir.join("home").to_string_lossy().into_owned()),
+            (
+                "HOME".to_owned(),
+                self.dir.join("home").to_string_lossy().into_owned(),
+            ),
             ("HOSTNAME".to_owned(), pod.name_any()),
             (
                 MARKER_ENV.to_owned(),
@@ -282,7 +306,10 @@ impl PodWorker {
     async fn report(&mut self, pod: &Pod) {
         let finished = self.init_failed
             || (self.init_done == self.init.len()
-                && self.main.iter().all(|r| matches!(r.record.state, status::State::Terminated(_))));
+                && self
+                    .main
+                    .iter()
+                    .all(|r| matches!(r.record.state, status::State::Terminated(_))));
         let init: Vec<_> = self.init.iter().map(|r| r.record.clone()).collect();
         let main: Vec<_> = self.main.iter().map(|r| r.record.clone()).collect();
         let initialized = self.init_done == self.init.len();
@@ -295,11 +322,14 @@ impl PodWorker {
             main: &main,
         };
         let status = status::pod_status(&report, &mut self.conditions, Timestamp::now());
-        let Ok(value) = serde_json::to_value(&status) else { return };
+        let Ok(value) = serde_json::to_value(&status) else {
+            return;
+        };
         if self.reported.as_ref() == Some(&value) {
             return;
         }
-        let pods: Api<Pod> = Api::namespaced(self.shared.client.clone(), &pod.namespace().unwrap_or_default());
+        let pods: Api<Pod> =
+            Api::namespaced(self.shared.client.clone(), &pod.namespace().unwrap_or_default());
         let patch = serde_json::json!({ "status": value });
         match pods
             .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
@@ -346,7 +376,8 @@ impl PodWorker {
     /// Removes the pod object, as the kubelet does once its containers are gone.
     async fn remove(&self) {
         let pod = self.pod.borrow().clone().unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(self.shared.client.clone(), &pod.namespace().unwrap_or_default());
+        let pods: Api<Pod> =
+            Api::namespaced(self.shared.client.clone(), &pod.namespace().unwrap_or_default());
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {

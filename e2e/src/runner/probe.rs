@@ -117,12 +117,14 @@ fn port(probe: &Probe, container: &Container) -> Option<u16> {
         .or(probe.tcp_socket.as_ref().map(|t| &t.port))?;
     let number = match port {
         IntOrString::Int(n) => *n,
-        IntOrString::String(name) => container
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name))?
-            .container_port,
+        IntOrString::String(name) => {
+            container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))?
+                .container_port
+        }
     };
     u16::try_from(number).ok()
 }
@@ -152,7 +154,8 @@ mod tests {
         assert_eq!(port(&probe(serde_json::json!({})), &container()), Some(8000));
         let numbered = serde_json::from_value(serde_json::json!({ "tcpSocket": { "port": 9 } })).expect("p");
         assert_eq!(port(&numbered, &container()), Some(9));
-        let unknown = serde_json::from_value(serde_json::json!({ "httpGet": { "port": "nope" } })).expect("p");
+        let unknown =
+            serde_json::from_value(serde_json::json!({ "httpGet": { "port": "nope" } })).expect("p");
         assert_eq!(port(&unknown, &container()), None);
     }
 

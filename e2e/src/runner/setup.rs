@@ -21,8 +21,8 @@ use k8s_openapi::{
     api::{
         authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::{
-            ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume,
-            PersistentVolumeClaim, Pod, Secret, ServiceAccount, Volume,
+            ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim,
+            Pod, Secret, ServiceAccount, Volume,
         },
     },
 };
@@ -61,9 +61,18 @@ pub struct Prepared {
 }
 
 /// Prepares every volume of `pod` under `dir`.
-pub async fn prepare(client: &Client, api: &ApiServer, pod: &Pod, dir: &Path) -> Result<Prepared, SetupError> {
+pub async fn prepare(
+    client: &Client,
+    api: &ApiServer,
+    pod: &Pod,
+    dir: &Path,
+) -> Result<Prepared, SetupError> {
     let mut prepared = Prepared::default();
-    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
     for volume in &volumes {
         let path = volume_path(client, pod, dir, volume, &mut prepared).await?;
         if path.join("token").is_file() && path.join("ca.crt").is_file() {
@@ -167,7 +176,12 @@ async fn renew(client: &Client, pod: &Pod, mut file: TokenFile) -> Result<TokenF
     let issued = accounts
         .create_token_request(&file.account, &PostParams::default(), &request)
         .await
-        .map_err(|e| format!("requesting a token for service account {ns}/{}: {e}", file.account))?;
+        .map_err(|e| {
+            format!(
+                "requesting a token for service account {ns}/{}: {e}",
+                file.account
+            )
+        })?;
     let token = issued.status.and_then(|s| s.token).unwrap_or_default();
     write_file(&file.path, token.as_bytes())?;
     // Like the kubelet: renew at 80 % of the lifetime.
@@ -204,12 +218,22 @@ async fn claim_path(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, S
         .or(spec.local.map(|l| l.path))
         .map(PathBuf::from)
         .ok_or_else(|| {
-            format!("persistentvolume {volume} is neither hostPath nor local: nothing on this machine backs it")
+            format!(
+                "persistentvolume {volume} is neither hostPath nor local: nothing on this machine backs it"
+            )
         })
 }
 
-async fn config_map(client: &Client, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, SetupError> {
-    match Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await {
+async fn config_map(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, SetupError> {
+    match Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+    {
         Ok(Some(cm)) => {
             let mut data: BTreeMap<String, Vec<u8>> = cm
                 .data
@@ -217,7 +241,12 @@ async fn config_map(client: &Client, ns: &str, name: &str, optional: bool) -> Re
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)));
+            data.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, ByteString(v))| (k, v)),
+            );
             Ok(data)
         }
         Ok(None) if optional => Ok(BTreeMap::new()),
@@ -226,7 +255,12 @@ async fn config_map(client: &Client, ns: &str, name: &str, optional: bool) -> Re
     }
 }
 
-async fn secret_data(client: &Client, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, SetupError> {
+async fn secret_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, SetupError> {
     match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await {
         Ok(Some(secret)) => Ok(secret
             .data
@@ -241,7 +275,11 @@ async fn secret_data(client: &Client, ns: &str, name: &str, optional: bool) -> R
 }
 
 /// The values of `valueFrom` environment variables of `container`, by name.
-pub async fn resolve_env(client: &Client, pod: &Pod, container: &Container) -> Result<BTreeMap<String, String>, SetupError> {
+pub async fn resolve_env(
+    client: &Client,
+    pod: &Pod,
+    container: &Container,
+) -> Result<BTreeMap<String, String>, SetupError> {
     let ns = pod.namespace().unwrap_or_default();
     let mut out = BTreeMap::new();
     for var in container.env.iter().flatten() {
@@ -252,10 +290,12 @@ pub async fn resolve_env(client: &Client, pod: &Pod, container: &Container) -> R
             resource_value(container, &resource.resource)
         } else if let Some(key) = &from.config_map_key_ref {
             let data = config_map(client, &ns, &key.name, key.optional.unwrap_or(false)).await?;
-            data.get(&key.key).map(|v| String::from_utf8_lossy(v).into_owned())
+            data.get(&key.key)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
         } else if let Some(key) = &from.secret_key_ref {
             let data = secret_data(client, &ns, &key.name, key.optional.unwrap_or(false)).await?;
-            data.get(&key.key).map(|v| String::from_utf8_lossy(v).into_owned())
+            data.get(&key.key)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
         } else {
             None
         };
@@ -332,7 +372,11 @@ pub fn parse_bytes(q: &str) -> Option<u64> {
     (value >= 0.0).then(|| (value * scale as f64).round() as u64)
 }
 
-fn write_items(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>) -> Result<(), SetupError> {
+fn write_items(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> Result<(), SetupError> {
     match items {
         Some(items) => {
             for item in items {
@@ -362,7 +406,12 @@ fn write_downward(dir: &Path, pod: &Pod, items: &[DownwardAPIVolumeFile]) -> Res
     Ok(())
 }
 
-fn write_kubeconfig(path: &Path, api: &ApiServer, credentials: &Path, namespace: &str) -> Result<(), SetupError> {
+fn write_kubeconfig(
+    path: &Path,
+    api: &ApiServer,
+    credentials: &Path,
+    namespace: &str,
+) -> Result<(), SetupError> {
     let config = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -413,9 +462,15 @@ mod tests {
         }))
         .expect("pod");
         assert_eq!(field_value(&pod, "metadata.name").as_deref(), Some("p"));
-        assert_eq!(field_value(&pod, "metadata.labels['app']").as_deref(), Some("web"));
+        assert_eq!(
+            field_value(&pod, "metadata.labels['app']").as_deref(),
+            Some("web")
+        );
         assert_eq!(field_value(&pod, "status.podIP").as_deref(), Some("127.2.0.3"));
-        assert_eq!(field_value(&pod, "spec.serviceAccountName").as_deref(), Some("default"));
+        assert_eq!(
+            field_value(&pod, "spec.serviceAccountName").as_deref(),
+            Some("default")
+        );
         assert_eq!(field_value(&pod, "metadata.generation"), None);
     }
 }

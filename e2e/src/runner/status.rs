@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-        ContainerStatus, PodCondition, PodIP, PodStatus, HostIP,
+        ContainerStatus, HostIP, PodCondition, PodIP, PodStatus,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -185,9 +185,9 @@ pub fn phase(initialized: bool, init_failed: bool, main: &[Record], finished: bo
         return Phase::Pending;
     }
     if finished {
-        let all_ok = main.iter().all(|r| {
-            matches!(&r.state, State::Terminated(t) if t.exit_code == 0)
-        });
+        let all_ok = main
+            .iter()
+            .all(|r| matches!(&r.state, State::Terminated(t) if t.exit_code == 0));
         return if all_ok { Phase::Succeeded } else { Phase::Failed };
     }
     let ever_ran = main
@@ -305,18 +305,31 @@ mod tests {
             true,
         );
         let waiting = Record::new("engine", "x");
-        assert_eq!(phase(false, false, &[running.clone()], false), Phase::Pending);
+        assert_eq!(
+            phase(false, false, std::slice::from_ref(&running), false),
+            Phase::Pending
+        );
         assert_eq!(phase(true, true, &[], false), Phase::Failed);
-        assert_eq!(phase(true, false, &[waiting.clone()], false), Phase::Pending);
+        assert_eq!(
+            phase(true, false, std::slice::from_ref(&waiting), false),
+            Phase::Pending
+        );
         assert_eq!(phase(true, false, &[running], false), Phase::Running);
         let crashed = Record {
             restart_count: 1,
             ..waiting
         };
-        assert_eq!(phase(true, false, &[crashed], false), Phase::Running, "in back-off");
+        assert_eq!(
+            phase(true, false, &[crashed], false),
+            Phase::Running,
+            "in back-off"
+        );
         let done = record(State::Terminated(ended(0)), false);
         let failed = record(State::Terminated(ended(3)), false);
-        assert_eq!(phase(true, false, &[done.clone()], true), Phase::Succeeded);
+        assert_eq!(
+            phase(true, false, std::slice::from_ref(&done), true),
+            Phase::Succeeded
+        );
         assert_eq!(phase(true, false, &[done, failed], true), Phase::Failed);
     }
 
@@ -331,7 +344,10 @@ mod tests {
         assert_eq!(s.container_id.as_deref(), Some("bitscale-e2e://42"));
         let t = s.state.and_then(|s| s.terminated).expect("terminated");
         assert_eq!((t.exit_code, t.message.as_deref()), (3, Some("done")));
-        assert_eq!(s.last_state.and_then(|s| s.terminated).map(|t| t.exit_code), Some(1));
+        assert_eq!(
+            s.last_state.and_then(|s| s.terminated).map(|t| t.exit_code),
+            Some(1)
+        );
     }
 
     #[test]

@@ -45,28 +45,30 @@ pub fn tiny_model() -> anyhow::Result<PathBuf> {
 
 /// A one-CPU class on the `cpu` pool named `<prefix>-tiny`: one engine thread per replica.
 pub fn tiny_class(prefix: &str) -> HardwareClass {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "bitscale.dev/v1alpha1",
-        "kind": "HardwareClass",
-        "metadata": { "name": format!("{prefix}-tiny") },
-        "spec": {
+    super::hardware_class(
+        format!("{prefix}-tiny"),
+        serde_json::json!({
             "resources": { "cpu": "1", "memory": "1Gi" },
             "nodeSelector": { "bitscale.dev/pool": "cpu" },
             "costPerHour": 0.05,
             "memoryBandwidth": "10GB/s",
             "threads": 1
-        }
-    }))
-    .expect("valid HardwareClass")
+        }),
+    )
 }
 
 /// An InferenceService of the tiny model at q8_0 on `class` with exactly `replicas` replicas.
-pub fn tiny_service(name: &str, namespace: &str, class: &str, model: &std::path::Path, replicas: i32) -> InferenceService {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "bitscale.dev/v1alpha1",
-        "kind": "InferenceService",
-        "metadata": { "name": name, "namespace": namespace },
-        "spec": {
+pub fn tiny_service(
+    name: &str,
+    namespace: &str,
+    class: &str,
+    model: &std::path::Path,
+    replicas: i32,
+) -> InferenceService {
+    super::inference_service(
+        name,
+        namespace,
+        serde_json::json!({
             "model": {
                 "source": format!("file://{}", model.display()),
                 "format": "gguf",
@@ -78,9 +80,8 @@ pub fn tiny_service(name: &str, namespace: &str, class: &str, model: &std::path:
             "slo": { "timeToFirstToken": "5s", "interTokenLatency": "500ms" },
             "scaling": { "minReplicas": replicas, "maxReplicas": replicas },
             "engine": { "maxRunning": 4 }
-        }
-    }))
-    .expect("valid InferenceService")
+        }),
+    )
 }
 
 /// The pod's IP, once it has one.
@@ -100,7 +101,12 @@ pub fn pod_ready(pod: &Pod) -> bool {
 pub fn engine_pid(pod: &Pod) -> Option<u32> {
     let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
     status.state.as_ref()?.running.as_ref()?;
-    status.container_id.as_deref()?.strip_prefix("bitscale-e2e://")?.parse().ok()
+    status
+        .container_id
+        .as_deref()?
+        .strip_prefix("bitscale-e2e://")?
+        .parse()
+        .ok()
 }
 
 /// The engine container's restart count.
@@ -115,7 +121,9 @@ pub fn restarts(pod: &Pod) -> i32 {
 /// Whether a process with this PID still runs (not a zombie).
 pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
         !matches!(state, Some("Z" | "X") | None)
     })
 }
@@ -151,7 +159,11 @@ pub async fn chat(http: &reqwest::Client, ip: Ipv4Addr, model: &str) -> anyhow::
 }
 
 /// The result vector of an instant query.
-pub async fn prometheus_query(http: &reqwest::Client, url: &str, query: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+pub async fn prometheus_query(
+    http: &reqwest::Client,
+    url: &str,
+    query: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let body: serde_json::Value = http
         .get(format!("{url}/api/v1/query"))
         .query(&[("query", query)])
@@ -177,7 +189,10 @@ where
             Ok(None) => {}
             Err(e) => last = format!("{e:#}"),
         }
-        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last error: {last}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last error: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

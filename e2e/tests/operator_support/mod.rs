@@ -41,20 +41,28 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A CPU class named `<prefix>-cpu` on the `cpu` pool.
-pub fn cpu_class(prefix: &str) -> HardwareClass {
+/// A HardwareClass named `name` with this spec.
+pub fn hardware_class(name: String, spec: serde_json::Value) -> HardwareClass {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "bitscale.dev/v1alpha1",
         "kind": "HardwareClass",
-        "metadata": { "name": format!("{prefix}-cpu") },
-        "spec": {
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .expect("valid HardwareClass")
+}
+
+/// A CPU class named `<prefix>-cpu` on the `cpu` pool.
+pub fn cpu_class(prefix: &str) -> HardwareClass {
+    hardware_class(
+        format!("{prefix}-cpu"),
+        serde_json::json!({
             "resources": { "cpu": "2", "memory": "4Gi" },
             "nodeSelector": { "bitscale.dev/pool": "cpu" },
             "costPerHour": 0.12,
             "memoryBandwidth": "20GB/s"
-        }
-    }))
-    .expect("valid HardwareClass")
+        }),
+    )
 }
 
 /// A GPU class named `<prefix>-gpu` on the tainted `gpu` pool.
@@ -100,13 +108,23 @@ pub async fn delete_classes(client: &Client, classes: &[HardwareClass]) {
     }
 }
 
-/// An InferenceService for SmolLM2-135M restricted to `classes`.
-pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
+/// An InferenceService `namespace/name` with this spec.
+pub fn inference_service(name: &str, namespace: &str, spec: serde_json::Value) -> InferenceService {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "bitscale.dev/v1alpha1",
         "kind": "InferenceService",
         "metadata": { "name": name, "namespace": namespace },
-        "spec": {
+        "spec": spec,
+    }))
+    .expect("valid InferenceService")
+}
+
+/// An InferenceService for SmolLM2-135M restricted to `classes`.
+pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
+    inference_service(
+        name,
+        namespace,
+        serde_json::json!({
             "model": {
                 "source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF@main/smollm2-135m-instruct-q8_0.gguf",
                 "parameters": "135M",
@@ -118,9 +136,8 @@ pub fn smol(name: &str, namespace: &str, classes: &[&str]) -> InferenceService {
             // class meets it at every level.
             "slo": { "timeToFirstToken": "5s", "interTokenLatency": "200ms" },
             "scaling": { "minReplicas": 1, "maxReplicas": 3 }
-        }
-    }))
-    .expect("valid InferenceService")
+        }),
+    )
 }
 
 /// One operator test's world: the shared cluster with the CRDs installed, a fresh namespace, the
@@ -215,7 +232,10 @@ impl Drop for Scene {
 
 /// Engine images KWOK fakes (the pod runner runs only images named `bitscale-engine`): the
 /// tests that use them are about the API objects the operator writes, not about engines.
-pub const FAKE_ENGINE_IMAGES: [&str; 2] = ["example.invalid/fake-engine:test", "example.invalid/fake-engine:test-cuda"];
+pub const FAKE_ENGINE_IMAGES: [&str; 2] = [
+    "example.invalid/fake-engine:test",
+    "example.invalid/fake-engine:test-cuda",
+];
 
 /// Runs the operator in-process, watching only `namespace`, until the handle is aborted. Its
 /// engine pods are KWOK's fakes ([`FAKE_ENGINE_IMAGES`]).
@@ -224,7 +244,11 @@ pub fn start_operator(client: Client, namespace: &str) -> tokio::task::JoinHandl
 }
 
 /// Runs the operator in-process with these engine images (cpu, cuda).
-pub fn start_operator_with(client: Client, namespace: &str, images: [&str; 2]) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+pub fn start_operator_with(
+    client: Client,
+    namespace: &str,
+    images: [&str; 2],
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let config = Config {
         images: EngineImages {
             cpu: images[0].into(),

@@ -43,6 +43,11 @@ pub struct EvalArgs {
     /// `auto` (a table on a terminal, JSON otherwise), `json` or `table`.
     #[arg(long, default_value = "auto")]
     pub format: String,
+    /// Also write the report as compact JSON to this file, such as a container's
+    /// `terminationMessagePath` (`/dev/termination-log`), where a Job's result reaches the pod's
+    /// status.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 /// Runs `eval` and prints the report.
@@ -105,6 +110,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         print!("{}", report.table());
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if let Some(path) = &args.output {
+        std::fs::write(path, serde_json::to_string(&report)?)
+            .with_context(|| format!("writing the report to {}", path.display()))?;
     }
     Ok(())
 }

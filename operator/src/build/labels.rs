@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use bitscale_api::v1alpha1::Variant;
 
-pub use bitscale_api::telemetry::{LABEL_INSTANCE, LABEL_VARIANT};
 use bitscale_api::telemetry::{ENGINE_APP, LABEL_APP_NAME};
+pub use bitscale_api::telemetry::{LABEL_INSTANCE, LABEL_VARIANT};
 /// The operator's field manager for server-side apply.
 pub const FIELD_MANAGER: &str = "bitscale.dev/operator";
 

@@ -365,3 +365,55 @@ async fn a_job_completes_or_fails_with_its_termination_message_in_the_pod_status
     );
     scene.stop().await
 }
+
+#[tokio::test]
+async fn a_model_on_a_claim_is_read_from_the_persistent_volumes_path() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let scene = live_scene("live-pvc").await?;
+    let model = tiny_model()?;
+    let dir = model
+        .parent()
+        .expect("model folder")
+        .to_string_lossy()
+        .into_owned();
+    let (ns, claim) = (scene.ns.name.clone(), "weights");
+    // Bound by the real PV controller: a static volume on this machine's folder, and a claim of it.
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": ns },
+        "spec": {
+            "capacity": { "storage": "1Gi" }, "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "", "hostPath": { "path": dir, "type": "Directory" },
+            "claimRef": { "namespace": ns, "name": claim },
+        },
+    }))?;
+    let volumes: Api<PersistentVolume> = Api::all(scene.client.clone());
+    volumes.create(&PostParams::default(), &pv).await?;
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": claim },
+        "spec": {
+            "accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": ns,
+            "resources": { "requests": { "storage": "1Gi" } },
+        },
+    }))?;
+    scene
+        .api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &pvc)
+        .await?;
+
+    let class = format!("{ns}-tiny");
+    let mut service = tiny_service("claimed", &ns, &class, &model, 1);
+    service.spec.model.source = format!("pvc://{claim}/test-llama.gguf");
+    scene
+        .api::<InferenceService>()
+        .create(&PostParams::default(), &service)
+        .await?;
+    let pods: Api<Pod> = scene.api();
+    let result = async {
+        let ready = ready_pods(&pods, "claimed", 1).await?;
+        chat(&http(), pod_ip(&ready[0]).expect("ip"), "claimed").await
+    }
+    .await;
+    let _ = volumes.delete(&ns, &DeleteParams::default()).await;
+    result?;
+    scene.stop().await
+}

@@ -114,3 +114,37 @@ async fn helm_install_alone_runs_an_operator_that_serves_an_inference_service() 
     );
     operator_gone
 }
+
+#[tokio::test]
+async fn the_chart_scrapes_engines_with_a_pod_monitor_only_where_its_api_exists() -> anyhow::Result<()> {
+    use bitscale_api::telemetry::{SERIES_INSTANCE, SERIES_NAMESPACE, SERIES_POD, SERIES_VARIANT};
+    let cluster = bitscale_e2e::Cluster::shared().await?;
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/bitscale");
+    let render = |extra: &[&str]| -> anyhow::Result<String> {
+        let out = cluster
+            .helm()
+            .args(["template", "x", chart])
+            .args(extra)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let with = render(&["--api-versions", "monitoring.coreos.com/v1/PodMonitor"])?;
+    assert!(with.contains("kind: PodMonitor"), "{with}");
+    for label in [SERIES_NAMESPACE, SERIES_POD, SERIES_INSTANCE, SERIES_VARIANT] {
+        assert!(
+            with.contains(&format!("targetLabel: {label}")),
+            "no {label} relabeling"
+        );
+    }
+    let without = render(&[])?;
+    assert!(
+        !without.contains("kind: PodMonitor"),
+        "a PodMonitor without the Prometheus Operator"
+    );
+    Ok(())
+}

@@ -32,7 +32,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Config, ResourceExt,
-    api::{DeleteParams, Preconditions},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
@@ -125,24 +124,80 @@ struct Worker {
     task: JoinHandle<()>,
 }
 
+/// The pod workers, by pod UID.
+struct Workers {
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    by_uid: HashMap<String, Worker>,
+    /// UIDs seen since the watch began a re-list, until it ends.
+    relisted: Option<HashSet<String>>,
+}
+
+impl Workers {
+    async fn handle(&mut self, event: watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Init => self.relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(pod) => {
+                if let Some(seen) = self.relisted.as_mut() {
+                    seen.insert(pod.uid().unwrap_or_default());
+                }
+                self.observe(pod).await;
+            }
+            watcher::Event::InitDone => {
+                // Pods that went while the watch was re-listing.
+                if let Some(seen) = self.relisted.take() {
+                    for (uid, worker) in &self.by_uid {
+                        if !seen.contains(uid) {
+                            let _ = worker.pod.send(None);
+                        }
+                    }
+                }
+            }
+            watcher::Event::Apply(pod) => self.observe(pod).await,
+            watcher::Event::Delete(pod) => {
+                if let Some(worker) = self.by_uid.get(&pod.uid().unwrap_or_default()) {
+                    let _ = worker.pod.send(None);
+                }
+            }
+        }
+        self.by_uid.retain(|_, w| !w.task.is_finished());
+    }
+
+    /// Hands a pod to its worker, starting one for a pod the runner owns and has not seen.
+    async fn observe(&mut self, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        if let Some(worker) = self.by_uid.get(&uid) {
+            let _ = worker.pod.send(Some(pod));
+            return;
+        }
+        let Some(spec) = pod.spec.as_ref() else { return };
+        if !images::runs_pod(spec) {
+            return;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            // Finished before this runner started: nothing runs; remove it once deleted.
+            if pod.metadata.deletion_timestamp.is_some() {
+                pod::remove_pod(&self.shared.client, &pod).await;
+            }
+            return;
+        }
+        let (tx, rx) = watch::channel(Some(pod));
+        let worker = pod::PodWorker::new(self.shared.clone(), rx, self.shutdown.clone());
+        let task = tokio::spawn(worker.run());
+        self.by_uid.insert(uid, Worker { pod: tx, task });
+    }
+
+    /// Waits (a bounded time) for every worker to stop its processes.
+    async fn stop(self) {
+        let tasks = self.by_uid.into_values().map(|w| w.task);
+        let _ = tokio::time::timeout(STOP_TIMEOUT, futures::future::join_all(tasks)).await;
+    }
+}
+
 /// Runs until SIGTERM or Ctrl-C, then stops every process it started.
 pub async fn run(config: RunnerConfig) -> Result<(), Error> {
-    let kubeconfig = Kubeconfig::read_from(&config.kubeconfig).map_err(|source| Error::Kubeconfig {
-        path: config.kubeconfig.clone(),
-        source,
-    })?;
-    let client_config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|source| Error::Kubeconfig {
-            path: config.kubeconfig.clone(),
-            source,
-        })?;
-    let url = client_config
-        .cluster_url
-        .to_string()
-        .trim_end_matches('/')
-        .to_owned();
-    let client = Client::try_from(client_config)?;
+    let (client, url) = client(&config.kubeconfig).await?;
     let http = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .no_proxy()
@@ -161,96 +216,43 @@ pub async fn run(config: RunnerConfig) -> Result<(), Error> {
         let _ = shutdown_tx.send(true);
     });
 
-    let pods: Api<Pod> = Api::all(client.clone());
-    let events =
-        watcher(pods.clone(), watcher::Config::default().fields("spec.nodeName!=")).default_backoff();
+    let pods: Api<Pod> = Api::all(client);
+    let events = watcher(pods, watcher::Config::default().fields("spec.nodeName!=")).default_backoff();
     let mut events = std::pin::pin!(events);
-    let mut workers: HashMap<String, Worker> = HashMap::new();
-    let mut listed: Option<HashSet<String>> = None;
-    let mut stop = shutdown.clone();
+    let mut workers = Workers {
+        shared,
+        shutdown: shutdown.clone(),
+        by_uid: HashMap::new(),
+        relisted: None,
+    };
+    let mut stop = shutdown;
     loop {
         let event = tokio::select! {
             event = events.next() => event,
             _ = stop.changed() => break,
         };
-        let Some(event) = event else { break };
         match event {
-            Ok(watcher::Event::Init) => listed = Some(HashSet::new()),
-            Ok(watcher::Event::InitApply(pod)) => {
-                if let Some(seen) = listed.as_mut() {
-                    seen.insert(pod.uid().unwrap_or_default());
-                }
-                observe(&shared, &mut workers, &shutdown, pod).await;
-            }
-            Ok(watcher::Event::InitDone) => {
-                // Pods that went while the watch was re-listing.
-                if let Some(seen) = listed.take() {
-                    for (uid, worker) in &workers {
-                        if !seen.contains(uid) {
-                            let _ = worker.pod.send(None);
-                        }
-                    }
-                }
-            }
-            Ok(watcher::Event::Apply(pod)) => observe(&shared, &mut workers, &shutdown, pod).await,
-            Ok(watcher::Event::Delete(pod)) => {
-                if let Some(worker) = workers.get(&pod.uid().unwrap_or_default()) {
-                    let _ = worker.pod.send(None);
-                }
-            }
-            Err(e) => tracing::warn!("watching pods: {e}"),
+            None => break,
+            Some(Ok(event)) => workers.handle(event).await,
+            Some(Err(e)) => tracing::warn!("watching pods: {e}"),
         }
-        workers.retain(|_, w| !w.task.is_finished());
     }
-    let _ = tokio::time::timeout(
-        STOP_TIMEOUT,
-        futures::future::join_all(workers.into_values().map(|w| w.task)),
-    )
-    .await;
+    workers.stop().await;
     Ok(())
 }
 
-/// Hands a pod to its worker, starting one for a pod the runner owns and has not seen.
-async fn observe(
-    shared: &Arc<Shared>,
-    workers: &mut HashMap<String, Worker>,
-    shutdown: &watch::Receiver<bool>,
-    pod: Pod,
-) {
-    let uid = pod.uid().unwrap_or_default();
-    if let Some(worker) = workers.get(&uid) {
-        let _ = worker.pod.send(Some(pod));
-        return;
-    }
-    let Some(spec) = pod.spec.as_ref() else { return };
-    if !images::runs_pod(spec) {
-        return;
-    }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
-        // Finished before this runner started: nothing runs; remove it once deleted.
-        if pod.metadata.deletion_timestamp.is_some() {
-            remove_finished(&shared.client, &pod).await;
-        }
-        return;
-    }
-    let (tx, rx) = watch::channel(Some(pod));
-    let worker = pod::PodWorker::new(shared.clone(), rx, shutdown.clone());
-    let task = tokio::spawn(worker.run());
-    workers.insert(uid, Worker { pod: tx, task });
-}
-
-async fn remove_finished(client: &Client, pod: &Pod) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-    let params = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
+/// A client from the runner's kubeconfig, and the API server's URL.
+async fn client(path: &std::path::Path) -> Result<(Client, String), Error> {
+    let kubeconfig_error = |source| Error::Kubeconfig {
+        path: path.to_owned(),
+        source,
     };
-    let _ = pods.delete(&pod.name_any(), &params).await;
+    let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(kubeconfig_error)?;
+    let url = config.cluster_url.to_string().trim_end_matches('/').to_owned();
+    Ok((Client::try_from(config)?, url))
 }
 
 #[cfg(test)]

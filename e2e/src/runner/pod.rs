@@ -373,22 +373,26 @@ impl PodWorker {
         }
     }
 
-    /// Removes the pod object, as the kubelet does once its containers are gone.
     async fn remove(&self) {
         let pod = self.pod.borrow().clone().unwrap_or_default();
-        let pods: Api<Pod> =
-            Api::namespaced(self.shared.client.clone(), &pod.namespace().unwrap_or_default());
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        if let Err(e) = pods.delete(&pod.name_any(), &params).await {
-            tracing::debug!(pod = %pod.name_any(), "removing the pod: {e}");
-        }
+        remove_pod(&self.shared.client, &pod).await;
+    }
+}
+
+/// Removes the pod object, as the kubelet does once its containers are gone (grace 0, this UID
+/// only: a pod of the same name created since is left alone).
+pub async fn remove_pod(client: &kube::Client, pod: &Pod) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    if let Err(e) = pods.delete(&pod.name_any(), &params).await {
+        tracing::debug!(pod = %pod.name_any(), "removing the pod: {e}");
     }
 }
 

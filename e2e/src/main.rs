@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use bitscale_e2e::{Cluster, Layout, parts};
 use clap::{Parser, Subcommand};
 
-/// A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK)
+/// A local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, KWOK,
+/// Prometheus) whose engine and operator pods run as real processes at loopback pod IPs,
 /// for Bitscale's tests and demo.
 #[derive(Debug, Parser)]
 #[command(version)]

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub e2e_request_latency_seconds: Histogram,
     pub request_queue_time_seconds: Histogram,
     pub iteration_tokens: Histogram,
+    pub iteration_duration_seconds: Histogram,
     pub step_token_budget: Gauge,
     pub iteration_batch_size: Histogram,
     pub num_requests_running: Gauge,
@@ -95,6 +96,7 @@ impl Metrics {
             e2e_request_latency_seconds: Histogram::new(REQUEST_LATENCY_BUCKETS),
             request_queue_time_seconds: Histogram::new(REQUEST_LATENCY_BUCKETS),
             iteration_tokens: Histogram::new(ITERATION_TOKEN_BUCKETS),
+            iteration_duration_seconds: Histogram::new(ITL_BUCKETS),
             step_token_budget: Gauge::default(),
             iteration_batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
             num_requests_running: Gauge::default(),
@@ -138,6 +140,13 @@ impl Metrics {
             "iteration_tokens",
             "Tokens processed per engine step",
             m.iteration_tokens.clone(),
+        );
+        // With iteration_tokens' sum, the measured cost of a token in a step: what a replica's
+        // capacity is fitted from.
+        r.register(
+            "iteration_duration_seconds",
+            "Wall time of an engine step (one forward pass of the batch)",
+            m.iteration_duration_seconds.clone(),
         );
         r.register(
             "step_token_budget",

@@ -177,6 +177,7 @@ async fn streaming_ends_with_done_and_usage() {
         "bitscale_engine_generation_tokens_total",
         "bitscale_engine_request_success_total{finished_reason=\"length\"} 2",
         "bitscale_engine_iteration_tokens_bucket",
+        "bitscale_engine_iteration_duration_seconds_count",
         // No --itl-target: every step may carry --max-batch-tokens.
         "bitscale_engine_step_token_budget 512",
         "bitscale_engine_info{model=\"fake\",quantization=\"f32\",device=\"cpu\"} 1",
@@ -185,6 +186,16 @@ async fn streaming_ends_with_done_and_usage() {
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
+    // Every step is timed: as many step durations as steps' token counts, and some of each.
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let steps = count("bitscale_engine_iteration_duration_seconds_count");
+    assert!(steps > 0.0, "no step timed in\n{metrics}");
+    assert_eq!(steps, count("bitscale_engine_iteration_tokens_count"));
     s.drain(Duration::from_secs(5)).await.expect("drain");
 }
 

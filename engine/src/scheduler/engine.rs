@@ -252,9 +252,11 @@ impl Engine {
         let batch = chunks.len();
         let started = Instant::now();
         let result = self.model.forward(&mut chunks);
-        self.budget.observe(step_tokens, started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        self.budget.observe(step_tokens, elapsed);
         drop(chunks);
         self.metrics.iteration_tokens.observe(step_tokens as f64);
+        self.metrics.iteration_duration_seconds.observe(elapsed);
         self.metrics.iteration_batch_size.observe(batch as f64);
         let logits = match result {
             Ok(l) if l.len() == owners.len() => l,

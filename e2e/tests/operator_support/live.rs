@@ -25,21 +25,22 @@ pub fn tiny_model() -> anyhow::Result<PathBuf> {
     if gguf.is_file() {
         return Ok(gguf);
     }
-    // Parallel tests: each writes its own copy, then the first rename wins.
-    let partial = layout
-        .root()
-        .join("models")
-        .join(format!("test-llama.partial-{}", std::process::id()));
+    // Parallel tests (threads of one process, or several processes): each writes its own copy into
+    // a fresh folder, then the first rename wins.
+    let models = layout.root().join("models");
+    std::fs::create_dir_all(&models)?;
+    let partial = tempfile::Builder::new()
+        .prefix("test-llama.partial-")
+        .tempdir_in(&models)?;
     let engine = workspace_bin_dir()?.join("bitscale-engine");
     let status = std::process::Command::new(&engine)
         .args(["gen-test-model", "--out"])
-        .arg(&partial)
+        .arg(partial.path())
         .stdout(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "{} gen-test-model failed", engine.display());
-    if std::fs::rename(&partial, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&partial);
-    }
+    // A lost race leaves `partial` to be removed when it drops.
+    let _ = std::fs::rename(partial.path(), &dir);
     Ok(gguf)
 }
 

@@ -287,7 +287,9 @@ impl Cluster {
         // The ServiceAccount controller runs; pods in `default` can be created.
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
         await_condition(accounts, "default", conditions::is_created(), COMPONENT_TIMEOUT).await?;
-        self.start_prometheus(&client, ports.prometheus, &pki).await?;
+        let api_server = format!("https://127.0.0.1:{}", ports.apiserver);
+        self.start_prometheus(&client, &http, &api_server, ports.prometheus, &pki)
+            .await?;
         self.start_pod_runner(&kubeconfigs)?;
         eprintln!(
             "bitscale-e2e: cluster up in {:.1}s",
@@ -335,9 +337,6 @@ fn teardown(layout: &Layout) -> Result<Vec<String>, Error> {
     for (name, pid) in &running {
         eprintln!("bitscale-e2e: stopping {name} (pid {pid})");
         process::stop(name, *pid, STOP_GRACE);
-        if name == "pod-runner" {
-            stop_pod_processes(&state_dir);
-        }
     }
     // The pod runner stops its pods' processes when it stops; whatever it left (it was killed,
     // or had already crashed) is found by the marker in their environment.
@@ -354,8 +353,23 @@ impl Cluster {
         prometheus::url(&self.state_dir())
     }
 
-    async fn spawn_prometheus(&self, port: u16) -> Result<(), Error> {
+    async fn start_prometheus(
+        &self,
+        client: &Client,
+        http: &reqwest::Client,
+        api_server: &str,
+        port: u16,
+        pki: &pki::Pki,
+    ) -> Result<(), Error> {
+        apply_prometheus_rbac(client).await?;
         let state_dir = self.state_dir();
+        let home = prometheus::home(&state_dir);
+        std::fs::create_dir_all(home.join("data")).map_err(Error::io("creating", &home))?;
+        let config = home.join("prometheus.yml");
+        std::fs::write(&config, prometheus::config(api_server, pki))
+            .map_err(Error::io("writing", &config))?;
+        let url = format!("http://127.0.0.1:{port}");
+        eprintln!("bitscale-e2e: starting prometheus on {url}");
         let daemon = process::spawn(
             &state_dir,
             "prometheus",
@@ -363,21 +377,8 @@ impl Cluster {
             &prometheus::args(&state_dir, port),
             &[],
         )?;
-        wait_prometheus(&daemon, &prometheus_url(port)).await
-    }
-
-    async fn start_prometheus(&self, client: &Client, port: u16, pki: &pki::Pki) -> Result<(), Error> {
-        apply_prometheus_rbac(client).await?;
-        let state_dir = self.state_dir();
-        let home = prometheus::home(&state_dir);
-        std::fs::create_dir_all(home.join("data")).map_err(Error::io("creating", &home))?;
-        let config = home.join("prometheus.yml");
-        let api_server = client_server(&self.kubeconfig)?;
-        std::fs::write(&config, prometheus::config(&api_server, pki))
-            .map_err(Error::io("writing", &config))?;
-        let url = prometheus_url(port);
-        eprintln!("bitscale-e2e: starting prometheus on {url}");
-        self.spawn_prometheus(port).await?;
+        let ready = format!("{url}/-/ready");
+        wait_ready(&daemon, COMPONENT_TIMEOUT, || probe_http(http, &ready, "Ready")).await?;
         let url_file = prometheus::url_file(&state_dir);
         std::fs::write(&url_file, &url).map_err(Error::io("writing", &url_file))
     }
@@ -416,10 +417,6 @@ impl Cluster {
     }
 }
 
-fn prometheus_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
-}
-
 /// The ClusterRole and binding that let Prometheus discover pods.
 async fn apply_prometheus_rbac(client: &Client) -> Result<(), Error> {
     for object in prometheus::rbac() {
@@ -444,27 +441,6 @@ async fn apply_prometheus_rbac(client: &Client) -> Result<(), Error> {
         .await?;
     }
     Ok(())
-}
-
-/// The API server URL in a kubeconfig.
-fn client_server(kubeconfig: &Path) -> Result<String, Error> {
-    let config = Kubeconfig::read_from(kubeconfig).map_err(|source| Error::Kubeconfig {
-        path: kubeconfig.to_owned(),
-        source,
-    })?;
-    Ok(config
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref()?.server.clone())
-        .unwrap_or_default())
-}
-
-async fn wait_prometheus(daemon: &Daemon, url: &str) -> Result<(), Error> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let ready = format!("{url}/-/ready");
-    wait_ready(daemon, COMPONENT_TIMEOUT, || probe_http(&http, &ready, "Ready")).await
 }
 
 /// Probes until `probe` succeeds; fails early if the process exits, or after `timeout`.

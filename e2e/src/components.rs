@@ -181,7 +181,8 @@ impl Kubeconfigs {
     }
 }
 
-fn flag(name: &str, value: impl AsRef<std::ffi::OsStr>) -> OsString {
+/// `--name=value`, for a path or any other value.
+pub(crate) fn flag(name: &str, value: impl AsRef<std::ffi::OsStr>) -> OsString {
     let mut flag = OsString::from(format!("--{name}="));
     flag.push(value);
     flag

@@ -9,6 +9,19 @@ pub const CONTEXT: &str = "bitscale-e2e";
 
 /// Writes a kubeconfig for `server` authenticating with `client`, trusting `ca`.
 pub fn write(path: &Path, server: &str, ca: &Path, client: &CertFiles) -> Result<PathBuf, Error> {
+    let user = serde_json::json!({ "client-certificate": client.cert, "client-key": client.key });
+    write_for(path, server, ca, "default", user)
+}
+
+/// Writes a kubeconfig for `server` trusting `ca`, as `user` (a kubeconfig user entry: client
+/// certificates, a token file, …), in `namespace`.
+pub fn write_for(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    namespace: &str,
+    user: serde_json::Value,
+) -> Result<PathBuf, Error> {
     // JSON is YAML; serde_json keeps paths with odd characters correctly quoted.
     let config = serde_json::json!({
         "apiVersion": "v1",
@@ -17,13 +30,10 @@ pub fn write(path: &Path, server: &str, ca: &Path, client: &CertFiles) -> Result
             "name": CONTEXT,
             "cluster": { "server": server, "certificate-authority": ca },
         }],
-        "users": [{
-            "name": CONTEXT,
-            "user": { "client-certificate": client.cert, "client-key": client.key },
-        }],
+        "users": [{ "name": CONTEXT, "user": user }],
         "contexts": [{
             "name": CONTEXT,
-            "context": { "cluster": CONTEXT, "user": CONTEXT, "namespace": "default" },
+            "context": { "cluster": CONTEXT, "user": CONTEXT, "namespace": namespace },
         }],
         "current-context": CONTEXT,
     });

@@ -41,4 +41,5 @@ pub use cluster::Cluster;
 pub use error::Error;
 pub use namespace::{PodSecurity, TEST_LABEL, TestNamespace, cleanup_test_namespaces};
 pub use paths::Layout;
+pub use process::{find_by_env as processes_with_env, is_running as process_is_running};
 pub use wait::{await_condition, await_deleted, await_list};

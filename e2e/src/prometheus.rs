@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{paths::Layout, pki::Pki};
+use crate::{components::flag, paths::Layout, pki::Pki};
 
 /// How often Prometheus scrapes the engines: short, so tests see a new pod within seconds.
 pub const SCRAPE_INTERVAL: &str = "2s";
@@ -57,19 +57,12 @@ pub fn config(api_server: &str, pki: &Pki) -> String {
 /// Prometheus's flags: loopback only, data in the state directory.
 pub fn args(state_dir: &Path, port: u16) -> Vec<OsString> {
     let home = home(state_dir);
-    let flag = |name: &str, value: &dyn AsRef<std::ffi::OsStr>| {
-        let mut f = OsString::from(format!("--{name}="));
-        f.push(value);
-        f
-    };
     vec![
-        flag("config.file", &home.join("prometheus.yml")),
-        flag("storage.tsdb.path", &home.join("data")),
-        flag("web.listen-address", &format!("127.0.0.1:{port}")),
-        flag("storage.tsdb.retention.time", &"1d"),
-        // `kill -HUP` or POST /-/reload re-reads the config; tests stop and start it instead.
-        OsString::from("--web.enable-lifecycle"),
-        flag("log.level", &"warn"),
+        flag("config.file", home.join("prometheus.yml")),
+        flag("storage.tsdb.path", home.join("data")),
+        flag("web.listen-address", format!("127.0.0.1:{port}")),
+        flag("storage.tsdb.retention.time", "1d"),
+        flag("log.level", "warn"),
     ]
 }
 

@@ -71,18 +71,12 @@ async fn down_stops_every_engine_process_of_the_cluster() -> anyhow::Result<()> 
 
     let stopped = Cluster::down(layout.clone()).await?;
     assert!(stopped.iter().any(|c| c == "pod-runner"), "stopped: {stopped:?}");
-    assert!(!process_alive(pid), "the serving engine {pid} outlived down");
+    assert!(
+        !bitscale_e2e::process_is_running(pid),
+        "the serving engine {pid} outlived down"
+    );
     let state = layout.cluster_dir();
-    let marker = format!("BITSCALE_E2E_STATE={}", state.display());
-    let left: Vec<u32> = std::fs::read_dir("/proc")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            process_alive(*p)
-                && std::fs::read(format!("/proc/{p}/environ"))
-                    .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == marker.as_bytes()))
-        })
-        .collect();
+    let left = bitscale_e2e::processes_with_env("BITSCALE_E2E_STATE", &state.to_string_lossy());
     assert!(
         left.is_empty(),
         "processes of the stopped cluster still run: {left:?}"

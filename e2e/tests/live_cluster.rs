@@ -225,7 +225,7 @@ async fn a_killed_engine_restarts_while_its_sibling_keeps_answering() -> anyhow:
     .await?;
     let new_pid = engine_pid(&back).expect("a new engine");
     assert_ne!(new_pid, victim_pid);
-    assert!(!process_alive(victim_pid));
+    assert!(!bitscale_e2e::process_is_running(victim_pid));
     chat(&http(), pod_ip(&back).expect("ip"), "pair").await?;
 
     stop.store(true, Ordering::Relaxed);
@@ -259,7 +259,12 @@ async fn deleting_the_inference_service_stops_its_engines_within_the_grace_perio
     eventually(
         "the engine processes gone",
         Duration::from_secs(u64::try_from(grace)?),
-        || async { Ok(pids.iter().all(|p| !process_alive(*p)).then_some(())) },
+        || async {
+            Ok(pids
+                .iter()
+                .all(|p| !bitscale_e2e::process_is_running(*p))
+                .then_some(()))
+        },
     )
     .await?;
     eventually("the engine pods removed", Duration::from_secs(30), || async {

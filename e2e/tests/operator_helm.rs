@@ -88,7 +88,7 @@ async fn helm_install_alone_runs_an_operator_that_serves_an_inference_service() 
         Some(ip) => chat(&http(), ip, "tiny").await.map(|_| ()),
         None => Err(anyhow::anyhow!("no Ready engine pod")),
     };
-    let operator_alive = process_alive(operator_pid);
+    let operator_alive = bitscale_e2e::process_is_running(operator_pid);
 
     let uninstall = cluster
         .helm()
@@ -97,7 +97,7 @@ async fn helm_install_alone_runs_an_operator_that_serves_an_inference_service() 
     let operator_gone = eventually(
         "the operator process gone",
         std::time::Duration::from_secs(40),
-        || async { Ok((!process_alive(operator_pid)).then_some(())) },
+        || async { Ok((!bitscale_e2e::process_is_running(operator_pid)).then_some(())) },
     )
     .await;
     ns.delete().await?;

@@ -119,32 +119,23 @@ impl Run {
             .current_dir(cwd)
             .spawn()
             .map_err(|e| fail(&format!("starting {}", invocation.program.display()), e))?;
-        let now = Instant::now();
+        let (now, started_at) = (Instant::now(), Timestamp::now());
         let pid = child.id();
         self.child = Some(child);
-        self.since = Some((now, Timestamp::now()));
+        self.since = Some((now, started_at));
         self.stop_deadline = None;
         self.stop_reason = None;
-        self.startup = self
-            .spec
-            .startup_probe
-            .as_ref()
-            .map(|p| ProbeState::new(p, &self.spec, now));
-        self.readiness = self
-            .spec
-            .readiness_probe
-            .as_ref()
-            .map(|p| ProbeState::new(p, &self.spec, now));
-        self.liveness = self
-            .spec
-            .liveness_probe
-            .as_ref()
-            .map(|p| ProbeState::new(p, &self.spec, now));
+        let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref().map(|p| ProbeState::new(p, &self.spec, now))
+        };
+        self.startup = probe(&self.spec.startup_probe);
+        self.readiness = probe(&self.spec.readiness_probe);
+        self.liveness = probe(&self.spec.liveness_probe);
         self.record.started = self.startup.is_none();
         self.record.ready = self.readiness.is_none();
         self.record.state = State::Running {
             pid,
-            since: Timestamp::now(),
+            since: started_at,
         };
         Ok(())
     }

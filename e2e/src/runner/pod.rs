@@ -54,6 +54,8 @@ pub struct PodWorker {
     dir: PathBuf,
     ip: Option<Ipv4Addr>,
     prepared: Option<Prepared>,
+    /// When preparing the volumes may be tried again after a failure (a claim not bound yet).
+    next_prepare: Instant,
     init: Vec<Run>,
     main: Vec<Run>,
     init_done: usize,
@@ -89,6 +91,7 @@ impl PodWorker {
             dir,
             ip: None,
             prepared: None,
+            next_prepare: Instant::now(),
             init_done: 0,
             init_failed: false,
             start_time: Timestamp::now(),
@@ -153,9 +156,13 @@ impl PodWorker {
                 .allocate(preferred);
         }
         if self.prepared.is_none() {
+            if Instant::now() < self.next_prepare {
+                return;
+            }
             match setup::prepare(&self.shared.client, &self.shared.api, pod, &self.dir).await {
                 Ok(prepared) => self.prepared = Some(prepared),
                 Err(message) => {
+                    self.next_prepare = Instant::now() + RETRY;
                     for run in self.init.iter_mut().chain(self.main.iter_mut()) {
                         run.record.state = status::State::Waiting {
                             reason: "ContainerCreating".into(),

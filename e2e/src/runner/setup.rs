@@ -412,17 +412,10 @@ fn write_kubeconfig(
     credentials: &Path,
     namespace: &str,
 ) -> Result<(), SetupError> {
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "in-cluster", "cluster": {
-            "server": api.url, "certificate-authority": credentials.join("ca.crt") } }],
-        "users": [{ "name": "service-account", "user": { "tokenFile": credentials.join("token") } }],
-        "contexts": [{ "name": "in-cluster", "context": {
-            "cluster": "in-cluster", "user": "service-account", "namespace": namespace } }],
-        "current-context": "in-cluster",
-    });
-    write_file(path, config.to_string().as_bytes())
+    let user = serde_json::json!({ "tokenFile": credentials.join("token") });
+    crate::kubeconfig::write_for(path, &api.url, &credentials.join("ca.crt"), namespace, user)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn create_dir(dir: &Path) -> Result<(), SetupError> {

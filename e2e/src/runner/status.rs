@@ -91,6 +91,11 @@ impl Record {
         }
     }
 
+    /// Running, and its readiness probe passes (or it has none).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Running { .. }) && self.ready
+    }
+
     /// The container's status as the API shows it.
     pub fn status(&self) -> ContainerStatus {
         let running = matches!(self.state, State::Running { .. });
@@ -104,7 +109,7 @@ impl Record {
                 }
                 State::Waiting { .. } => None,
             },
-            ready: running && self.ready,
+            ready: self.is_ready(),
             started: Some(running && self.started),
             restart_count: self.restart_count,
             state: Some(state(&self.state)),
@@ -241,7 +246,7 @@ pub struct PodReport<'a> {
 
 /// The pod status: phase, conditions, IPs and container statuses.
 pub fn pod_status(report: &PodReport<'_>, conditions: &mut Conditions, now: Timestamp) -> PodStatus {
-    let ready = report.phase == Phase::Running && report.main.iter().all(|r| r.status().ready);
+    let ready = report.phase == Phase::Running && report.main.iter().all(Record::is_ready);
     let conditions = conditions.update(
         now,
         &[

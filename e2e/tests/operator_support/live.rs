@@ -119,16 +119,6 @@ pub fn restarts(pod: &Pod) -> i32 {
         .map_or(0, |c| c.restart_count)
 }
 
-/// Whether a process with this PID still runs (not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        !matches!(state, Some("Z" | "X") | None)
-    })
-}
-
 /// A loopback-only HTTP client for the engines and Prometheus.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -26,6 +26,58 @@ pub const SERIES_VARIANT: &str = "variant";
 /// The scrape job's name, in the chart's scrape config and the local cluster's Prometheus.
 pub const SCRAPE_JOB: &str = "bitscale-engines";
 
+/// The engine's series the operator reads, as Prometheus names them (counters end in `_total`;
+/// histograms add `_bucket`, `_sum` and `_count`). The engine's metrics test checks that it
+/// exports every one of them.
+pub mod engine_series {
+    /// Counter: tokens generated.
+    pub const GENERATION_TOKENS: &str = "bitscale_engine_generation_tokens_total";
+    /// Counter: prompt tokens of finished prefills.
+    pub const PROMPT_TOKENS: &str = "bitscale_engine_prompt_tokens_total";
+    /// Counter: requests ended, by `finished_reason`.
+    pub const REQUEST_SUCCESS: &str = "bitscale_engine_request_success_total";
+    /// Counter: requests refused before running, by `reason`.
+    pub const REQUEST_REJECTED: &str = "bitscale_engine_request_rejected_total";
+    /// Histogram: arrival to first token, in seconds.
+    pub const TIME_TO_FIRST_TOKEN: &str = "bitscale_engine_time_to_first_token_seconds";
+    /// Histogram: time between two tokens of a request, in seconds.
+    pub const INTER_TOKEN_LATENCY: &str = "bitscale_engine_inter_token_latency_seconds";
+    /// Histogram: wall time of an engine step, in seconds.
+    pub const ITERATION_DURATION: &str = "bitscale_engine_iteration_duration_seconds";
+    /// Histogram: tokens per engine step.
+    pub const ITERATION_TOKENS: &str = "bitscale_engine_iteration_tokens";
+    /// Histogram: sequences per engine step.
+    pub const ITERATION_BATCH_SIZE: &str = "bitscale_engine_iteration_batch_size";
+    /// Gauge: sequences in the running batch.
+    pub const REQUESTS_RUNNING: &str = "bitscale_engine_num_requests_running";
+    /// Gauge: requests waiting to join the batch.
+    pub const REQUESTS_WAITING: &str = "bitscale_engine_num_requests_waiting";
+    /// Gauge: fraction of the KV pool in use.
+    pub const KV_CACHE_USAGE: &str = "bitscale_engine_kv_cache_usage_perc";
+    /// Gauge, always 1: what a replica serves (`model`, `quantization`, `device`).
+    pub const INFO: &str = "bitscale_engine_info";
+    /// Gauge: the served level's measured loss (`reference`, `metric`).
+    pub const QUALITY_LOSS: &str = "bitscale_engine_quality_loss";
+
+    /// Every series above.
+    pub const ALL: [&str; 14] = [
+        GENERATION_TOKENS,
+        PROMPT_TOKENS,
+        REQUEST_SUCCESS,
+        REQUEST_REJECTED,
+        TIME_TO_FIRST_TOKEN,
+        INTER_TOKEN_LATENCY,
+        ITERATION_DURATION,
+        ITERATION_TOKENS,
+        ITERATION_BATCH_SIZE,
+        REQUESTS_RUNNING,
+        REQUESTS_WAITING,
+        KV_CACHE_USAGE,
+        INFO,
+        QUALITY_LOSS,
+    ];
+}
+
 /// What one relabeling step does with its source label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {

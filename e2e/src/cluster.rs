@@ -353,6 +353,42 @@ impl Cluster {
         prometheus::url(&self.state_dir())
     }
 
+    /// Stops Prometheus (SIGTERM), as a fault a test injects; [`Self::restart_prometheus`]
+    /// brings it back at the same URL with its data.
+    pub fn stop_prometheus(&self) -> Result<(), Error> {
+        let state_dir = self.state_dir();
+        let daemon = process::find(&state_dir, "prometheus", &self.binaries.prometheus)
+            .ok_or_else(|| Error::ComponentNotRunning("prometheus".into()))?;
+        process::stop(daemon.name, daemon.pid, STOP_GRACE);
+        Ok(())
+    }
+
+    /// Starts a stopped Prometheus again at its URL and waits until it is ready.
+    pub async fn restart_prometheus(&self) -> Result<(), Error> {
+        let state_dir = self.state_dir();
+        let url = self
+            .prometheus_url()
+            .ok_or_else(|| Error::ComponentNotRunning("prometheus".into()))?;
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| Error::ComponentNotRunning(format!("prometheus (no port in {url})")))?;
+        let daemon = process::spawn(
+            &state_dir,
+            "prometheus",
+            &self.binaries.prometheus,
+            &prometheus::args(&state_dir, port),
+            &[],
+        )?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let ready = format!("{url}/-/ready");
+        wait_ready(&daemon, COMPONENT_TIMEOUT, || probe_http(&http, &ready, "Ready")).await
+    }
+
     async fn start_prometheus(
         &self,
         client: &Client,

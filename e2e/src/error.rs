@@ -128,6 +128,10 @@ pub enum Error {
     /// A command that needs a running cluster found none.
     #[error("no local cluster is running; start one with `cargo run -p bitscale-e2e -- up`")]
     NotRunning,
+
+    /// A component a command needs is not running.
+    #[error("{0} is not running in this cluster")]
+    ComponentNotRunning(String),
 }
 
 impl Error {

@@ -275,3 +275,29 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operator reads these series by the names `bitscale_api::telemetry` gives them.
+    #[test]
+    fn every_series_the_operator_reads_is_exported() {
+        let metrics = Metrics::new(
+            InfoLabels {
+                model: "m".into(),
+                quantization: "q8_0".into(),
+                device: "cpu".into(),
+            },
+            1,
+        );
+        let text = metrics.encode();
+        for series in bitscale_api::telemetry::engine_series::ALL {
+            let family = series.strip_suffix("_total").unwrap_or(series);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the engine does not export {series}:\n{text}"
+            );
+        }
+    }
+}

@@ -1,8 +1,10 @@
 //! The Bitscale operator: reconciles `InferenceService`s into engine Deployments.
 //!
-//! Per object: [`controller::validate`] → [`decision::decide`] → [`build`] → [`controller::apply`]
-//! → [`controller::status`]. Validation, the decision, the builders and the status computation
-//! are pure and unit-tested; only `apply` and the driver in [`controller`] talk to the API server.
+//! Per object: [`controller::validate`] → [`controller::measure`] (the latest [`observe`] round
+//! from Prometheus) → [`controller::plan`] ([`decision::decide`], the switch window, holds) →
+//! [`build`] → [`controller::apply`] → [`controller::status`]. Every step but `apply`, the
+//! observer's queries and the driver in [`controller`] is pure and unit-tested; only those talk
+//! to the API server or Prometheus.
 //!
 //! Entry point for embedding (tests, other binaries): [`run`]. The binary adds leader election,
 //! `/metrics` and `/healthz`.
@@ -15,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
 pub mod shutdown;
 
 pub use controller::{Config, run, run_until};

@@ -42,9 +42,30 @@ struct Args {
     /// Most reconciles in flight at once (0: unbounded).
     #[arg(long, env = "BITSCALE_CONCURRENCY", default_value_t = bitscale_operator::controller::DEFAULT_CONCURRENCY)]
     concurrency: u16,
+    /// Prometheus to read the engines' measurements from (such as
+    /// `http://prometheus.monitoring.svc:9090`). Unset, decisions rest on `spec.demand` and priors.
+    #[arg(long, env = "BITSCALE_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// How often measurements are read and every decision re-made.
+    #[arg(long, env = "BITSCALE_DECISION_PERIOD", default_value = "30s", value_parser = duration)]
+    decision_period: Duration,
+    /// Range of the rates and quantiles (at least four scrape intervals).
+    #[arg(long, env = "BITSCALE_METRICS_WINDOW", default_value = "1m", value_parser = duration)]
+    metrics_window: Duration,
+    /// Smallest relative saving for which a cheaper variant replaces the serving one.
+    #[arg(long, env = "BITSCALE_SWITCH_THRESHOLD", default_value_t = bitscale_operator::controller::stability::DEFAULT_THRESHOLD)]
+    switch_threshold: f64,
+    /// How long that saving must hold first.
+    #[arg(long, env = "BITSCALE_SWITCH_WINDOW", default_value = "5m", value_parser = duration)]
+    switch_window: Duration,
     /// Log format.
     #[arg(long, env = "BITSCALE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    bitscale_operator::controller::validate::parse_duration(value)
+        .ok_or_else(|| format!("{value:?} is not a duration (such as 30s, 1m, 1m30s)"))
 }
 
 #[tokio::main]
@@ -72,6 +93,16 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.watch_namespace,
         instance: Some(identity.clone()),
         concurrency: args.concurrency,
+        observe: args.prometheus_url.map(|url| bitscale_operator::observe::Config {
+            url,
+            period: args.decision_period,
+            window: args.metrics_window,
+            timeout: bitscale_operator::observe::DEFAULT_TIMEOUT,
+        }),
+        switch: bitscale_operator::controller::stability::Policy {
+            threshold: args.switch_threshold,
+            window: args.switch_window,
+        },
         ..Config::default()
     };
 

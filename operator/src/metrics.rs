@@ -1,12 +1,31 @@
-//! Prometheus metrics of the operator: reconciles, failures by error category, durations.
+//! Prometheus metrics of the operator: reconciles, failures by error category, durations, and per
+//! InferenceService what it decided (replicas, cost) and why it changed.
 
 use std::{sync::Arc, time::Instant};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+use crate::controller::plan::Plan;
+
+/// Labels of the per-InferenceService series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub inference_service: String,
+}
+
+/// Labels of the decision-change counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// `Decided` (a new variant) or `Scaled` (a new replica count).
+    pub reason: String,
+}
 
 /// Labels of the failure counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +45,18 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Children written with server-side apply (those unchanged since the last apply are skipped).
     pub child_writes: Counter,
+    /// Replicas the operator sets, or recommends to an external autoscaler.
+    pub desired_replicas: Family<ServiceLabels, Gauge>,
+    /// Ready replicas of the serving variant.
+    pub ready_replicas: Family<ServiceLabels, Gauge>,
+    /// Cost per hour of the decided replicas, in the HardwareClass's currency.
+    pub cost_per_hour: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Cost per million generated tokens at the observed (else expected) load.
+    pub cost_per_million_tokens: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Generated tokens per second measured across the service's pods.
+    pub observed_tokens_per_second: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Changes of variant or replicas, by reason.
+    pub decision_changes: Family<ChangeLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -52,11 +83,53 @@ impl Default for Metrics {
             "Children written with server-side apply; unchanged children are not re-applied",
             child_writes.clone(),
         );
+        let desired_replicas = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "desired_replicas",
+            "Replicas the operator sets for an InferenceService, or recommends under replicasOwner: External",
+            desired_replicas.clone(),
+        );
+        let ready_replicas = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "ready_replicas",
+            "Ready replicas of an InferenceService's serving variant",
+            ready_replicas.clone(),
+        );
+        let cost_per_hour = Family::default();
+        registry.register(
+            "cost_per_hour",
+            "Cost per hour of an InferenceService's decided replicas",
+            cost_per_hour.clone(),
+        );
+        let cost_per_million_tokens = Family::default();
+        registry.register(
+            "cost_per_million_tokens",
+            "Cost per million generated tokens at the observed, else expected, load",
+            cost_per_million_tokens.clone(),
+        );
+        let observed_tokens_per_second = Family::default();
+        registry.register(
+            "observed_tokens_per_second",
+            "Generated tokens per second measured across an InferenceService's pods",
+            observed_tokens_per_second.clone(),
+        );
+        let decision_changes = Family::<ChangeLabels, Counter>::default();
+        registry.register(
+            "decision_changes",
+            "Changes of an InferenceService's variant (Decided) or replica count (Scaled)",
+            decision_changes.clone(),
+        );
         Self {
             reconciles,
             failures,
             duration,
             child_writes,
+            desired_replicas,
+            ready_replicas,
+            cost_per_hour,
+            cost_per_million_tokens,
+            observed_tokens_per_second,
+            decision_changes,
             registry: Arc::new(registry),
         }
     }
@@ -84,6 +157,45 @@ impl Metrics {
     /// Counts children written by one reconcile.
     pub fn children_written(&self, count: usize) {
         self.child_writes.inc_by(count as u64);
+    }
+
+    /// Records one InferenceService's plan.
+    pub fn record_decision(
+        &self,
+        namespace: &str,
+        name: &str,
+        plan: &Plan,
+        ready: i32,
+        observed: Option<&bitscale_api::v1alpha1::ObservedLoad>,
+    ) {
+        let labels = ServiceLabels {
+            namespace: namespace.to_owned(),
+            inference_service: name.to_owned(),
+        };
+        self.desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(plan.recommended_replicas));
+        self.ready_replicas.get_or_create(&labels).set(i64::from(ready));
+        self.cost_per_hour
+            .get_or_create(&labels)
+            .set(plan.decision.cost_per_hour);
+        self.cost_per_million_tokens
+            .get_or_create(&labels)
+            .set(plan.decision.cost_per_million_tokens);
+        if let Some(load) = observed {
+            self.observed_tokens_per_second
+                .get_or_create(&labels)
+                .set(load.generated_tokens_per_second);
+        }
+    }
+
+    /// Counts a change of variant or replicas.
+    pub fn decision_changed(&self, reason: &str) {
+        self.decision_changes
+            .get_or_create(&ChangeLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Renders the registry in the OpenMetrics text format.

@@ -1,7 +1,10 @@
 //! `InferenceService`: one model served at the lowest cost that meets a latency SLO and a quality
 //! budget.
 
-use k8s_openapi::{api::core::v1::EnvVar, apimachinery::pkg::apis::meta::v1::Condition};
+use k8s_openapi::{
+    api::core::v1::EnvVar,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -328,7 +331,89 @@ pub struct InferenceServiceStatus {
     /// When the decision first called for fewer replicas than are running; they are removed
     /// once `spec.scaling.scaleDownDelay` has passed since. Absent when no scale-down waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale_down_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    pub scale_down_since: Option<Time>,
+
+    /// The latest load and latencies Prometheus measured across the service's engine pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedLoad>,
+
+    /// What the variants that have served measurably do, one entry per variant; the decision
+    /// uses them in place of the roofline prior, and corrects the prior of unmeasured variants
+    /// on the same device by them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub profiles: Vec<Profile>,
+
+    /// A variant cheaper than the serving one that has won every decision since `since`; the
+    /// operator moves to it once it has won for the whole switch window, so a load hovering
+    /// near a break-even point does not move the service back and forth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_switch: Option<PendingSwitch>,
+}
+
+/// Load and latencies over the service's engine pods in the latest measurement window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedLoad {
+    /// When Prometheus was asked.
+    pub time: Time,
+    /// Engine pods that reported.
+    pub pods: i32,
+    /// Generated tokens per second.
+    pub generated_tokens_per_second: f64,
+    /// Prompt tokens per second.
+    pub prompt_tokens_per_second: f64,
+    /// Requests finished per second.
+    pub requests_per_second: f64,
+    /// Requests refused per second (queue full, too long, …).
+    pub rejected_per_second: f64,
+    /// Mean prompt length of finished requests, in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_prompt_tokens: Option<f64>,
+    /// Mean completion length of finished requests, in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_completion_tokens: Option<f64>,
+    /// p95 time to first token, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_first_token_p95_ms: Option<f64>,
+    /// p95 inter-token latency, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inter_token_latency_p95_ms: Option<f64>,
+    /// Requests running, summed over pods.
+    pub running_requests: f64,
+    /// Requests waiting to run, summed over pods.
+    pub waiting_requests: f64,
+    /// Highest KV cache usage of a pod (0 to 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_usage: Option<f64>,
+}
+
+/// What one variant measurably does per replica.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    /// The variant.
+    pub variant: Variant,
+    /// How long its engine steps took against what the roofline prior predicts for the same
+    /// steps (batch and tokens): 1 is as predicted, 4 is four times slower. Capacity and
+    /// latencies are the prior's divided (or multiplied) by it.
+    pub slowdown: f64,
+    /// Engine steps the figure is from, all measurements together.
+    pub samples: i64,
+    /// When it was last measured.
+    pub measured_at: Time,
+    /// Generated tokens per second one replica sustains within the SLO, with this correction.
+    pub tokens_per_second: f64,
+}
+
+/// A variant waiting out the switch window before it replaces the serving one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSwitch {
+    /// The variant that keeps winning.
+    pub variant: Variant,
+    /// Since when it has won every decision.
+    pub since: Time,
 }
 
 /// A quantization level on a HardwareClass.

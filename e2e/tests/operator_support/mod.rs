@@ -166,12 +166,34 @@ impl Scene {
         classes: impl Fn(&str) -> Vec<HardwareClass>,
         images: [&str; 2],
     ) -> anyhow::Result<Self> {
-        let cluster = Cluster::shared().await?;
+        Self::start_configured(prefix, classes, images, |_| {}).await
+    }
+
+    /// A scene whose operator launches `images` with its configuration changed by `configure`.
+    pub async fn start_configured(
+        prefix: &str,
+        classes: impl Fn(&str) -> Vec<HardwareClass>,
+        images: [&str; 2],
+        configure: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
+        Self::start_on(Cluster::shared().await?, prefix, classes, images, configure).await
+    }
+
+    /// As [`Self::start_configured`], on `cluster`.
+    pub async fn start_on(
+        cluster: Cluster,
+        prefix: &str,
+        classes: impl Fn(&str) -> Vec<HardwareClass>,
+        images: [&str; 2],
+        configure: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
         let client = cluster.client().await?;
         install_crds(&client).await?;
         let ns = TestNamespace::create(&client, prefix).await?;
         let classes = classes(&ns.name);
-        let operator = start_operator_with(client.clone(), &ns.name, images);
+        let mut config = operator_config(&ns.name, images);
+        configure(&mut config);
+        let operator = tokio::spawn(bitscale_operator::run(client.clone(), config, Metrics::default()));
         let scene = Self {
             cluster,
             client,
@@ -249,7 +271,17 @@ pub fn start_operator_with(
     namespace: &str,
     images: [&str; 2],
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let config = Config {
+    tokio::spawn(bitscale_operator::run(
+        client,
+        operator_config(namespace, images),
+        Metrics::default(),
+    ))
+}
+
+/// The in-process operator's configuration: these engine images (cpu, cuda), watching only
+/// `namespace`.
+pub fn operator_config(namespace: &str, images: [&str; 2]) -> Config {
+    Config {
         images: EngineImages {
             cpu: images[0].into(),
             cuda: images[1].into(),
@@ -257,8 +289,7 @@ pub fn start_operator_with(
         namespace: Some(namespace.to_owned()),
         instance: Some(format!("e2e-{namespace}")),
         ..Config::default()
-    };
-    tokio::spawn(bitscale_operator::run(client, config, Metrics::default()))
+    }
 }
 
 /// True once `Ready` is `True` for the object's current generation.

@@ -3,7 +3,10 @@
 //! transient ones retry with per-object exponential backoff.
 
 pub mod apply;
+pub mod measure;
+pub mod plan;
 pub mod scale_down;
+pub mod stability;
 pub mod status;
 pub mod triggers;
 pub mod validate;
@@ -35,9 +38,9 @@ use kube::{
 
 use crate::{
     build::{self, BuildInput, ENGINE_PORT, EngineImages, selector_string, variant_label, variant_selector},
-    decision,
     error::{Error, Result},
     metrics::Metrics,
+    observe,
 };
 
 /// Default bound on reconciles in flight. The reconciles wait on the API server, not on this
@@ -66,6 +69,10 @@ pub struct Config {
     pub concurrency: u16,
     /// Quiet time after a trigger before the reconcile starts; later triggers restart it.
     pub debounce: Duration,
+    /// Where to read measurements; `None` decides from `spec.demand` and priors alone.
+    pub observe: Option<observe::Config>,
+    /// When a cheaper variant replaces the serving one.
+    pub switch: stability::Policy,
 }
 
 impl Default for Config {
@@ -81,6 +88,8 @@ impl Default for Config {
             resync: Duration::from_secs(300),
             concurrency: DEFAULT_CONCURRENCY,
             debounce: DEFAULT_DEBOUNCE,
+            observe: None,
+            switch: stability::Policy::default(),
         }
     }
 }
@@ -94,6 +103,7 @@ pub struct Context {
     classes: reflector::Store<HardwareClass>,
     children: apply::Children,
     ledger: Arc<apply::Ledger>,
+    observations: observe::Observations,
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<InferenceService>>, u32>>,
 }
 
@@ -165,6 +175,18 @@ pub async fn run_until(
         triggers::inference_service,
         |_: &_| {},
     );
+    // Every round of measurements may change every decision.
+    let (observations, rounds) = match &config.observe {
+        Some(observe_config) => {
+            let observations = observe::Observations::new(observe::Outcome::Pending);
+            let rounds = observe::spawn(observe_config.clone(), observations.clone())?;
+            (observations, rounds.left_stream())
+        }
+        None => (
+            observe::Observations::new(observe::Outcome::NotConfigured),
+            futures::stream::pending().right_stream(),
+        ),
+    };
     let ctx = Arc::new(Context {
         classes,
         children: apply::Children {
@@ -173,6 +195,7 @@ pub async fn run_until(
             pdbs,
         },
         ledger,
+        observations,
         recorder: Recorder::new(client.clone(), reporter),
         client,
         config,
@@ -187,7 +210,7 @@ pub async fn run_until(
         .owns_stream(deployment_changes)
         .owns_stream(service_changes)
         .owns_stream(pdb_changes)
-        .reconcile_all_on(class_changes)
+        .reconcile_all_on(futures::stream::select(class_changes, rounds))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -258,146 +281,132 @@ async fn reconcile(guard: Arc<DeserializeGuard<InferenceService>>, ctx: Arc<Cont
 }
 
 async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Action> {
-    let client = &ctx.client;
     ctx.classes
         .wait_until_ready()
         .await
         .map_err(|_| Error::CacheUnavailable("HardwareClass"))?;
     let classes: Vec<HardwareClass> = ctx.classes.state().iter().map(|c| (**c).clone()).collect();
     let valid = validate::validate(isvc, &classes)?;
-    let outcome = decision::decide(&valid.inputs)?;
-    let mut decided = outcome.decision;
+    // Read from the watch caches: waiting for them matters at start-up, when an empty cache
+    // would show no Service and move traffic to a variant that is not ready.
+    ctx.children.ready().await?;
+    let existing = ctx.children.variant_deployments(&valid.owner);
+    let available: i32 = existing
+        .iter()
+        .filter_map(|(_, d)| d.status.as_ref()?.available_replicas)
+        .sum();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let reading = measure::read(
+        &ctx.observations.latest(),
+        &valid.owner.namespace,
+        &valid.owner.name,
+        &valid.inputs,
+        isvc.status.as_ref(),
+        available,
+    );
+    let planned = plan::plan(isvc, &valid, &reading, &now, ctx.config.switch)?;
+    let (observed, serving) = roll_out(ctx, &valid, isvc, &planned.decision, &existing).await?;
+
+    let mut new_status = status::healthy(
+        isvc.status.as_ref(),
+        valid.generation,
+        &planned.decision,
+        &observed,
+        selector_string(&variant_selector(&valid.owner.name, &serving)),
+        format!(
+            "http://{}.{}.svc:{ENGINE_PORT}",
+            valid.owner.name, valid.owner.namespace
+        ),
+        planned.overloaded,
+        &now,
+    );
+    status::record_measurements(&mut new_status, &reading, valid.generation, &now);
+    new_status.scale_down_since = planned.scale_down_since.clone();
+    new_status.pending_switch = planned.pending_switch.clone();
+    ctx.metrics.record_decision(
+        &valid.owner.namespace,
+        &valid.owner.name,
+        &planned,
+        new_status.ready_replicas,
+        reading.observed.as_ref(),
+    );
+    if isvc.status.as_ref() != Some(&new_status) {
+        announce(ctx, isvc, &planned.decision).await;
+        apply::apply_status(&ctx.client, &valid.owner, &new_status).await?;
+    }
+    tracing::debug!(?observed, "reconciled");
+    // Progress of the children arrives as watch events (see `triggers`), and measurements as
+    // the observer's rounds; the periodic resync is only a safety net. A held scale-down or
+    // switch is the one thing that changes with time alone.
+    Ok(Action::requeue(
+        planned
+            .recheck
+            .map_or(ctx.config.resync, |r| r.min(ctx.config.resync)),
+    ))
+}
+
+/// Builds and applies the children for `decided`, blue/green: the Service keeps selecting the
+/// variant it serves until the decided one is available, and only then moves; the old
+/// Deployment goes after the move. Returns what the API server reports and the variant served.
+async fn roll_out(
+    ctx: &Context,
+    valid: &validate::Validated,
+    isvc: &InferenceService,
+    decided: &Decision,
+    existing: &[(String, Deployment)],
+) -> Result<(status::Observed, String)> {
     let target = variant_label(&decided.variant);
     let class = valid
         .classes
         .get(&decided.variant.hardware_class)
         .ok_or_else(|| Error::UnknownHardwareClass(vec![decided.variant.hardware_class.clone()]))?;
-
-    // Blue/green: the Service keeps selecting the variant it serves until the decided one is
-    // available, and only then moves; the old Deployment goes after the move.
-    // Read from the watch caches: waiting for them matters at start-up, when an empty cache
-    // would show no Service and move traffic to a variant that is not ready.
-    ctx.children.ready().await?;
-    let existing = ctx.children.variant_deployments(&valid.owner);
     let current = ctx.children.serving_variant(&valid.owner);
     let target_ready_before = existing
         .iter()
         .find(|(v, _)| v == &target)
         .map(|(_, d)| status::Observed::from_deployment(d, target.clone(), true).ready())
         .unwrap_or(false);
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let (scale_down_since, requeue) = hold_scale_down(isvc, &valid, &mut decided, &now);
     let old_still_there = |v: &String| existing.iter().any(|(e, _)| e == v);
     let serving = match current {
         Some(v) if v != target && old_still_there(&v) && !target_ready_before && decided.replicas > 0 => v,
         _ => target.clone(),
     };
-
     let input = BuildInput {
         owner: &valid.owner,
         model: &isvc.spec.model,
         engine: &isvc.spec.engine,
         class,
-        decision: &decided,
+        decision: decided,
         images: &ctx.config.images,
         itl_target: valid.inputs.itl_slo,
     };
     let desired = build::desired(&input, &serving);
-    let applied = apply::apply(client, &ctx.children, &ctx.ledger, &valid.owner, &desired).await?;
+    let applied = apply::apply(&ctx.client, &ctx.children, &ctx.ledger, &valid.owner, &desired).await?;
     ctx.metrics.children_written(applied.writes);
     let switched = serving == target;
     let observed = status::Observed::from_deployment(&applied.deployment, serving.clone(), switched);
     if switched && (observed.ready() || decided.replicas == 0) {
-        apply::delete_other_variants(client, &valid.owner, &existing, &target).await?;
+        apply::delete_other_variants(&ctx.client, &valid.owner, existing, &target).await?;
     }
-
-    let selector = selector_string(&variant_selector(&valid.owner.name, &serving));
-    let endpoint = format!(
-        "http://{}.{}.svc:{ENGINE_PORT}",
-        valid.owner.name, valid.owner.namespace
-    );
-    let mut new_status = status::healthy(
-        isvc.status.as_ref(),
-        valid.generation,
-        &decided,
-        &observed,
-        selector,
-        endpoint,
-        outcome.overloaded,
-        &now,
-    );
-    new_status.scale_down_since = scale_down_since;
-    if isvc.status.as_ref() != Some(&new_status) {
-        let previous = isvc
-            .status
-            .as_ref()
-            .and_then(|s| s.decision.as_ref())
-            .map(|d| d.variant.clone());
-        if previous.as_ref() != Some(&decided.variant) {
-            publish(
-                ctx,
-                &isvc.object_ref(&()),
-                EventType::Normal,
-                "Decided",
-                &decided.reason,
-            )
-            .await;
-        }
-        apply::apply_status(client, &valid.owner, &new_status).await?;
-    }
-    tracing::debug!(?observed, writes = applied.writes, "reconciled");
-    // Progress of the children arrives as watch events (see `triggers`); the periodic resync is
-    // only a safety net, so a variant still rolling out needs no shorter timer. A held
-    // scale-down is the one thing that changes with time alone.
-    Ok(Action::requeue(
-        requeue.map_or(ctx.config.resync, |r| r.min(ctx.config.resync)),
-    ))
+    Ok((observed, serving))
 }
 
-/// Applies `spec.scaling.scaleDownDelay` to `decided` (see `scale_down`): while it holds, the
-/// decision keeps the replica count the operator last set for that variant (from
-/// `status.decision`, so a hand edit of the Deployment is not mistaken for it), says so in its
-/// reason, and costs what runs. Returns the `status.scaleDownSince` to record and when to look
-/// again.
-fn hold_scale_down(
-    isvc: &InferenceService,
-    valid: &validate::Validated,
-    decided: &mut Decision,
-    now: &Time,
-) -> (Option<Time>, Option<Duration>) {
-    if valid.inputs.external {
-        // An external autoscaler owns the count and has its own stabilization window.
-        return (None, None);
-    }
-    let status = isvc.status.as_ref();
-    let running = status
-        .and_then(|s| s.decision.as_ref())
-        .filter(|d| d.variant == decided.variant)
-        .map(|d| d.replicas);
-    let pending = status.and_then(|s| s.scale_down_since.as_ref());
-    match scale_down::scale_down(decided.replicas, running, pending, valid.scale_down_delay, now) {
-        scale_down::ScaleDown::Apply => (None, None),
-        scale_down::ScaleDown::Hold {
-            replicas,
-            since,
-            until,
-        } => {
-            let per_replica = decided.cost_per_hour / f64::from(decided.replicas.max(1));
-            if decided.replicas > 0 {
-                decided.cost_per_million_tokens *= f64::from(replicas) / f64::from(decided.replicas);
-                decided.cost_per_hour = per_replica * f64::from(replicas);
-            }
-            decided.reason = format!(
-                "{}; holding the {replicas} running replica(s) until {} (scaleDownDelay), then {}",
-                decided.reason, until.0, decided.replicas
-            );
-            decided.replicas = replicas;
-            let wait = until.0.duration_since(now.0);
-            // One second past the deadline, so the next reconcile finds it expired.
-            let wait = Duration::try_from(wait).unwrap_or_default() + Duration::from_secs(1);
-            (Some(since), Some(wait))
-        }
-    }
+/// An Event for a new variant or replica count, with the decision's reason.
+async fn announce(ctx: &Context, isvc: &InferenceService, decided: &Decision) {
+    let previous = isvc.status.as_ref().and_then(|s| s.decision.as_ref());
+    let (reason, note) = match previous {
+        Some(p) if p.variant == decided.variant && p.replicas == decided.replicas => return,
+        Some(p) if p.variant == decided.variant => (
+            "Scaled",
+            format!(
+                "{} → {} replica(s): {}",
+                p.replicas, decided.replicas, decided.reason
+            ),
+        ),
+        _ => ("Decided", decided.reason.clone()),
+    };
+    ctx.metrics.decision_changed(reason);
+    publish(ctx, &isvc.object_ref(&()), EventType::Normal, reason, &note).await;
 }
 
 async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error) -> Result<()> {

@@ -16,6 +16,8 @@ pub mod conditions {
     pub const PROGRESSING: &str = "Progressing";
     /// Something keeps the service from meeting its objectives.
     pub const DEGRADED: &str = "Degraded";
+    /// The decision rests on fresh measurements from Prometheus.
+    pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
 }
 
 /// Condition reasons set by the operator.
@@ -182,9 +184,33 @@ pub fn healthy(
         selector: Some(selector),
         endpoint: Some(endpoint),
         decision: Some(decision.clone()),
-        // Set by the caller (see `scale_down`).
+        // Set by the caller (see `plan` and `measure`).
         scale_down_since: None,
+        observed: None,
+        profiles: Vec::new(),
+        pending_switch: None,
     }
+}
+
+/// Records what was measured: `observed`, `profiles` and the `MetricsAvailable` condition.
+pub fn record_measurements(
+    status: &mut InferenceServiceStatus,
+    reading: &super::measure::Reading,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    status.observed = reading.observed.clone();
+    status.profiles = reading.profiles.clone();
+    let m = &reading.metrics;
+    let mut metrics = condition(
+        conditions::METRICS_AVAILABLE,
+        false,
+        m.reason,
+        m.message.clone(),
+        generation,
+    );
+    metrics.status = m.status.to_owned();
+    set(&mut status.conditions, metrics, now);
 }
 
 /// The status after a permanent error: Ready=False and Degraded=True with the error's reason;

@@ -1,16 +1,22 @@
-//! The first decision, from priors: which variant (quantization level × HardwareClass) serves an
-//! InferenceService, with how many replicas, and why. Pure: no client, no clock.
+//! The decision: which variant (quantization level × HardwareClass) serves an InferenceService,
+//! with how many replicas, and why. Pure: no client, no clock.
 //!
 //! For each candidate: does it fit in memory, is its quality within budget, does the roofline
 //! estimate meet the latency SLO, how many replicas does the demand need? The roofline uses the
-//! per-device efficiencies in [`priors::efficiency`], calibrated against the engine's measurements. The cheapest feasible
-//! candidate wins; every other candidate is listed with the reason it lost.
+//! per-device efficiencies in [`priors::efficiency`], calibrated against the engine's
+//! measurements. The cheapest feasible candidate wins; every other candidate is listed with the
+//! reason it lost.
+//!
+//! [`Measurements`] enter at one seam each: a measured demand (and prompt and completion
+//! lengths) replaces `spec.demand`; a variant's measured slowdown against the roofline divides
+//! its efficiencies, and a variant never measured takes the slowdown its HardwareClass's (else
+//! its device's) measured variants showed.
 
 pub mod priors;
 
 use std::time::Duration;
 
-use bitscale_api::v1alpha1::{Alternative, Decision, Device, Estimate, QuantLevel, Variant};
+use bitscale_api::v1alpha1::{Alternative, Decision, Device, Estimate, Profile, QuantLevel, Variant};
 
 use self::priors::*;
 
@@ -126,7 +132,122 @@ struct Candidate {
     // One replica's price per hour, and per million tokens at its planned utilisation.
     replica_cost_per_hour: f64,
     cost_per_million_at_capacity: f64,
+    correction: Correction,
     excluded: Option<Exclusion>,
+}
+
+/// What Prometheus measured, each figure replacing the estimate it stands for.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Measurements {
+    /// Demand measured across the service's pods, in place of `spec.demand`.
+    pub demand: Option<MeasuredDemand>,
+    /// Variants' measured slowdowns against the roofline prior.
+    pub profiles: Vec<Profile>,
+}
+
+/// Demand measured across the service's pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasuredDemand {
+    /// Generated tokens per second, refused requests' share included.
+    pub tokens_per_second: f64,
+    /// Mean prompt length, when requests finished.
+    pub prompt_tokens: Option<f64>,
+    /// Mean completion length, when requests finished.
+    pub completion_tokens: Option<f64>,
+    /// How it was measured, for the explanation ("over 2 pods", "held from …").
+    pub basis: String,
+}
+
+/// The slowdown applied to a candidate's roofline, and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+struct Correction {
+    slowdown: f64,
+    basis: CorrectionBasis,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum CorrectionBasis {
+    Prior,
+    Measured { samples: i64 },
+    Estimated { from: Vec<String> },
+}
+
+impl Correction {
+    /// The candidate's own profile, else the samples-weighted mean slowdown of the measured
+    /// variants on its HardwareClass, else on its device, else none.
+    fn for_candidate(measured: &Measurements, classes: &[Class], class: &Class, level: QuantLevel) -> Self {
+        let own = measured
+            .profiles
+            .iter()
+            .find(|p| p.variant.level == level && p.variant.hardware_class == class.name);
+        if let Some(p) = own {
+            return Self {
+                slowdown: p.slowdown,
+                basis: CorrectionBasis::Measured { samples: p.samples },
+            };
+        }
+        let device_of = |name: &str| classes.iter().find(|c| c.name == name).map(|c| c.device);
+        let same_class: Vec<&Profile> = measured
+            .profiles
+            .iter()
+            .filter(|p| p.variant.hardware_class == class.name)
+            .collect();
+        let peers = if same_class.is_empty() {
+            measured
+                .profiles
+                .iter()
+                .filter(|p| device_of(&p.variant.hardware_class) == Some(class.device))
+                .collect()
+        } else {
+            same_class
+        };
+        let weight: f64 = peers.iter().map(|p| p.samples.max(1) as f64).sum();
+        if peers.is_empty() || weight <= 0.0 {
+            return Self {
+                slowdown: 1.0,
+                basis: CorrectionBasis::Prior,
+            };
+        }
+        Self {
+            slowdown: peers
+                .iter()
+                .map(|p| p.slowdown * p.samples.max(1) as f64)
+                .sum::<f64>()
+                / weight,
+            basis: CorrectionBasis::Estimated {
+                from: peers.iter().map(|p| p.variant.to_string()).collect(),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.basis {
+            CorrectionBasis::Prior => "capacity from the roofline prior, not yet measured".to_owned(),
+            CorrectionBasis::Measured { samples } => format!(
+                "capacity measured: its steps ran {:.2}× the roofline prior over {samples} steps",
+                self.slowdown
+            ),
+            CorrectionBasis::Estimated { from } => format!(
+                "capacity estimated: the roofline prior slowed {:.2}× as measured on {}",
+                self.slowdown,
+                from.join(", ")
+            ),
+        }
+    }
+}
+
+/// `inputs` with the measured demand and request lengths in place of the spec's.
+pub fn measured_inputs(inputs: &Inputs, measured: &Measurements) -> Inputs {
+    let mut inputs = inputs.clone();
+    if let Some(d) = &measured.demand {
+        inputs.demand = Some(d.tokens_per_second);
+        let tokens = |measured: Option<f64>, default: i32| {
+            measured.map_or(default, |t| (t.round() as i32).clamp(1, inputs.context_length))
+        };
+        inputs.prompt_tokens = tokens(d.prompt_tokens, inputs.prompt_tokens);
+        inputs.completion_tokens = tokens(d.completion_tokens, inputs.completion_tokens);
+    }
+    inputs
 }
 
 /// Picks the cheapest feasible variant.
@@ -135,7 +256,21 @@ struct Candidate {
 /// [`NoFeasibleVariant`] when no candidate fits in memory, meets the quality budget and the
 /// latency SLO. A demand larger than every candidate can carry at `maxReplicas` is not an error:
 /// the candidate with the most capacity is chosen and [`Outcome::overloaded`] is set.
-pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
+pub fn decide(inputs: &Inputs, measured: &Measurements) -> Result<Outcome, NoFeasibleVariant> {
+    decide_keeping(inputs, measured, None)
+}
+
+/// Like [`decide`], but chooses `incumbent` whenever it is feasible, cheapest or not: the
+/// decision that keeps the serving variant while a cheaper one waits out the switch window.
+///
+/// # Errors
+/// As [`decide`].
+pub fn decide_keeping(
+    inputs: &Inputs,
+    measured: &Measurements,
+    incumbent: Option<&Variant>,
+) -> Result<Outcome, NoFeasibleVariant> {
+    let inputs = &measured_inputs(inputs, measured);
     let best_loss = inputs
         .levels
         .iter()
@@ -145,7 +280,10 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
         .classes
         .iter()
         .flat_map(|class| inputs.levels.iter().map(move |level| (class, *level)))
-        .map(|(class, level)| evaluate(inputs, class, level, best_loss))
+        .map(|(class, level)| {
+            let correction = Correction::for_candidate(measured, &inputs.classes, class, level);
+            evaluate(inputs, class, level, best_loss, correction)
+        })
         .collect();
     // At zero replicas every candidate costs nothing; what the first replica would cost, then
     // the price of a token at full load, decide which variant starts when demand arrives.
@@ -162,7 +300,12 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
             .then(a.variant.cmp(&b.variant))
     });
 
-    let (winner, overloaded) = match candidates.iter().position(|c| c.excluded.is_none()) {
+    let kept = incumbent.and_then(|v| {
+        candidates
+            .iter()
+            .position(|c| &c.variant == v && c.excluded.is_none())
+    });
+    let (winner, overloaded) = match kept.or_else(|| candidates.iter().position(|c| c.excluded.is_none())) {
         Some(i) => (i, false),
         None => {
             // Only capacity is short: serve as much as possible rather than nothing.
@@ -202,12 +345,21 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
         })
         .collect();
     let reason = explain(inputs, &chosen, overloaded);
+    let demand_basis = match &measured.demand {
+        Some(d) => format!("demand measured {}", d.basis),
+        None if inputs.demand.is_some() => "demand from spec.demand".to_owned(),
+        None => "no demand known".to_owned(),
+    };
+    let basis = format!(
+        "{demand_basis}; {}; quality loss from priors",
+        chosen.correction.describe()
+    );
     Ok(Outcome {
         decision: Decision {
             variant: chosen.variant,
             replicas: chosen.replicas,
             reason,
-            basis: "estimate from priors".to_owned(),
+            basis,
             cost_per_hour: round(chosen.cost_per_hour, 4),
             cost_per_million_tokens: round(chosen.cost_per_million, 4),
             estimate: chosen.estimate,
@@ -217,36 +369,104 @@ pub fn decide(inputs: &Inputs) -> Result<Outcome, NoFeasibleVariant> {
     })
 }
 
-fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -> Candidate {
-    let variant = Variant {
-        level,
-        hardware_class: class.name.clone(),
-    };
+/// What a replica of one variant needs in memory.
+struct Sizing {
+    weights: f64,
+    kv_per_token: f64,
+    kv_pool: f64,
+    scratch: f64,
+    memory: f64,
+}
+
+fn sizing(inputs: &Inputs, level: QuantLevel) -> Sizing {
     let weights = inputs.parameters * level.bits_per_weight() / 8.0;
     let kv_per_token = kv_bytes_per_token(inputs.parameters);
     let kv_pool = f64::from(inputs.context_length) * f64::from(inputs.max_running) * kv_per_token;
     let scratch = weights * SCRATCH_FRACTION;
-    let memory = weights + kv_pool + scratch + OVERHEAD_BYTES;
-    let quality_loss = (quality_loss_prior(level) - best_loss).max(0.0);
+    Sizing {
+        weights,
+        kv_per_token,
+        kv_pool,
+        scratch,
+        memory: weights + kv_pool + scratch + OVERHEAD_BYTES,
+    }
+}
 
-    // Roofline: a decode step of m sequences streams the weights (once if the batch shares the
-    // reads, m times if not) and each sequence's KV cache, on average half-way through its reply.
-    let efficiency = efficiency(class.device);
-    let bandwidth = class.bandwidth * efficiency.bandwidth;
-    let kv_tokens =
-        f64::from((inputs.prompt_tokens + inputs.completion_tokens / 2).min(inputs.context_length));
-    let weight_reads = |m: i32| 1.0 + f64::from(m - 1) * (1.0 - efficiency.weight_reuse);
-    let step = |m: i32| (weights * weight_reads(m) + f64::from(m) * kv_tokens * kv_per_token) / bandwidth;
+/// The roofline model of one variant's engine steps, with the device's efficiencies divided by a
+/// measured slowdown (1 for the prior).
+struct Roofline {
+    weights: f64,
+    kv_per_token: f64,
+    // KV tokens a sequence reads per step: on average half-way through its reply.
+    kv_tokens: f64,
+    bandwidth: f64,
+    weight_reuse: f64,
+    // Compute time of one token through the model.
+    token_compute: f64,
+}
+
+impl Roofline {
+    fn new(inputs: &Inputs, class: &Class, sizing: &Sizing, slowdown: f64) -> Self {
+        let efficiency = efficiency(class.device);
+        Self {
+            weights: sizing.weights,
+            kv_per_token: sizing.kv_per_token,
+            kv_tokens: f64::from(
+                (inputs.prompt_tokens + inputs.completion_tokens / 2).min(inputs.context_length),
+            ),
+            bandwidth: class.bandwidth * efficiency.bandwidth / slowdown,
+            weight_reuse: efficiency.weight_reuse,
+            token_compute: 2.0 * inputs.parameters / (class.flops * efficiency.compute / slowdown),
+        }
+    }
+
+    /// A decode step of `m` sequences streams the weights (once if the batch shares the reads,
+    /// `m` times if not) and each sequence's KV cache.
+    fn decode(&self, m: f64) -> f64 {
+        let weight_reads = 1.0 + (m - 1.0).max(0.0) * (1.0 - self.weight_reuse);
+        (self.weights * weight_reads + m * self.kv_tokens * self.kv_per_token) / self.bandwidth
+    }
+
+    /// A step of `sequences` decodes and prompt chunks, `tokens` in all: the decodes, then the
+    /// prompt tokens beyond them at compute speed.
+    fn step(&self, sequences: f64, tokens: f64) -> f64 {
+        self.decode(sequences.max(1.0)) + self.token_compute * (tokens - sequences).max(0.0)
+    }
+}
+
+/// How much slower than the roofline prior a variant's measured steps ran: the mean step's wall
+/// time against the prior's time for a step of the same sequences and tokens.
+pub fn slowdown(
+    inputs: &Inputs,
+    class: &Class,
+    level: QuantLevel,
+    sequences: f64,
+    tokens: f64,
+    seconds: f64,
+) -> f64 {
+    let roofline = Roofline::new(inputs, class, &sizing(inputs, level), 1.0);
+    seconds / roofline.step(sequences, tokens)
+}
+
+/// Latency and capacity of one replica.
+struct Performance {
+    itl: f64,
+    itl_alone: f64,
+    ttft: f64,
+    capacity: f64,
+    step_tokens: Option<i32>,
+}
+
+fn performance(inputs: &Inputs, roofline: &Roofline, sizing: &Sizing) -> Performance {
     let itl_limit = inputs.itl_slo.map(|d| d.as_secs_f64());
+    let step = |m: i32| roofline.decode(f64::from(m));
     let batch = (1..=inputs.max_running.max(1))
         .rev()
         .find(|m| itl_limit.is_none_or(|limit| step(*m) <= limit))
         .unwrap_or(1);
     let itl = step(batch);
-    // Compute time of one token through the model: what a step costs per token once its tokens
-    // outnumber what the weights' streaming hides (prompt chunks).
-    let token_compute = 2.0 * inputs.parameters / (class.flops * efficiency.compute);
-    let prefill = (token_compute * f64::from(inputs.prompt_tokens)).max(weights / bandwidth);
+    let token_compute = roofline.token_compute;
+    let prefill = (token_compute * f64::from(inputs.prompt_tokens)).max(sizing.weights / roofline.bandwidth);
     // Prompts are computed on the same replica: every `completion_tokens` generated tokens also
     // cost one prefill, during which the batch does not advance.
     let decode_seconds_per_token = itl / f64::from(batch);
@@ -267,102 +487,166 @@ fn evaluate(inputs: &Inputs, class: &Class, level: QuantLevel, best_loss: f64) -
         }
         None => prefill + itl,
     };
-
-    let estimate = Estimate {
-        memory_bytes: memory.round() as i64,
-        quality_loss: round(quality_loss, 4),
-        tokens_per_second: round(capacity, 2),
-        inter_token_latency_ms: round(itl * 1e3, 2),
-        time_to_first_token_ms: round(ttft * 1e3, 2),
+    Performance {
+        itl,
+        itl_alone: step(1),
+        ttft,
+        capacity,
         step_tokens,
-    };
+    }
+}
 
-    let (memory_ok, memory_reason) = match (class.device, class.accelerator_memory_bytes) {
+/// Generated tokens per second one replica of `level` on `class` sustains within the SLO, its
+/// roofline slowed down by `slowdown`.
+pub fn capacity(inputs: &Inputs, class: &Class, level: QuantLevel, slowdown: f64) -> f64 {
+    let sizing = sizing(inputs, level);
+    performance(inputs, &Roofline::new(inputs, class, &sizing, slowdown), &sizing).capacity
+}
+
+fn memory_check(class: &Class, sizing: &Sizing) -> Option<String> {
+    match (class.device, class.accelerator_memory_bytes) {
         (Device::Cuda, Some(accelerator)) => {
-            let on_device = weights + kv_pool + scratch;
-            (
-                on_device <= accelerator && OVERHEAD_BYTES <= class.memory_bytes,
+            let on_device = sizing.weights + sizing.kv_pool + sizing.scratch;
+            (on_device > accelerator || OVERHEAD_BYTES > class.memory_bytes).then(|| {
                 format!(
                     "needs {} of accelerator memory, has {}",
                     gib(on_device),
                     gib(accelerator)
-                ),
-            )
+                )
+            })
         }
-        _ => (
-            memory <= class.memory_bytes,
-            format!("needs {} of memory, has {}", gib(memory), gib(class.memory_bytes)),
-        ),
-    };
+        _ => (sizing.memory > class.memory_bytes).then(|| {
+            format!(
+                "needs {} of memory, has {}",
+                gib(sizing.memory),
+                gib(class.memory_bytes)
+            )
+        }),
+    }
+}
 
-    let demand_replicas = match (inputs.external, inputs.demand) {
+/// Replicas the demand needs (before the bounds), and the count within them.
+fn replicas(inputs: &Inputs, capacity: f64) -> (i32, i32) {
+    let needed = match (inputs.external, inputs.demand) {
         (true, _) => inputs.external_replicas.unwrap_or(inputs.min_replicas),
         (false, Some(d)) if d <= 0.0 => 0,
         (false, Some(d)) => (d / (capacity * TARGET_UTILISATION)).ceil() as i32,
         // Without a demand figure, start one replica: nothing could wake a service at zero.
         (false, None) => 1,
     };
-    let replicas = demand_replicas.clamp(inputs.min_replicas, inputs.max_replicas.max(inputs.min_replicas));
-    let cost_per_hour = f64::from(replicas) * class.cost_per_hour;
-    let rate = match inputs.demand {
-        Some(d) => d.min(f64::from(replicas) * capacity),
-        None => f64::from(replicas) * capacity * TARGET_UTILISATION,
-    };
-    let cost_per_million = if rate > 0.0 {
-        cost_per_hour / (rate * 3600.0) * 1e6
-    } else {
-        0.0
-    };
+    let bounded = needed.clamp(inputs.min_replicas, inputs.max_replicas.max(inputs.min_replicas));
+    (needed, bounded)
+}
 
-    let cost_per_million_at_capacity = class.cost_per_hour / (capacity * TARGET_UTILISATION * 3600.0) * 1e6;
-
-    let excluded = if !memory_ok {
-        Some(Exclusion::Memory(memory_reason))
+fn exclusion(
+    inputs: &Inputs,
+    memory: Option<String>,
+    quality_loss: f64,
+    perf: &Performance,
+    needed: i32,
+) -> Option<Exclusion> {
+    let itl_limit = inputs.itl_slo.map(|d| d.as_secs_f64());
+    if let Some(reason) = memory {
+        Some(Exclusion::Memory(reason))
     } else if !inputs.pinned && quality_loss > inputs.max_quality_loss + 1e-12 {
         Some(Exclusion::Quality(format!(
             "quality loss {} exceeds the budget {}",
             pct(quality_loss),
             pct(inputs.max_quality_loss)
         )))
-    } else if let Some(limit) = itl_limit.filter(|l| step(1) > *l) {
+    } else if let Some(limit) = itl_limit.filter(|l| perf.itl_alone > *l) {
         Some(Exclusion::Latency(format!(
             "inter-token latency {} even alone exceeds the SLO {}",
-            ms(step(1)),
+            ms(perf.itl_alone),
             ms(limit)
         )))
-    } else if let Some(limit) = inputs.ttft_slo.map(|d| d.as_secs_f64()).filter(|l| ttft > *l) {
+    } else if let Some(limit) = inputs
+        .ttft_slo
+        .map(|d| d.as_secs_f64())
+        .filter(|l| perf.ttft > *l)
+    {
         Some(Exclusion::Latency(format!(
             "time to first token {} exceeds the SLO {}",
-            ms(ttft),
+            ms(perf.ttft),
             ms(limit)
         )))
-    } else if !inputs.external && demand_replicas > inputs.max_replicas {
+    } else if !inputs.external && needed > inputs.max_replicas {
         Some(Exclusion::Capacity {
             reason: format!(
-                "needs {demand_replicas} replicas of {:.1} tok/s for {:.1} tok/s, maxReplicas is {}",
-                capacity,
+                "needs {needed} replicas of {:.1} tok/s for {:.1} tok/s, maxReplicas is {}",
+                perf.capacity,
                 inputs.demand.unwrap_or_default(),
                 inputs.max_replicas
             ),
-            capacity: f64::from(inputs.max_replicas) * capacity,
+            capacity: f64::from(inputs.max_replicas) * perf.capacity,
         })
     } else {
         None
+    }
+}
+
+fn evaluate(
+    inputs: &Inputs,
+    class: &Class,
+    level: QuantLevel,
+    best_loss: f64,
+    correction: Correction,
+) -> Candidate {
+    let variant = Variant {
+        level,
+        hardware_class: class.name.clone(),
     };
+    let sizing = sizing(inputs, level);
+    let quality_loss = (quality_loss_prior(level) - best_loss).max(0.0);
+    let perf = performance(
+        inputs,
+        &Roofline::new(inputs, class, &sizing, correction.slowdown),
+        &sizing,
+    );
+    let (needed, replicas) = replicas(inputs, perf.capacity);
+    let cost_per_hour = f64::from(replicas) * class.cost_per_hour;
+    let rate = match inputs.demand {
+        Some(d) => d.min(f64::from(replicas) * perf.capacity),
+        None => f64::from(replicas) * perf.capacity * TARGET_UTILISATION,
+    };
+    let cost_per_million = if rate > 0.0 {
+        cost_per_hour / (rate * 3600.0) * 1e6
+    } else {
+        0.0
+    };
+    let excluded = exclusion(inputs, memory_check(class, &sizing), quality_loss, &perf, needed);
     Candidate {
         variant,
-        estimate,
+        estimate: Estimate {
+            memory_bytes: sizing.memory.round() as i64,
+            quality_loss: round(quality_loss, 4),
+            tokens_per_second: round(perf.capacity, 2),
+            inter_token_latency_ms: round(perf.itl * 1e3, 2),
+            time_to_first_token_ms: round(perf.ttft * 1e3, 2),
+            step_tokens: perf.step_tokens,
+        },
         replicas,
         cost_per_hour,
         cost_per_million,
         replica_cost_per_hour: class.cost_per_hour,
-        cost_per_million_at_capacity,
+        cost_per_million_at_capacity: class.cost_per_hour / (perf.capacity * TARGET_UTILISATION * 3600.0)
+            * 1e6,
+        correction,
         excluded,
     }
 }
 
 fn lost_to(loser: &Candidate, winner: &Candidate) -> String {
-    if loser.cost_per_hour > winner.cost_per_hour + 1e-9 {
+    if loser.cost_per_hour < winner.cost_per_hour - 1e-9
+        || (loser.cost_per_hour <= winner.cost_per_hour + 1e-9
+            && loser.cost_per_million < winner.cost_per_million - 1e-9)
+    {
+        format!(
+            "cheaper (${:.4}/h, ${:.4} per 1M tokens, against ${:.4}/h, ${:.4}), but the serving variant \
+             stays until the saving has held for the switch window",
+            loser.cost_per_hour, loser.cost_per_million, winner.cost_per_hour, winner.cost_per_million
+        )
+    } else if loser.cost_per_hour > winner.cost_per_hour + 1e-9 {
         format!(
             "costs ${:.4}/h ({} × ${:.4}) against ${:.4}/h",
             loser.cost_per_hour,
@@ -422,7 +706,7 @@ fn explain(inputs: &Inputs, chosen: &Candidate, overloaded: bool) -> String {
     };
     format!(
         "{head}: {} replica(s) × ${:.4}/h ({replicas}); est. {:.1} tok/s per replica, ITL {:.1} ms, TTFT {:.1} ms, \
-         quality loss {}{}, memory {}; {} (roofline prior, not yet measured)",
+         quality loss {}{}, memory {}; {}; {}",
         chosen.replicas,
         chosen.cost_per_hour / f64::from(chosen.replicas.max(1)),
         e.tokens_per_second,
@@ -431,6 +715,7 @@ fn explain(inputs: &Inputs, chosen: &Candidate, overloaded: bool) -> String {
         pct(e.quality_loss),
         if inputs.pinned { " (pinned)" } else { "" },
         gib(e.memory_bytes as f64),
+        chosen.correction.describe(),
         inputs.parameters_basis,
     )
 }
@@ -453,4 +738,4 @@ fn pct(fraction: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

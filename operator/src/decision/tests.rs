@@ -6,7 +6,7 @@ use super::*;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-fn cpu() -> Class {
+pub(crate) fn cpu() -> Class {
     Class {
         name: "cpu-standard".into(),
         device: Device::Cpu,
@@ -18,7 +18,7 @@ fn cpu() -> Class {
     }
 }
 
-fn gpu() -> Class {
+pub(crate) fn gpu() -> Class {
     Class {
         name: "gpu-small".into(),
         device: Device::Cuda,
@@ -30,7 +30,7 @@ fn gpu() -> Class {
     }
 }
 
-fn smol() -> Inputs {
+pub(crate) fn smol() -> Inputs {
     Inputs {
         parameters: 135e6,
         parameters_basis: "135M parameters from spec.model.parameters".into(),
@@ -64,7 +64,7 @@ fn reason_for<'a>(outcome: &'a Outcome, level: QuantLevel, class: &str) -> &'a s
 
 #[test]
 fn cheapest_class_wins_and_smaller_levels_break_the_tie_by_throughput() {
-    let outcome = decide(&smol()).expect("feasible");
+    let outcome = decide(&smol(), &Measurements::default()).expect("feasible");
     let d = &outcome.decision;
     assert_eq!(d.variant.hardware_class, "cpu-standard");
     // Same price per hour on the same class, so the fastest level within the budget wins:
@@ -83,7 +83,7 @@ fn cheapest_class_wins_and_smaller_levels_break_the_tie_by_throughput() {
 
 #[test]
 fn quality_budget_excludes_low_levels() {
-    let outcome = decide(&smol()).expect("feasible");
+    let outcome = decide(&smol(), &Measurements::default()).expect("feasible");
     for level in [
         QuantLevel::Q2K,
         QuantLevel::Q3K,
@@ -98,7 +98,7 @@ fn quality_budget_excludes_low_levels() {
         max_quality_loss: 0.001,
         ..smol()
     };
-    let outcome = decide(&strict).expect("feasible");
+    let outcome = decide(&strict, &Measurements::default()).expect("feasible");
     assert!(outcome.decision.estimate.quality_loss <= 0.001);
     assert_eq!(outcome.decision.variant.level, QuantLevel::Q8_0);
 }
@@ -110,7 +110,7 @@ fn quality_is_measured_against_the_best_allowed_level() {
         levels: vec![QuantLevel::Q4K, QuantLevel::Q4_0],
         ..smol()
     };
-    let outcome = decide(&inputs).expect("feasible");
+    let outcome = decide(&inputs, &Measurements::default()).expect("feasible");
     assert!(!reason_for(&outcome, QuantLevel::Q4_0, "cpu-standard").contains("budget"));
 }
 
@@ -121,7 +121,7 @@ fn pinned_level_ignores_the_quality_budget() {
         pinned: true,
         ..smol()
     };
-    let outcome = decide(&inputs).expect("feasible");
+    let outcome = decide(&inputs, &Measurements::default()).expect("feasible");
     assert_eq!(outcome.decision.variant.level, QuantLevel::Q2K);
     assert!(outcome.decision.reason.contains("(pinned)"));
 }
@@ -135,7 +135,7 @@ fn memory_excludes_classes_that_are_too_small() {
         pinned: true,
         ..smol()
     };
-    let outcome = decide(&inputs).expect("the GPU fits");
+    let outcome = decide(&inputs, &Measurements::default()).expect("the GPU fits");
     assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
     assert!(reason_for(&outcome, QuantLevel::F16, "cpu-standard").contains("of memory, has 8.00GiB"));
 }
@@ -147,7 +147,7 @@ fn nothing_fits_is_an_error_listing_every_candidate() {
         levels: vec![QuantLevel::Q4K],
         ..smol()
     };
-    let err = decide(&inputs).expect_err("nothing fits");
+    let err = decide(&inputs, &Measurements::default()).expect_err("nothing fits");
     assert_eq!(err.alternatives.len(), 2);
     let text = err.to_string();
     assert!(text.contains("q4_k/cpu-standard: needs"), "{text}");
@@ -163,7 +163,7 @@ fn latency_slo_excludes_slow_variants() {
         itl_slo: Some(Duration::from_millis(50)),
         ..smol()
     };
-    let outcome = decide(&inputs).expect("the GPU is fast enough");
+    let outcome = decide(&inputs, &Measurements::default()).expect("the GPU is fast enough");
     assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
     let reason = reason_for(&outcome, QuantLevel::Q8_0, "cpu-standard");
     assert!(
@@ -175,27 +175,33 @@ fn latency_slo_excludes_slow_variants() {
         ttft_slo: Some(Duration::from_millis(1)),
         ..smol()
     };
-    let err = decide(&ttft).expect_err("nothing prefills in 1ms");
+    let err = decide(&ttft, &Measurements::default()).expect_err("nothing prefills in 1ms");
     assert!(err.to_string().contains("time to first token"), "{err}");
 }
 
 #[test]
 fn demand_sets_replicas_within_bounds() {
-    let base = decide(&smol()).expect("feasible");
+    let base = decide(&smol(), &Measurements::default()).expect("feasible");
     let per_replica = base.decision.estimate.tokens_per_second;
 
     let two = Inputs {
         demand: Some(per_replica * 1.2),
         ..smol()
     };
-    assert_eq!(decide(&two).expect("feasible").decision.replicas, 2);
+    assert_eq!(
+        decide(&two, &Measurements::default())
+            .expect("feasible")
+            .decision
+            .replicas,
+        2
+    );
 
     let idle = Inputs {
         demand: Some(0.0),
         min_replicas: 0,
         ..smol()
     };
-    let outcome = decide(&idle).expect("feasible");
+    let outcome = decide(&idle, &Measurements::default()).expect("feasible");
     assert_eq!(outcome.decision.replicas, 0);
     assert_eq!(outcome.decision.cost_per_hour, 0.0);
     // Every candidate is free at zero replicas; the one that will be cheapest once demand
@@ -207,19 +213,25 @@ fn demand_sets_replicas_within_bounds() {
         min_replicas: 2,
         ..smol()
     };
-    assert_eq!(decide(&floor).expect("feasible").decision.replicas, 2);
+    assert_eq!(
+        decide(&floor, &Measurements::default())
+            .expect("feasible")
+            .decision
+            .replicas,
+        2
+    );
 }
 
 #[test]
 fn demand_beyond_max_replicas_moves_to_bigger_hardware_or_overloads() {
-    let base = decide(&smol()).expect("feasible");
+    let base = decide(&smol(), &Measurements::default()).expect("feasible");
     let per_replica = base.decision.estimate.tokens_per_second;
     // More than 4 CPU replicas can carry, but within one GPU replica's capacity.
     let inputs = Inputs {
         demand: Some(per_replica * 4.0),
         ..smol()
     };
-    let outcome = decide(&inputs).expect("feasible");
+    let outcome = decide(&inputs, &Measurements::default()).expect("feasible");
     assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
     assert!(!outcome.overloaded);
     assert!(reason_for(&outcome, QuantLevel::Q4K, "cpu-standard").contains("maxReplicas is 4"));
@@ -228,7 +240,7 @@ fn demand_beyond_max_replicas_moves_to_bigger_hardware_or_overloads() {
         demand: Some(1e9),
         ..smol()
     };
-    let outcome = decide(&huge).expect("overloaded is not an error");
+    let outcome = decide(&huge, &Measurements::default()).expect("overloaded is not an error");
     assert!(outcome.overloaded);
     assert_eq!(outcome.decision.replicas, 4);
     assert_eq!(outcome.decision.variant.hardware_class, "gpu-small");
@@ -242,7 +254,7 @@ fn external_owner_keeps_its_replica_count_within_bounds() {
         demand: Some(1e9),
         ..smol()
     };
-    let outcome = decide(&inputs).expect("feasible");
+    let outcome = decide(&inputs, &Measurements::default()).expect("feasible");
     assert_eq!(outcome.decision.replicas, 4);
     assert!(!outcome.overloaded);
     assert!(outcome.decision.reason.contains("replicas set externally"));
@@ -250,7 +262,10 @@ fn external_owner_keeps_its_replica_count_within_bounds() {
 
 #[test]
 fn decisions_are_deterministic() {
-    assert_eq!(decide(&smol()), decide(&smol()));
+    assert_eq!(
+        decide(&smol(), &Measurements::default()),
+        decide(&smol(), &Measurements::default())
+    );
 }
 
 #[test]
@@ -275,7 +290,10 @@ fn calibration_matches_the_measured_engine() {
             classes: vec![machine.clone()],
             ..smol()
         };
-        decide(&inputs).expect("feasible").decision.estimate
+        decide(&inputs, &Measurements::default())
+            .expect("feasible")
+            .decision
+            .estimate
     };
     let within = |estimate: f64, measured: f64| (estimate / measured - 1.0).abs() <= 0.2;
     let one = run(1);
@@ -299,7 +317,7 @@ fn batching_pays_where_the_device_shares_weight_reads() {
             classes: vec![class],
             ..smol()
         };
-        decide(&inputs)
+        decide(&inputs, &Measurements::default())
             .expect("feasible")
             .decision
             .estimate
@@ -313,17 +331,22 @@ fn batching_pays_where_the_device_shares_weight_reads() {
 
 #[test]
 fn itl_objective_caps_the_tokens_of_a_step_and_chunks_the_prompt() {
-    let free = decide(&smol()).expect("feasible").decision;
+    let free = decide(&smol(), &Measurements::default())
+        .expect("feasible")
+        .decision;
     assert_eq!(
         free.estimate.step_tokens, None,
         "no objective: the engine's default"
     );
 
     let slo = 0.05;
-    let bounded = decide(&Inputs {
-        itl_slo: Some(Duration::from_secs_f64(slo)),
-        ..smol()
-    })
+    let bounded = decide(
+        &Inputs {
+            itl_slo: Some(Duration::from_secs_f64(slo)),
+            ..smol()
+        },
+        &Measurements::default(),
+    )
     .expect("feasible")
     .decision;
     assert_eq!(bounded.variant, free.variant);
@@ -348,4 +371,131 @@ fn itl_objective_caps_the_tokens_of_a_step_and_chunks_the_prompt() {
     // The 256-token prompt now arrives in chunks beside the decodes, so it starts later.
     assert!(bounded.estimate.time_to_first_token_ms > free.estimate.time_to_first_token_ms);
     assert!(bounded.estimate.inter_token_latency_ms <= slo * 1e3);
+}
+
+fn profile(level: QuantLevel, class: &str, slowdown: f64, samples: i64) -> Profile {
+    Profile {
+        variant: Variant {
+            level,
+            hardware_class: class.into(),
+        },
+        slowdown,
+        samples,
+        measured_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+        tokens_per_second: 0.0,
+    }
+}
+
+fn cpu_only() -> Inputs {
+    Inputs {
+        classes: vec![cpu()],
+        levels: vec![QuantLevel::Q8_0, QuantLevel::F16],
+        ..smol()
+    }
+}
+
+#[test]
+fn measured_demand_and_lengths_replace_the_spec_figures() {
+    let spec = Inputs {
+        demand: Some(10.0),
+        ..cpu_only()
+    };
+    let base = decide(&spec, &Measurements::default()).expect("feasible");
+    let per_replica = base.decision.estimate.tokens_per_second;
+    let measured = Measurements {
+        demand: Some(MeasuredDemand {
+            tokens_per_second: per_replica * 2.5,
+            prompt_tokens: Some(256.0),
+            completion_tokens: Some(256.0),
+            basis: "over 1 pod(s) in the last 60s".into(),
+        }),
+        profiles: vec![],
+    };
+    let outcome = decide(&spec, &measured).expect("feasible");
+    assert_eq!(base.decision.replicas, 1);
+    assert_eq!(outcome.decision.replicas, 4, "{}", outcome.decision.reason);
+    assert!(
+        outcome.decision.basis.starts_with("demand measured over 1 pod"),
+        "{}",
+        outcome.decision.basis
+    );
+    assert!(
+        base.decision.basis.starts_with("demand from spec.demand"),
+        "{}",
+        base.decision.basis
+    );
+}
+
+#[test]
+fn a_measured_slowdown_divides_capacity_and_corrects_the_other_levels_on_the_class() {
+    let inputs = Inputs {
+        demand: Some(50.0),
+        ..cpu_only()
+    };
+    let prior = decide(&inputs, &Measurements::default()).expect("feasible");
+    let slow = Measurements {
+        demand: None,
+        profiles: vec![profile(prior.decision.variant.level, "cpu-standard", 4.0, 5_000)],
+    };
+    let corrected = decide(&inputs, &slow).expect("feasible");
+    let ratio = prior.decision.estimate.tokens_per_second / corrected.decision.estimate.tokens_per_second;
+    assert!((ratio - 4.0).abs() < 1e-3, "capacity ratio {ratio}");
+    assert!(
+        corrected.decision.basis.contains("capacity measured"),
+        "{}",
+        corrected.decision.basis
+    );
+    // A level never served on this class takes the class's measured slowdown.
+    let other = QuantLevel::F16;
+    let estimated = Correction::for_candidate(&slow, &inputs.classes, &cpu(), other);
+    assert_eq!(estimated.slowdown, 4.0);
+    assert!(
+        estimated.describe().contains("estimated"),
+        "{}",
+        estimated.describe()
+    );
+    // The GPU is another device: the CPU's measurements say nothing about it.
+    let gpu_correction = Correction::for_candidate(&slow, &[cpu(), gpu()], &gpu(), QuantLevel::Q8_0);
+    assert_eq!(gpu_correction.basis, CorrectionBasis::Prior);
+}
+
+#[test]
+fn the_slowdown_of_a_step_as_predicted_is_one() {
+    let inputs = cpu_only();
+    let class = cpu();
+    let sizing = sizing(&inputs, QuantLevel::Q8_0);
+    let roofline = Roofline::new(&inputs, &class, &sizing, 1.0);
+    let predicted = roofline.step(4.0, 20.0);
+    assert!((slowdown(&inputs, &class, QuantLevel::Q8_0, 4.0, 20.0, predicted) - 1.0).abs() < 1e-9);
+    assert!((slowdown(&inputs, &class, QuantLevel::Q8_0, 4.0, 20.0, predicted * 3.0) - 3.0).abs() < 1e-9);
+}
+
+#[test]
+fn the_incumbent_is_kept_while_feasible_and_dropped_when_not() {
+    let inputs = cpu_only();
+    let best = decide(&inputs, &Measurements::default()).expect("feasible");
+    let other = Variant {
+        level: QuantLevel::F16,
+        hardware_class: "cpu-standard".into(),
+    };
+    assert_ne!(best.decision.variant, other);
+    let kept = decide_keeping(&inputs, &Measurements::default(), Some(&other)).expect("feasible");
+    assert_eq!(kept.decision.variant, other);
+    let winner = kept
+        .decision
+        .alternatives
+        .iter()
+        .find(|a| a.variant == best.decision.variant)
+        .expect("the winner is listed");
+    assert!(winner.reason.starts_with("cheaper"), "{}", winner.reason);
+    // Over the quality budget, the incumbent goes.
+    let q2 = Variant {
+        level: QuantLevel::Q2K,
+        hardware_class: "cpu-standard".into(),
+    };
+    let all = smol();
+    let moved = decide_keeping(&all, &Measurements::default(), Some(&q2)).expect("feasible");
+    assert_ne!(moved.decision.variant, q2);
 }

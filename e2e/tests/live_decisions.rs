@@ -295,3 +295,108 @@ async fn prometheus_stops_and_returns(cluster: &Cluster) -> anyhow::Result<()> {
     .await?;
     scene.stop().await
 }
+
+/// The real SmolLM2 file `scripts/fetch-smollm2.sh` fetches.
+fn smollm2() -> anyhow::Result<std::path::PathBuf> {
+    let models = match std::env::var_os("BITSCALE_MODELS") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => Layout::from_env()?.root().join("models"),
+    };
+    let path = models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-smollm2.sh",
+        path.display()
+    );
+    Ok(path)
+}
+
+#[tokio::test]
+async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> anyhow::Result<()> {
+    let model = smollm2()?;
+    let scene = Scene::start_configured(
+        "live-quality",
+        |p| {
+            vec![hardware_class(
+                format!("{p}-cpu"),
+                serde_json::json!({
+                    "resources": { "cpu": "1", "memory": "2Gi" },
+                    "nodeSelector": { "bitscale.dev/pool": "cpu" },
+                    "costPerHour": 0.05,
+                    "memoryBandwidth": "10GB/s",
+                    "threads": 1
+                }),
+            )]
+        },
+        ENGINE_IMAGES,
+        |config| config.profile_quality = true,
+    )
+    .await?;
+    let service = inference_service(
+        "smol",
+        &scene.ns.name,
+        serde_json::json!({
+            "model": {
+                "source": format!("file://{}", model.display()),
+                "format": "gguf",
+                "parameters": "135M",
+                "contextLength": 1024
+            },
+            // The README example's levels and budget.
+            "quantization": { "allowed": ["q8_0", "q6_k", "q5_k", "q4_k", "q4_1"], "maxQualityLoss": 0.05 },
+            "placement": { "hardwareClasses": [format!("{}-cpu", scene.ns.name)] },
+            "slo": { "timeToFirstToken": "10s", "interTokenLatency": "1s" },
+            "scaling": { "minReplicas": 1, "maxReplicas": 1 },
+            "engine": { "maxRunning": 2 }
+        }),
+    );
+    let services: Api<InferenceService> = scene.api();
+    services.create(&PostParams::default(), &service).await?;
+    // Before the Job reports, the decision says its quality figures are priors.
+    let first = eventually("a first decision", TIMEOUT, || async {
+        let s = services.get("smol").await?;
+        Ok(s.status.and_then(|s| s.decision))
+    })
+    .await?;
+    assert!(
+        first.basis.contains("quality loss from priors"),
+        "{}",
+        first.basis
+    );
+
+    // eval over five levels of the real model, one Job, its report in the termination message.
+    let measured = eventually("the quality measurement", Duration::from_secs(600), || async {
+        let s = services.get("smol").await?;
+        let status = s.status.unwrap_or_default();
+        match (status.quality, status.decision) {
+            (Some(q), _) if q.failure.is_some() => anyhow::bail!("the eval Job failed: {:?}", q.failure),
+            (Some(q), Some(d)) if d.basis.contains("measured by Job") => Ok(Some((q, d))),
+            _ => Ok(None),
+        }
+    })
+    .await?;
+    let (quality, decision) = measured;
+    eprintln!(
+        "measured: {quality:?}\ndecision: {} ({})",
+        decision.reason, decision.basis
+    );
+    assert_eq!(quality.levels.len(), 5, "{quality:?}");
+    assert_eq!(quality.reference.as_deref(), Some("q4_1"));
+    for level in ["q5_k", "q4_k"] {
+        let alternative = decision
+            .alternatives
+            .iter()
+            .find(|a| a.variant.level.as_str() == level)
+            .ok_or_else(|| anyhow::anyhow!("{level} is not listed: {decision:?}"))?;
+        assert!(
+            alternative.reason.contains("exceeds the budget 5.00%"),
+            "{level}: {}",
+            alternative.reason
+        );
+    }
+    assert!(
+        !matches!(decision.variant.level.as_str(), "q5_k" | "q4_k"),
+        "{decision:?}"
+    );
+    scene.stop().await
+}

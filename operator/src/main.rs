@@ -58,6 +58,16 @@ struct Args {
     /// How long that saving must hold first.
     #[arg(long, env = "BITSCALE_SWITCH_WINDOW", default_value = "5m", value_parser = duration)]
     switch_window: Duration,
+    /// Measure each model's quality loss per allowed level with a profiling Job (once per model
+    /// source) instead of relying on the prior table.
+    #[arg(long, env = "BITSCALE_PROFILE_QUALITY", default_value_t = true, action = clap::ArgAction::Set)]
+    profile_quality: bool,
+    /// How long a variant's pods may stay unschedulable before the next-best variant serves.
+    #[arg(long, env = "BITSCALE_PENDING_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pending_timeout: Duration,
+    /// How long a variant whose pods could not be scheduled is set aside.
+    #[arg(long, env = "BITSCALE_UNAVAILABLE_COOL_OFF", default_value = "10m", value_parser = duration)]
+    unavailable_cool_off: Duration,
     /// Log format.
     #[arg(long, env = "BITSCALE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -99,6 +109,9 @@ async fn main() -> anyhow::Result<()> {
             window: args.metrics_window,
             timeout: bitscale_operator::observe::DEFAULT_TIMEOUT,
         }),
+        profile_quality: args.profile_quality,
+        pending_timeout: args.pending_timeout,
+        cool_off: args.unavailable_cool_off,
         switch: bitscale_operator::controller::stability::Policy {
             threshold: args.switch_threshold,
             window: args.switch_window,

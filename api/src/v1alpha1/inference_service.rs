@@ -344,6 +344,17 @@ pub struct InferenceServiceStatus {
     #[schemars(length(max = 64))]
     pub profiles: Vec<Profile>,
 
+    /// Variants whose pods could not be scheduled (no node with a free GPU, a pool that does
+    /// not grow): none of them is chosen until `until`, then they are tried again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub unavailable: Vec<UnavailableVariant>,
+
+    /// The measured quality loss of each allowed level of this model, from the profiling Job
+    /// the operator runs once per model source; the decision uses it in place of the prior.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityMeasurement>,
+
     /// A variant cheaper than the serving one that has won every decision since `since`; the
     /// operator moves to it once it has won for the whole switch window, so a load hovering
     /// near a break-even point does not move the service back and forth.
@@ -404,6 +415,58 @@ pub struct Profile {
     pub measured_at: Time,
     /// Generated tokens per second one replica sustains within the SLO, with this correction.
     pub tokens_per_second: f64,
+}
+
+/// What the quality-profiling Job measured (`bitscale-engine eval` over the allowed levels).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityMeasurement {
+    /// The `spec.model.source` measured; a different source is measured again.
+    pub source: String,
+    /// The Job that measured it.
+    pub job: String,
+    /// When the Job finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The level every other is compared with: the source file's own precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Tokens of text scored per level.
+    #[serde(default)]
+    pub tokens: i64,
+    /// Loss per level.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 13))]
+    pub levels: Vec<LevelQuality>,
+    /// Why the measurement failed, when it did; the priors are used instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// The measured loss of one level against the reference.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelQuality {
+    /// The level.
+    pub level: QuantLevel,
+    /// Relative perplexity increase against the reference (0.05 = 5 % worse).
+    pub ppl_increase: f64,
+    /// Mean KL divergence of the next-token distributions from the reference's, in nats.
+    pub kl_mean: f64,
+}
+
+/// A variant set aside for a cool-off.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnavailableVariant {
+    /// The variant.
+    pub variant: Variant,
+    /// Since when.
+    pub since: Time,
+    /// Until when; then it is tried again.
+    pub until: Time,
+    /// What the scheduler said.
+    pub reason: String,
 }
 
 /// A variant waiting out the switch window before it replaces the serving one.

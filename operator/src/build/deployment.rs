@@ -32,7 +32,7 @@ pub const ENGINE_CONTAINER: &str = "engine";
 /// Port the engine listens on.
 pub const ENGINE_PORT: i32 = 8000;
 // The distroless "nonroot" user.
-const NON_ROOT_UID: i64 = 65532;
+pub(crate) const NON_ROOT_UID: i64 = 65532;
 
 /// Name of the Deployment of the decided variant: `<service>-<level>-<class>`.
 pub fn deployment_name(owner_name: &str, variant_label: &str) -> String {
@@ -245,14 +245,14 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn runtime_default() -> SeccompProfile {
+pub(crate) fn runtime_default() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         ..SeccompProfile::default()
     }
 }
 
-fn restricted_container() -> SecurityContext {
+pub(crate) fn restricted_container() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),

@@ -28,7 +28,7 @@ pub fn shorten(value: &str, max: usize, separator: char) -> String {
     format!("{head}{separator}{hash}")
 }
 
-fn fnv1a(value: &str) -> u64 {
+pub(crate) fn fnv1a(value: &str) -> u64 {
     value.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

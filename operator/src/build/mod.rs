@@ -5,6 +5,7 @@ mod deployment;
 mod labels;
 mod model;
 mod pdb;
+mod quality;
 mod service;
 
 use bitscale_api::v1alpha1::{Decision, EngineSpec, HardwareClass, ModelSpec};
@@ -21,6 +22,7 @@ pub use self::{
     labels::*,
     model::{ModelMount, model_mount},
     pdb::pod_disruption_budget,
+    quality::{QUALITY_COMPONENT, QUALITY_CONTAINER, Report, parse_report, quality_job, quality_job_name},
     service::service,
 };
 

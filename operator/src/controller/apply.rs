@@ -1,7 +1,9 @@
 //! Apply: server-side apply of the built children, and removal of variants that no longer serve.
 
 use bitscale_api::v1alpha1::{InferenceService, InferenceServiceStatus};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget};
+use k8s_openapi::api::{
+    apps::v1::Deployment, batch::v1::Job, core::v1::Service, policy::v1::PodDisruptionBudget,
+};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -39,6 +41,8 @@ pub struct Children {
     pub services: Store<Service>,
     /// Disruption budgets.
     pub pdbs: Store<PodDisruptionBudget>,
+    /// Quality-profiling Jobs.
+    pub jobs: Store<Job>,
 }
 
 impl Children {
@@ -48,6 +52,7 @@ impl Children {
         self.deployments.wait_until_ready().await.map_err(unavailable)?;
         self.services.wait_until_ready().await.map_err(unavailable)?;
         self.pdbs.wait_until_ready().await.map_err(unavailable)?;
+        self.jobs.wait_until_ready().await.map_err(unavailable)?;
         Ok(())
     }
 
@@ -61,6 +66,14 @@ impl Children {
             .filter(|d| d.owner_references().iter().any(|r| r.uid == owner.reference.uid))
             .filter_map(|d| d.labels().get(LABEL_VARIANT).cloned().map(|v| (v, (*d).clone())))
             .collect()
+    }
+
+    /// The quality-profiling Job `name` of this InferenceService, if the cache has it.
+    pub fn job(&self, owner: &Owner, name: &str) -> Option<Job> {
+        self.jobs
+            .get(&ObjectRef::new(name).within(&owner.namespace))
+            .filter(|j| j.owner_references().iter().any(|r| r.uid == owner.reference.uid))
+            .map(|j| (*j).clone())
     }
 
     /// The variant label the Service currently selects, if the Service exists.
@@ -395,10 +408,12 @@ mod tests {
         let (deployments, mut deployment_writer) = reflector::store();
         let (services, mut service_writer) = reflector::store();
         let (pdbs, mut pdb_writer) = reflector::store();
+        let (jobs, _) = reflector::store();
         let children = Children {
             deployments,
             services,
             pdbs,
+            jobs,
         };
         let ledger = Ledger::default();
 

@@ -60,6 +60,8 @@ pub fn read(
         measurements: Measurements {
             demand: last.as_ref().map(|l| demand(l, inputs, held_basis(l))),
             profiles: profiles.clone(),
+            quality: None,
+            unavailable: Vec::new(),
         },
         observed: last.clone(),
         profiles: profiles.clone(),
@@ -148,6 +150,8 @@ fn measured(
     let with_lengths = Measurements {
         demand: Some(measured_demand.clone()),
         profiles: Vec::new(),
+        quality: None,
+        unavailable: Vec::new(),
     };
     let lengths = decision::measured_inputs(inputs, &with_lengths);
     for (label, sample) in variants {
@@ -177,6 +181,8 @@ fn measured(
         measurements: Measurements {
             demand: Some(measured_demand),
             profiles: profiles.clone(),
+            quality: None,
+            unavailable: Vec::new(),
         },
         observed: Some(load.clone()),
         profiles,

@@ -4,7 +4,9 @@
 
 pub mod apply;
 pub mod measure;
+pub mod pending;
 pub mod plan;
+pub mod quality;
 pub mod scale_down;
 pub mod stability;
 pub mod status;
@@ -20,7 +22,7 @@ use std::{
 use bitscale_api::v1alpha1::{Decision, HardwareClass, InferenceService};
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget},
+    api::{apps::v1::Deployment, batch::v1::Job, core::v1::Service, policy::v1::PodDisruptionBudget},
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
@@ -73,6 +75,12 @@ pub struct Config {
     pub observe: Option<observe::Config>,
     /// When a cheaper variant replaces the serving one.
     pub switch: stability::Policy,
+    /// Measure each model's quality per level with a profiling Job (once per model source).
+    pub profile_quality: bool,
+    /// How long a variant's pods may stay unschedulable before it is set aside.
+    pub pending_timeout: Duration,
+    /// How long a set-aside variant stays out of the decision.
+    pub cool_off: Duration,
 }
 
 impl Default for Config {
@@ -90,6 +98,9 @@ impl Default for Config {
             debounce: DEFAULT_DEBOUNCE,
             observe: None,
             switch: stability::Policy::default(),
+            profile_quality: false,
+            pending_timeout: pending::DEFAULT_TIMEOUT,
+            cool_off: pending::DEFAULT_COOL_OFF,
         }
     }
 }
@@ -146,6 +157,7 @@ pub async fn run_until(
     let (deployments, deployment_writer) = reflector::store();
     let (services, service_writer) = reflector::store();
     let (pdbs, pdb_writer) = reflector::store();
+    let (jobs, job_writer) = reflector::store();
     let deployment_changes = triggers::changes(
         namespaced::<Deployment>(&client, &config),
         managed(),
@@ -166,6 +178,13 @@ pub async fn run_until(
         pdb_writer,
         triggers::pod_disruption_budget,
         forget(&ledger),
+    );
+    let job_changes = triggers::changes(
+        namespaced::<Job>(&client, &config),
+        managed(),
+        job_writer,
+        triggers::job,
+        |_: &_| {},
     );
     let (isvc_cache, isvc_writer) = reflector::store();
     let isvc_changes = triggers::changes(
@@ -193,6 +212,7 @@ pub async fn run_until(
             deployments,
             services,
             pdbs,
+            jobs,
         },
         ledger,
         observations,
@@ -210,6 +230,7 @@ pub async fn run_until(
         .owns_stream(deployment_changes)
         .owns_stream(service_changes)
         .owns_stream(pdb_changes)
+        .owns_stream(job_changes)
         .reconcile_all_on(futures::stream::select(class_changes, rounds))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -296,7 +317,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         .filter_map(|(_, d)| d.status.as_ref()?.available_replicas)
         .sum();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let reading = measure::read(
+    let mut reading = measure::read(
         &ctx.observations.latest(),
         &valid.owner.namespace,
         &valid.owner.name,
@@ -304,6 +325,15 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         isvc.status.as_ref(),
         available,
     );
+    let job = ctx.children.job(
+        &valid.owner,
+        &build::quality_job_name(&valid.owner.name, &isvc.spec.model.source),
+    );
+    let step = quality::step(isvc, &valid, ctx.config.profile_quality, job.as_ref());
+    let quality = quality::run(&ctx.client, isvc, &valid, &ctx.config.images, step).await?;
+    reading.measurements.quality = quality::measured(quality.as_ref());
+    let (unavailable, pending_recheck) = check_pending(ctx, isvc, &valid, &existing, &now).await?;
+    reading.measurements.unavailable = unavailable.clone();
     let planned = plan::plan(isvc, &valid, &reading, &now, ctx.config.switch)?;
     let (observed, serving) = roll_out(ctx, &valid, isvc, &planned.decision, &existing).await?;
 
@@ -323,6 +353,13 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     status::record_measurements(&mut new_status, &reading, valid.generation, &now);
     new_status.scale_down_since = planned.scale_down_since.clone();
     new_status.pending_switch = planned.pending_switch.clone();
+    new_status.quality = quality;
+    let cool_off_ends = unavailable
+        .iter()
+        .filter_map(|u| Duration::try_from(u.until.0.duration_since(now.0)).ok())
+        .map(|d| d + Duration::from_secs(1))
+        .min();
+    new_status.unavailable = unavailable;
     ctx.metrics.record_decision(
         &valid.owner.namespace,
         &valid.owner.name,
@@ -338,11 +375,63 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     // Progress of the children arrives as watch events (see `triggers`), and measurements as
     // the observer's rounds; the periodic resync is only a safety net. A held scale-down or
     // switch is the one thing that changes with time alone.
+    let recheck = [planned.recheck, pending_recheck, cool_off_ends]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Action::requeue(
-        planned
-            .recheck
-            .map_or(ctx.config.resync, |r| r.min(ctx.config.resync)),
+        recheck.map_or(ctx.config.resync, |r| r.min(ctx.config.resync)),
     ))
+}
+
+/// The variants set aside now: the running cool-offs, plus the last decided variant if its pods
+/// have been unschedulable past the timeout (with an Event). Also when to look again if some
+/// of its pods are unschedulable but not for long enough yet.
+async fn check_pending(
+    ctx: &Context,
+    isvc: &InferenceService,
+    valid: &validate::Validated,
+    existing: &[(String, Deployment)],
+    now: &Time,
+) -> Result<(Vec<bitscale_api::v1alpha1::UnavailableVariant>, Option<Duration>)> {
+    let status = isvc.status.as_ref();
+    let mut unavailable = pending::active(status.map_or(&[][..], |s| &s.unavailable), now);
+    let Some(previous) = status.and_then(|s| s.decision.as_ref()) else {
+        return Ok((unavailable, None));
+    };
+    let label = variant_label(&previous.variant);
+    let short = existing
+        .iter()
+        .find(|(v, _)| v == &label)
+        .is_some_and(|(_, d)| !status::Observed::from_deployment(d, label.clone(), true).ready());
+    if !short || unavailable.iter().any(|u| u.variant == previous.variant) {
+        return Ok((unavailable, None));
+    }
+    let pods = pending::pods(&ctx.client, &valid.owner, &previous.variant).await?;
+    match pending::scheduling(&pods, now, ctx.config.pending_timeout) {
+        pending::Scheduling::Fine => Ok((unavailable, None)),
+        pending::Scheduling::Waiting { recheck } => Ok((unavailable, Some(recheck))),
+        pending::Scheduling::Stuck { reason } => {
+            let aside = pending::set_aside(&previous.variant, reason, now, ctx.config.cool_off);
+            let note = format!(
+                "{} set aside until {}: its pods could not be scheduled for {}s ({})",
+                aside.variant,
+                aside.until.0,
+                ctx.config.pending_timeout.as_secs(),
+                aside.reason
+            );
+            publish(
+                ctx,
+                &isvc.object_ref(&()),
+                EventType::Warning,
+                "VariantUnavailable",
+                &note,
+            )
+            .await;
+            unavailable.push(aside);
+            Ok((unavailable, None))
+        }
+    }
 }
 
 /// Builds and applies the children for `decided`, blue/green: the Service keeps selecting the

@@ -46,7 +46,17 @@ pub fn plan(
 ) -> Result<Plan, NoFeasibleVariant> {
     let status = isvc.status.as_ref();
     let previous = status.and_then(|s| s.decision.as_ref());
-    let best = decision::decide(&valid.inputs, &reading.measurements)?;
+    // When every variant is set aside, the cool-offs yield: something must serve.
+    let best = decision::decide(&valid.inputs, &reading.measurements).or_else(|e| {
+        if reading.measurements.unavailable.is_empty() {
+            return Err(e);
+        }
+        let all = decision::Measurements {
+            unavailable: Vec::new(),
+            ..reading.measurements.clone()
+        };
+        decision::decide(&valid.inputs, &all)
+    })?;
     let mut overloaded = best.overloaded;
     let mut decided = best.decision.clone();
     let mut pending_switch = None;
@@ -188,6 +198,8 @@ mod tests {
                     basis: "in a test".into(),
                 }),
                 profiles: Vec::new(),
+                quality: None,
+                unavailable: Vec::new(),
             },
             observed: None,
             profiles: Vec::new(),

@@ -189,6 +189,8 @@ pub fn healthy(
         observed: None,
         profiles: Vec::new(),
         pending_switch: None,
+        quality: None,
+        unavailable: Vec::new(),
     }
 }
 

@@ -15,7 +15,9 @@ use std::{
 
 use bitscale_api::v1alpha1::InferenceService;
 use futures::{Stream, StreamExt, future::ready};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, policy::v1::PodDisruptionBudget};
+use k8s_openapi::api::{
+    apps::v1::Deployment, batch::v1::Job, core::v1::Service, policy::v1::PodDisruptionBudget,
+};
 use kube::{
     Resource, ResourceExt,
     core::DeserializeGuard,
@@ -96,6 +98,20 @@ pub fn deployment(object: &Deployment) -> Option<u64> {
         status.and_then(|s| s.updated_replicas),
         status.and_then(|s| s.available_replicas),
     )))
+}
+
+/// A quality-profiling Job matters when it finishes.
+pub fn job(object: &Job) -> Option<u64> {
+    let finished: Vec<(&str, &str)> = object
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.type_ == "Complete" || c.type_ == "Failed")
+        .map(|c| (c.type_.as_str(), c.status.as_str()))
+        .collect();
+    Some(hash(&finished))
 }
 
 /// A Service has no generation; any revision may be an edit to undo.

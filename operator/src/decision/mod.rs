@@ -109,6 +109,7 @@ impl std::fmt::Display for NoFeasibleVariant {
 #[derive(Clone, Debug, PartialEq)]
 enum Exclusion {
     Memory(String),
+    Unavailable(String),
     Quality(String),
     Latency(String),
     Capacity { reason: String, capacity: f64 },
@@ -117,7 +118,11 @@ enum Exclusion {
 impl Exclusion {
     fn reason(&self) -> &str {
         match self {
-            Self::Memory(r) | Self::Quality(r) | Self::Latency(r) | Self::Capacity { reason: r, .. } => r,
+            Self::Memory(r)
+            | Self::Unavailable(r)
+            | Self::Quality(r)
+            | Self::Latency(r)
+            | Self::Capacity { reason: r, .. } => r,
         }
     }
 }
@@ -143,6 +148,19 @@ pub struct Measurements {
     pub demand: Option<MeasuredDemand>,
     /// Variants' measured slowdowns against the roofline prior.
     pub profiles: Vec<Profile>,
+    /// The model's measured quality loss per level, in place of the prior table.
+    pub quality: Option<MeasuredQuality>,
+    /// Variants set aside because their pods could not be scheduled.
+    pub unavailable: Vec<bitscale_api::v1alpha1::UnavailableVariant>,
+}
+
+/// Quality loss per level measured on this model, against one reference level.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasuredQuality {
+    /// Relative perplexity increase per level.
+    pub losses: std::collections::BTreeMap<QuantLevel, f64>,
+    /// How it was measured, for the explanation.
+    pub basis: String,
 }
 
 /// Demand measured across the service's pods.
@@ -271,10 +289,18 @@ pub fn decide_keeping(
     incumbent: Option<&Variant>,
 ) -> Result<Outcome, NoFeasibleVariant> {
     let inputs = &measured_inputs(inputs, measured);
+    // A level the measurement missed keeps its prior.
+    let loss = |level: QuantLevel| {
+        measured
+            .quality
+            .as_ref()
+            .and_then(|q| q.losses.get(&level).copied())
+            .unwrap_or_else(|| quality_loss_prior(level))
+    };
     let best_loss = inputs
         .levels
         .iter()
-        .map(|l| quality_loss_prior(*l))
+        .map(|l| loss(*l))
         .fold(f64::INFINITY, f64::min);
     let mut candidates: Vec<Candidate> = inputs
         .classes
@@ -282,7 +308,24 @@ pub fn decide_keeping(
         .flat_map(|class| inputs.levels.iter().map(move |level| (class, *level)))
         .map(|(class, level)| {
             let correction = Correction::for_candidate(measured, &inputs.classes, class, level);
-            evaluate(inputs, class, level, best_loss, correction)
+            let unavailable = measured
+                .unavailable
+                .iter()
+                .find(|u| u.variant.level == level && u.variant.hardware_class == class.name)
+                .map(|u| {
+                    format!(
+                        "its pods could not be scheduled ({}); set aside until {}",
+                        u.reason, u.until.0
+                    )
+                });
+            evaluate(
+                inputs,
+                class,
+                level,
+                (loss(level) - best_loss).max(0.0),
+                correction,
+                unavailable,
+            )
         })
         .collect();
     // At zero replicas every candidate costs nothing; what the first replica would cost, then
@@ -350,8 +393,13 @@ pub fn decide_keeping(
         None if inputs.demand.is_some() => "demand from spec.demand".to_owned(),
         None => "no demand known".to_owned(),
     };
+    let quality_basis = match &measured.quality {
+        Some(q) => q.basis.clone(),
+        None if inputs.pinned => "quality not weighed (pinned level)".to_owned(),
+        None => "quality loss from priors (engine/QUALITY.md), not yet measured".to_owned(),
+    };
     let basis = format!(
-        "{demand_basis}; {}; quality loss from priors",
+        "{demand_basis}; {}; {quality_basis}",
         chosen.correction.describe()
     );
     Ok(Outcome {
@@ -589,15 +637,15 @@ fn evaluate(
     inputs: &Inputs,
     class: &Class,
     level: QuantLevel,
-    best_loss: f64,
+    quality_loss: f64,
     correction: Correction,
+    unavailable: Option<String>,
 ) -> Candidate {
     let variant = Variant {
         level,
         hardware_class: class.name.clone(),
     };
     let sizing = sizing(inputs, level);
-    let quality_loss = (quality_loss_prior(level) - best_loss).max(0.0);
     let perf = performance(
         inputs,
         &Roofline::new(inputs, class, &sizing, correction.slowdown),
@@ -614,7 +662,10 @@ fn evaluate(
     } else {
         0.0
     };
-    let excluded = exclusion(inputs, memory_check(class, &sizing), quality_loss, &perf, needed);
+    let excluded = match unavailable {
+        Some(why) => Some(Exclusion::Unavailable(why)),
+        None => exclusion(inputs, memory_check(class, &sizing), quality_loss, &perf, needed),
+    };
     Candidate {
         variant,
         estimate: Estimate {

@@ -412,6 +412,8 @@ fn measured_demand_and_lengths_replace_the_spec_figures() {
             basis: "over 1 pod(s) in the last 60s".into(),
         }),
         profiles: vec![],
+        quality: None,
+        unavailable: Vec::new(),
     };
     let outcome = decide(&spec, &measured).expect("feasible");
     assert_eq!(base.decision.replicas, 1);
@@ -438,6 +440,8 @@ fn a_measured_slowdown_divides_capacity_and_corrects_the_other_levels_on_the_cla
     let slow = Measurements {
         demand: None,
         profiles: vec![profile(prior.decision.variant.level, "cpu-standard", 4.0, 5_000)],
+        quality: None,
+        unavailable: Vec::new(),
     };
     let corrected = decide(&inputs, &slow).expect("feasible");
     let ratio = prior.decision.estimate.tokens_per_second / corrected.decision.estimate.tokens_per_second;
@@ -498,4 +502,57 @@ fn the_incumbent_is_kept_while_feasible_and_dropped_when_not() {
     let all = smol();
     let moved = decide_keeping(&all, &Measurements::default(), Some(&q2)).expect("feasible");
     assert_ne!(moved.decision.variant, q2);
+}
+
+/// SmolLM2's measured losses (engine/QUALITY.md, against its Q4_1 source) refuse q5_k and q4_k
+/// under a 5 % budget that the prior table lets q4_k through.
+#[test]
+fn measured_quality_replaces_the_prior_and_refuses_what_it_exceeds() {
+    let inputs = Inputs {
+        levels: vec![
+            QuantLevel::Q8_0,
+            QuantLevel::Q6K,
+            QuantLevel::Q5K,
+            QuantLevel::Q4K,
+            QuantLevel::Q4_1,
+        ],
+        classes: vec![cpu()],
+        ..smol()
+    };
+    let prior = decide(&inputs, &Measurements::default()).expect("feasible");
+    assert!(
+        !reason_for(&prior, QuantLevel::Q4_1, "cpu-standard").is_empty()
+            && prior.decision.variant.level != QuantLevel::Q4_1,
+        "the prior refuses q4_1 at 7.2 %: {}",
+        prior.decision.reason
+    );
+    let measured = Measurements {
+        quality: Some(MeasuredQuality {
+            losses: [
+                (QuantLevel::Q4_1, 0.0),
+                (QuantLevel::Q8_0, 0.006),
+                (QuantLevel::Q6K, 0.0139),
+                (QuantLevel::Q5K, 0.129),
+                (QuantLevel::Q4K, 0.0766),
+            ]
+            .into(),
+            basis: "quality loss measured by Job smol-quality-1".into(),
+        }),
+        ..Measurements::default()
+    };
+    let outcome = decide(&inputs, &measured).expect("feasible");
+    for level in [QuantLevel::Q5K, QuantLevel::Q4K] {
+        let reason = reason_for(&outcome, level, "cpu-standard");
+        assert!(reason.contains("exceeds the budget 5.00%"), "{level}: {reason}");
+    }
+    assert!(reason_for(&outcome, QuantLevel::Q4K, "cpu-standard").contains("7.66%"));
+    assert!(
+        outcome.decision.basis.contains("measured by Job smol-quality-1"),
+        "{}",
+        outcome.decision.basis
+    );
+    assert!(matches!(
+        outcome.decision.variant.level,
+        QuantLevel::Q4_1 | QuantLevel::Q6K | QuantLevel::Q8_0
+    ));
 }

@@ -1,0 +1,160 @@
+//! The GPU pool is full: the GPU variant's pods stay Pending, the operator sets that variant aside
+//! and serves a CPU variant, and returns to the GPU once a GPU is free and the cool-off is over.
+//!
+//! Runs its own cluster: filling the shared cluster's GPU nodes would starve other tests.
+
+mod operator_support;
+
+use std::time::Duration;
+
+use bitscale_api::v1alpha1::InferenceService;
+use bitscale_e2e::{Cluster, Layout};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use operator_support::{live::*, *};
+
+/// A pod KWOK fakes that holds one GPU.
+fn gpu_blocker(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name },
+        "spec": {
+            "containers": [{
+                "name": "hold",
+                "image": FAKE_ENGINE_IMAGES[1],
+                "resources": { "limits": { "nvidia.com/gpu": "1" } },
+            }],
+            "nodeSelector": { "bitscale.dev/pool": "gpu" },
+            "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
+        },
+    }))
+    .expect("valid pod")
+}
+
+fn classes(prefix: &str) -> Vec<bitscale_api::v1alpha1::HardwareClass> {
+    let gpu = hardware_class(
+        format!("{prefix}-gpu"),
+        serde_json::json!({
+            "device": "cuda",
+            "resources": {
+                "cpu": "1", "memory": "1Gi",
+                "accelerator": { "resourceName": "nvidia.com/gpu", "count": 1, "memory": "24Gi" }
+            },
+            "nodeSelector": { "bitscale.dev/pool": "gpu" },
+            "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
+            "costPerHour": 0.1,
+            "memoryBandwidth": "300GB/s",
+            "threads": 1
+        }),
+    );
+    let mut cpu = tiny_class(prefix);
+    cpu.spec.cost_per_hour = 0.5;
+    vec![gpu, cpu]
+}
+
+fn serving_class(service: &InferenceService) -> Option<String> {
+    service
+        .status
+        .as_ref()?
+        .decision
+        .as_ref()
+        .map(|d| d.variant.hardware_class.clone())
+}
+
+#[tokio::test]
+async fn a_full_gpu_pool_falls_back_to_cpu_and_returns_when_a_gpu_frees() -> anyhow::Result<()> {
+    let layout = Layout::from_env()?.named("gpu-full");
+    let cluster = Cluster::up(layout.clone()).await?;
+    let result = fall_back_and_return(&cluster).await;
+    Cluster::down(layout).await?;
+    result
+}
+
+async fn fall_back_and_return(cluster: &Cluster) -> anyhow::Result<()> {
+    let client = cluster.client().await?;
+    let blockers: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes = bitscale_e2e::nodes::NODES
+        .iter()
+        .map(|n| n.gpus as usize)
+        .sum::<usize>();
+    for i in 0..nodes {
+        blockers
+            .create(&PostParams::default(), &gpu_blocker(&format!("gpu-hold-{i}")))
+            .await?;
+    }
+    eventually("every GPU taken", TIMEOUT, || async {
+        let list = blockers.list(&ListParams::default()).await?.items;
+        let placed = list
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count();
+        Ok((placed == nodes).then_some(()))
+    })
+    .await?;
+
+    let scene = Scene::start_on(cluster.clone(), "live-gpu", classes, ENGINE_IMAGES, |config| {
+        config.pending_timeout = Duration::from_secs(5);
+        config.cool_off = Duration::from_secs(30);
+        config.switch.window = Duration::from_secs(5);
+    })
+    .await?;
+    let gpu = format!("{}-gpu", scene.ns.name);
+    let cpu = format!("{}-tiny", scene.ns.name);
+    let mut service = tiny_service("tiny", &scene.ns.name, &gpu, &tiny_model()?, 1);
+    service.spec.placement.hardware_classes = vec![gpu.clone(), cpu.clone()];
+    let services: Api<InferenceService> = scene.api();
+    services.create(&PostParams::default(), &service).await?;
+
+    // The GPU is cheaper, so it is decided first; its pod cannot be placed.
+    eventually("the GPU variant decided", TIMEOUT, || async {
+        Ok((serving_class(&services.get("tiny").await?).as_deref() == Some(gpu.as_str())).then_some(()))
+    })
+    .await?;
+    let fallen = eventually("the CPU variant serving, Ready", TIMEOUT, || async {
+        let s = services.get("tiny").await?;
+        Ok((serving_class(&s).as_deref() == Some(cpu.as_str()) && ready(Some(&s))).then_some(s))
+    })
+    .await?;
+    let status = fallen.status.as_ref().expect("status");
+    let aside = status
+        .unavailable
+        .iter()
+        .find(|u| u.variant.hardware_class == gpu)
+        .unwrap_or_else(|| panic!("the GPU variant set aside: {status:?}"));
+    assert!(aside.reason.contains("nvidia.com/gpu"), "{}", aside.reason);
+    let gpu_alternative = status
+        .decision
+        .as_ref()
+        .and_then(|d| d.alternatives.iter().find(|a| a.variant.hardware_class == gpu))
+        .expect("the GPU variant listed");
+    assert!(
+        gpu_alternative.reason.contains("could not be scheduled"),
+        "{}",
+        gpu_alternative.reason
+    );
+    let pods: Api<Pod> = scene.api();
+    let ip = first_ready_engine(&pods).await?;
+    chat(&http(), ip, "tiny").await?;
+
+    // A GPU frees; after the cool-off and the switch window, the GPU variant serves again.
+    blockers.delete("gpu-hold-0", &DeleteParams::default()).await?;
+    eventually("back on the GPU, Ready", TIMEOUT, || async {
+        let s = services.get("tiny").await?;
+        Ok((serving_class(&s).as_deref() == Some(gpu.as_str()) && ready(Some(&s))).then_some(()))
+    })
+    .await?;
+    scene.stop().await
+}
+
+async fn first_ready_engine(pods: &Api<Pod>) -> anyhow::Result<std::net::Ipv4Addr> {
+    eventually("a Ready engine pod", TIMEOUT, || async {
+        let list = pods
+            .list(&ListParams::default().labels("bitscale.dev/inference-service=tiny"))
+            .await?
+            .items;
+        Ok(list.iter().filter(|p| pod_ready(p)).find_map(pod_ip))
+    })
+    .await
+}

@@ -365,7 +365,6 @@ impl Cluster {
 
     /// Starts a stopped Prometheus again at its URL and waits until it is ready.
     pub async fn restart_prometheus(&self) -> Result<(), Error> {
-        let state_dir = self.state_dir();
         let url = self
             .prometheus_url()
             .ok_or_else(|| Error::ComponentNotRunning("prometheus".into()))?;
@@ -374,6 +373,16 @@ impl Cluster {
             .next()
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| Error::ComponentNotRunning(format!("prometheus (no port in {url})")))?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        self.spawn_prometheus(&http, &url, port).await
+    }
+
+    /// Starts the Prometheus process on `port` and waits until `url` answers ready.
+    async fn spawn_prometheus(&self, http: &reqwest::Client, url: &str, port: u16) -> Result<(), Error> {
+        let state_dir = self.state_dir();
         let daemon = process::spawn(
             &state_dir,
             "prometheus",
@@ -381,12 +390,8 @@ impl Cluster {
             &prometheus::args(&state_dir, port),
             &[],
         )?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()?;
         let ready = format!("{url}/-/ready");
-        wait_ready(&daemon, COMPONENT_TIMEOUT, || probe_http(&http, &ready, "Ready")).await
+        wait_ready(&daemon, COMPONENT_TIMEOUT, || probe_http(http, &ready, "Ready")).await
     }
 
     async fn start_prometheus(
@@ -406,15 +411,7 @@ impl Cluster {
             .map_err(Error::io("writing", &config))?;
         let url = format!("http://127.0.0.1:{port}");
         eprintln!("bitscale-e2e: starting prometheus on {url}");
-        let daemon = process::spawn(
-            &state_dir,
-            "prometheus",
-            &self.binaries.prometheus,
-            &prometheus::args(&state_dir, port),
-            &[],
-        )?;
-        let ready = format!("{url}/-/ready");
-        wait_ready(&daemon, COMPONENT_TIMEOUT, || probe_http(http, &ready, "Ready")).await?;
+        self.spawn_prometheus(http, &url, port).await?;
         let url_file = prometheus::url_file(&state_dir);
         std::fs::write(&url_file, &url).map_err(Error::io("writing", &url_file))
     }

@@ -34,21 +34,11 @@ fn gpu_blocker(name: &str) -> Pod {
 }
 
 fn classes(prefix: &str) -> Vec<bitscale_api::v1alpha1::HardwareClass> {
-    let gpu = hardware_class(
-        format!("{prefix}-gpu"),
-        serde_json::json!({
-            "device": "cuda",
-            "resources": {
-                "cpu": "1", "memory": "1Gi",
-                "accelerator": { "resourceName": "nvidia.com/gpu", "count": 1, "memory": "24Gi" }
-            },
-            "nodeSelector": { "bitscale.dev/pool": "gpu" },
-            "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
-            "costPerHour": 0.1,
-            "memoryBandwidth": "300GB/s",
-            "threads": 1
-        }),
-    );
+    // The GPU is the cheaper one here, and its engine (run on this CPU) gets one thread.
+    let mut gpu = gpu_class(prefix);
+    gpu.spec.cost_per_hour = 0.1;
+    gpu.spec.resources.cpu = k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into());
+    gpu.spec.threads = Some(1);
     let mut cpu = tiny_class(prefix);
     cpu.spec.cost_per_hour = 0.5;
     vec![gpu, cpu]

@@ -22,7 +22,7 @@ use k8s_openapi::{
 use super::{
     BuildInput,
     labels::*,
-    model::{model_mount, pull_container},
+    model::{model_mount, pull_containers},
 };
 use crate::decision::priors::DEFAULT_MAX_RUNNING;
 use bitscale_api::telemetry::ENGINE_PORT_NAME;
@@ -32,7 +32,7 @@ pub const ENGINE_CONTAINER: &str = "engine";
 /// Port the engine listens on.
 pub const ENGINE_PORT: i32 = 8000;
 // The distroless "nonroot" user.
-pub(crate) const NON_ROOT_UID: i64 = 65532;
+const NON_ROOT_UID: i64 = 65532;
 
 /// Name of the Deployment of the decided variant: `<service>-<level>-<class>`.
 pub fn deployment_name(owner_name: &str, variant_label: &str) -> String {
@@ -127,18 +127,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         quantities.insert(acc.resource_name.clone(), Quantity(acc.count.to_string()));
     }
 
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..VolumeMount::default()
-    }];
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }];
-    mounts.extend(mount.mount.clone());
-    volumes.extend(mount.volume.clone());
+    let (mounts, volumes) = volumes_for(&mount);
 
     let mut env = engine.env.clone();
     // The engine reads these too; set only when the user did not.
@@ -174,15 +163,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         volume_mounts: Some(mounts),
         ..Container::default()
     };
-    let init_containers = mount.fetch.then(|| {
-        vec![pull_container(
-            &image,
-            &model.source,
-            model.sha256.as_deref(),
-            &mount,
-            &container,
-        )]
-    });
+    let init_containers = pull_containers(&image, model, &mount, &container);
 
     Deployment {
         metadata: owner.child_meta(deployment_name(&owner.name, &variant), labels.clone()),
@@ -210,14 +191,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
                     volumes: Some(volumes),
                     node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(NON_ROOT_UID),
-                        run_as_group: Some(NON_ROOT_UID),
-                        fs_group: Some(NON_ROOT_UID),
-                        seccomp_profile: Some(runtime_default()),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     // In-flight requests finish; the engine stops admitting on SIGTERM.
@@ -245,7 +219,37 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-pub(crate) fn runtime_default() -> SeccompProfile {
+/// A writable `/tmp` (the root file system is read-only) and the model's volume, as mounts and
+/// volumes.
+pub(crate) fn volumes_for(mount: &super::ModelMount) -> (Vec<VolumeMount>, Vec<Volume>) {
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    mounts.extend(mount.mount.clone());
+    volumes.extend(mount.volume.clone());
+    (mounts, volumes)
+}
+
+/// The pod-level half of the restricted Pod Security Standard.
+pub(crate) fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NON_ROOT_UID),
+        run_as_group: Some(NON_ROOT_UID),
+        fs_group: Some(NON_ROOT_UID),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         ..SeccompProfile::default()

@@ -73,8 +73,27 @@ pub fn model_mount(source: &str) -> ModelMount {
     }
 }
 
+/// The init containers a pod of `base` needs to see the model: the download, when the source is
+/// remote.
+pub(crate) fn pull_containers(
+    image: &str,
+    model: &bitscale_api::v1alpha1::ModelSpec,
+    mount: &ModelMount,
+    base: &Container,
+) -> Option<Vec<Container>> {
+    mount.fetch.then(|| {
+        vec![pull_container(
+            image,
+            &model.source,
+            model.sha256.as_deref(),
+            mount,
+            base,
+        )]
+    })
+}
+
 /// The init container that downloads the weights into the cache volume.
-pub(crate) fn pull_container(
+fn pull_container(
     image: &str,
     source: &str,
     sha256: Option<&str>,

@@ -8,19 +8,16 @@ use std::collections::BTreeMap;
 use bitscale_api::v1alpha1::{HardwareClass, LevelQuality, ModelSpec, QuantLevel};
 use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
-    core::v1::{
-        Container, EmptyDirVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-        Volume, VolumeMount,
-    },
+    core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use super::{
     EngineImages, Owner,
-    deployment::{NON_ROOT_UID, restricted_container, runtime_default},
+    deployment::{restricted_container, restricted_pod, volumes_for},
     labels::{fnv1a, shorten},
-    model::{model_mount, pull_container},
+    model::{model_mount, pull_containers},
 };
 
 /// Label on quality-profiling Jobs and their pods (`app.kubernetes.io/component`).
@@ -73,18 +70,7 @@ pub fn quality_job(
         ("cpu".to_owned(), spec.resources.cpu.clone()),
         ("memory".to_owned(), spec.resources.memory.clone()),
     ]);
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..VolumeMount::default()
-    }];
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }];
-    mounts.extend(mount.mount.clone());
-    volumes.extend(mount.volume.clone());
+    let (mounts, volumes) = volumes_for(&mount);
     let container = Container {
         name: QUALITY_CONTAINER.into(),
         image: Some(image.clone()),
@@ -101,15 +87,7 @@ pub fn quality_job(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
-    let init_containers = mount.fetch.then(|| {
-        vec![pull_container(
-            &image,
-            &model.source,
-            model.sha256.as_deref(),
-            &mount,
-            &container,
-        )]
-    });
+    let init_containers = pull_containers(&image, model, &mount, &container);
     // Not the engine's app label: nothing scrapes or selects this pod as a server.
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "bitscale-quality".to_owned()),
@@ -145,14 +123,7 @@ pub fn quality_job(
                     node_selector,
                     tolerations,
                     restart_policy: Some("Never".into()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(NON_ROOT_UID),
-                        run_as_group: Some(NON_ROOT_UID),
-                        fs_group: Some(NON_ROOT_UID),
-                        seccomp_profile: Some(runtime_default()),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     ..PodSpec::default()

@@ -312,11 +312,60 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     // would show no Service and move traffic to a variant that is not ready.
     ctx.children.ready().await?;
     let existing = ctx.children.variant_deployments(&valid.owner);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let gathered = gather(ctx, isvc, &valid, &existing, &now).await?;
+    let planned = plan::plan(isvc, &valid, &gathered.reading, &now, ctx.config.switch)?;
+    let (observed, serving) = roll_out(ctx, &valid, isvc, &planned.decision, &existing).await?;
+    let new_status = next_status(isvc, &valid, &planned, &gathered, &observed, &serving, &now);
+    ctx.metrics.record_decision(
+        &valid.owner.namespace,
+        &valid.owner.name,
+        &planned,
+        new_status.ready_replicas,
+        gathered.reading.observed.as_ref(),
+    );
+    if isvc.status.as_ref() != Some(&new_status) {
+        announce(ctx, isvc, &planned.decision).await;
+        apply::apply_status(&ctx.client, &valid.owner, &new_status).await?;
+    }
+    tracing::debug!(?observed, "reconciled");
+    // Progress of the children arrives as watch events (see `triggers`), and measurements as
+    // the observer's rounds; the periodic resync is only a safety net. Held scale-downs,
+    // switches, pending pods and cool-offs change with time alone.
+    let cool_off_ends = new_status
+        .unavailable
+        .iter()
+        .filter_map(|u| Duration::try_from(u.until.0.duration_since(now.0)).ok())
+        .map(|d| d + Duration::from_secs(1))
+        .min();
+    let recheck = [planned.recheck, gathered.recheck, cool_off_ends]
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(Action::requeue(
+        recheck.map_or(ctx.config.resync, |r| r.min(ctx.config.resync)),
+    ))
+}
+
+/// Everything measured for one InferenceService this reconcile.
+struct Gathered {
+    reading: measure::Reading,
+    quality: Option<bitscale_api::v1alpha1::QualityMeasurement>,
+    recheck: Option<Duration>,
+}
+
+/// Reads the latest Prometheus round, runs the quality step, and checks for unschedulable pods.
+async fn gather(
+    ctx: &Context,
+    isvc: &InferenceService,
+    valid: &validate::Validated,
+    existing: &[(String, Deployment)],
+    now: &Time,
+) -> Result<Gathered> {
     let available: i32 = existing
         .iter()
         .filter_map(|(_, d)| d.status.as_ref()?.available_replicas)
         .sum();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut reading = measure::read(
         &ctx.observations.latest(),
         &valid.owner.namespace,
@@ -329,59 +378,47 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
         &valid.owner,
         &build::quality_job_name(&valid.owner.name, &isvc.spec.model.source),
     );
-    let step = quality::step(isvc, &valid, ctx.config.profile_quality, job.as_ref());
-    let quality = quality::run(&ctx.client, isvc, &valid, &ctx.config.images, step).await?;
+    let step = quality::step(isvc, valid, ctx.config.profile_quality, job.as_ref());
+    let quality = quality::run(&ctx.client, isvc, valid, &ctx.config.images, step).await?;
     reading.measurements.quality = quality::measured(quality.as_ref());
-    let (unavailable, pending_recheck) = check_pending(ctx, isvc, &valid, &existing, &now).await?;
-    reading.measurements.unavailable = unavailable.clone();
-    let planned = plan::plan(isvc, &valid, &reading, &now, ctx.config.switch)?;
-    let (observed, serving) = roll_out(ctx, &valid, isvc, &planned.decision, &existing).await?;
+    let (unavailable, recheck) = check_pending(ctx, isvc, valid, existing, now).await?;
+    reading.measurements.unavailable = unavailable;
+    Ok(Gathered {
+        reading,
+        quality,
+        recheck,
+    })
+}
 
+/// The status to record: the decision, the children's state and what was measured.
+fn next_status(
+    isvc: &InferenceService,
+    valid: &validate::Validated,
+    planned: &plan::Plan,
+    gathered: &Gathered,
+    observed: &status::Observed,
+    serving: &str,
+    now: &Time,
+) -> bitscale_api::v1alpha1::InferenceServiceStatus {
     let mut new_status = status::healthy(
         isvc.status.as_ref(),
         valid.generation,
         &planned.decision,
-        &observed,
-        selector_string(&variant_selector(&valid.owner.name, &serving)),
+        observed,
+        selector_string(&variant_selector(&valid.owner.name, serving)),
         format!(
             "http://{}.{}.svc:{ENGINE_PORT}",
             valid.owner.name, valid.owner.namespace
         ),
         planned.overloaded,
-        &now,
+        now,
     );
-    status::record_measurements(&mut new_status, &reading, valid.generation, &now);
+    status::record_measurements(&mut new_status, &gathered.reading, valid.generation, now);
     new_status.scale_down_since = planned.scale_down_since.clone();
     new_status.pending_switch = planned.pending_switch.clone();
-    new_status.quality = quality;
-    let cool_off_ends = unavailable
-        .iter()
-        .filter_map(|u| Duration::try_from(u.until.0.duration_since(now.0)).ok())
-        .map(|d| d + Duration::from_secs(1))
-        .min();
-    new_status.unavailable = unavailable;
-    ctx.metrics.record_decision(
-        &valid.owner.namespace,
-        &valid.owner.name,
-        &planned,
-        new_status.ready_replicas,
-        reading.observed.as_ref(),
-    );
-    if isvc.status.as_ref() != Some(&new_status) {
-        announce(ctx, isvc, &planned.decision).await;
-        apply::apply_status(&ctx.client, &valid.owner, &new_status).await?;
-    }
-    tracing::debug!(?observed, "reconciled");
-    // Progress of the children arrives as watch events (see `triggers`), and measurements as
-    // the observer's rounds; the periodic resync is only a safety net. A held scale-down or
-    // switch is the one thing that changes with time alone.
-    let recheck = [planned.recheck, pending_recheck, cool_off_ends]
-        .into_iter()
-        .flatten()
-        .min();
-    Ok(Action::requeue(
-        recheck.map_or(ctx.config.resync, |r| r.min(ctx.config.resync)),
-    ))
+    new_status.quality = gathered.quality.clone();
+    new_status.unavailable = gathered.reading.measurements.unavailable.clone();
+    new_status
 }
 
 /// The variants set aside now: the running cool-offs, plus the last decided variant if its pods

@@ -289,6 +289,48 @@ pub fn decide_keeping(
     incumbent: Option<&Variant>,
 ) -> Result<Outcome, NoFeasibleVariant> {
     let inputs = &measured_inputs(inputs, measured);
+    let mut candidates = ranked(inputs, measured);
+    let (winner, overloaded) = pick(&candidates, incumbent).ok_or_else(|| NoFeasibleVariant {
+        alternatives: candidates
+            .iter()
+            .map(|c| Alternative {
+                reason: c
+                    .excluded
+                    .as_ref()
+                    .map(|e| e.reason().to_owned())
+                    .unwrap_or_default(),
+                variant: c.variant.clone(),
+            })
+            .collect(),
+    })?;
+    let chosen = candidates.remove(winner);
+    let alternatives = candidates
+        .into_iter()
+        .map(|c| Alternative {
+            reason: match &c.excluded {
+                Some(e) => e.reason().to_owned(),
+                None => lost_to(&c, &chosen),
+            },
+            variant: c.variant,
+        })
+        .collect();
+    Ok(Outcome {
+        decision: Decision {
+            reason: explain(inputs, &chosen, overloaded),
+            basis: basis(inputs, measured, &chosen),
+            variant: chosen.variant,
+            replicas: chosen.replicas,
+            cost_per_hour: round(chosen.cost_per_hour, 4),
+            cost_per_million_tokens: round(chosen.cost_per_million, 4),
+            estimate: chosen.estimate,
+            alternatives,
+        },
+        overloaded,
+    })
+}
+
+/// Every candidate, evaluated and ordered cheapest first.
+fn ranked(inputs: &Inputs, measured: &Measurements) -> Vec<Candidate> {
     // A level the measurement missed keeps its prior.
     let loss = |level: QuantLevel| {
         measured
@@ -318,14 +360,8 @@ pub fn decide_keeping(
                         u.reason, u.until.0
                     )
                 });
-            evaluate(
-                inputs,
-                class,
-                level,
-                (loss(level) - best_loss).max(0.0),
-                correction,
-                unavailable,
-            )
+            let quality_loss = (loss(level) - best_loss).max(0.0);
+            evaluate(inputs, class, level, quality_loss, correction, unavailable)
         })
         .collect();
     // At zero replicas every candidate costs nothing; what the first replica would cost, then
@@ -342,79 +378,45 @@ pub fn decide_keeping(
             .then(a.estimate.quality_loss.total_cmp(&b.estimate.quality_loss))
             .then(a.variant.cmp(&b.variant))
     });
+    candidates
+}
 
+/// The index of the chosen candidate and whether it is overloaded: the feasible incumbent, else
+/// the cheapest feasible one, else (only capacity short) the one with the most capacity.
+fn pick(candidates: &[Candidate], incumbent: Option<&Variant>) -> Option<(usize, bool)> {
     let kept = incumbent.and_then(|v| {
         candidates
             .iter()
             .position(|c| &c.variant == v && c.excluded.is_none())
     });
-    let (winner, overloaded) = match kept.or_else(|| candidates.iter().position(|c| c.excluded.is_none())) {
-        Some(i) => (i, false),
-        None => {
-            // Only capacity is short: serve as much as possible rather than nothing.
-            let best = candidates
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| match &c.excluded {
-                    Some(Exclusion::Capacity { capacity, .. }) => Some((i, *capacity)),
-                    _ => None,
-                })
-                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
-            match best {
-                Some((i, _)) => (i, true),
-                None => {
-                    return Err(NoFeasibleVariant {
-                        alternatives: candidates
-                            .into_iter()
-                            .map(|c| Alternative {
-                                reason: c.excluded.map(|e| e.reason().to_owned()).unwrap_or_default(),
-                                variant: c.variant,
-                            })
-                            .collect(),
-                    });
-                }
-            }
-        }
-    };
-    let chosen = candidates.remove(winner);
-    let alternatives = candidates
-        .into_iter()
-        .map(|c| Alternative {
-            reason: match &c.excluded {
-                Some(e) => e.reason().to_owned(),
-                None => lost_to(&c, &chosen),
-            },
-            variant: c.variant,
+    if let Some(i) = kept.or_else(|| candidates.iter().position(|c| c.excluded.is_none())) {
+        return Some((i, false));
+    }
+    // Only capacity is short: serve as much as possible rather than nothing.
+    candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match &c.excluded {
+            Some(Exclusion::Capacity { capacity, .. }) => Some((i, *capacity)),
+            _ => None,
         })
-        .collect();
-    let reason = explain(inputs, &chosen, overloaded);
-    let demand_basis = match &measured.demand {
+        .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| (i, true))
+}
+
+/// What the decision's figures rest on: measured or assumed, for demand, capacity and quality.
+fn basis(inputs: &Inputs, measured: &Measurements, chosen: &Candidate) -> String {
+    let demand = match &measured.demand {
         Some(d) => format!("demand measured {}", d.basis),
         None if inputs.demand.is_some() => "demand from spec.demand".to_owned(),
         None => "no demand known".to_owned(),
     };
-    let quality_basis = match &measured.quality {
+    let quality = match &measured.quality {
         Some(q) => q.basis.clone(),
         None if inputs.pinned => "quality not weighed (pinned level)".to_owned(),
         None => "quality loss from priors (engine/QUALITY.md), not yet measured".to_owned(),
     };
-    let basis = format!(
-        "{demand_basis}; {}; {quality_basis}",
-        chosen.correction.describe()
-    );
-    Ok(Outcome {
-        decision: Decision {
-            variant: chosen.variant,
-            replicas: chosen.replicas,
-            reason,
-            basis,
-            cost_per_hour: round(chosen.cost_per_hour, 4),
-            cost_per_million_tokens: round(chosen.cost_per_million, 4),
-            estimate: chosen.estimate,
-            alternatives,
-        },
-        overloaded,
-    })
+    format!("{demand}; {}; {quality}", chosen.correction.describe())
 }
 
 /// What a replica of one variant needs in memory.

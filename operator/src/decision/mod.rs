@@ -655,9 +655,11 @@ fn evaluate(
     );
     let (needed, replicas) = replicas(inputs, perf.capacity);
     let cost_per_hour = f64::from(replicas) * class.cost_per_hour;
+    // Without a demand (or none at all measured), a token's price is quoted at the planned load:
+    // an idle replica would otherwise look free.
     let rate = match inputs.demand {
-        Some(d) => d.min(f64::from(replicas) * perf.capacity),
-        None => f64::from(replicas) * perf.capacity * TARGET_UTILISATION,
+        Some(d) if d > 0.0 => d.min(f64::from(replicas) * perf.capacity),
+        _ => f64::from(replicas) * perf.capacity * TARGET_UTILISATION,
     };
     let cost_per_million = if rate > 0.0 {
         cost_per_hour / (rate * 3600.0) * 1e6

@@ -6,8 +6,12 @@
 // them as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod quantization;
 pub mod telemetry;
+#[cfg(feature = "kube")]
 pub mod v1alpha1;
+
+pub use quantization::{QuantLevel, UnknownQuantLevel};
 
 /// The API group of every Bitscale resource.
 pub const GROUP: &str = "bitscale.dev";

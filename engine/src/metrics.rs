@@ -291,6 +291,10 @@ mod tests {
             },
             1,
         );
+        // Labelled families appear once they have a sample.
+        metrics.record_finished("stop");
+        metrics.record_rejection("queue_full");
+        metrics.set_quality_loss("q4_1", "ppl_increase", 0.01);
         let text = metrics.encode();
         for series in bitscale_api::telemetry::engine_series::ALL {
             let family = series.strip_suffix("_total").unwrap_or(series);

@@ -2,9 +2,8 @@
 
 mod hardware_class;
 mod inference_service;
-mod quantization;
 mod schema;
 
+pub use crate::quantization::*;
 pub use hardware_class::*;
 pub use inference_service::*;
-pub use quantization::*;

@@ -79,7 +79,8 @@ pub struct ServeArgs {
 
 /// Parses a quantization level name (GGUF spelling, case-insensitive).
 pub fn parse_quant(s: &str) -> Result<QuantLevel, String> {
-    s.parse().map_err(|e: crate::model::ModelError| e.to_string())
+    s.parse()
+        .map_err(|e: bitscale_api::UnknownQuantLevel| e.to_string())
 }
 
 /// The label a level is reported under (`bitscale_engine_info{quantization}`).

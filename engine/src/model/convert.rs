@@ -16,6 +16,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 
 use super::convert_hf::hf_metadata;
 use super::loader::{head_dtype, hf_as_gguf, native_dtype};
+use super::quant::LevelDtype;
 use super::quant::dtype_for_row;
 use super::{ModelError, QuantLevel};
 

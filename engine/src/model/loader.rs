@@ -18,6 +18,7 @@ use super::attention::SeqKv;
 use super::config::LlamaConfig;
 use super::linear::{Linear, tied_embedding_kept_apart};
 use super::llama::{Block, Llama, inv_freq};
+use super::quant::LevelDtype;
 use super::quant::dtype_for_row;
 use super::{DeviceKind, LoadedModel, ModelError, ModelInfo, QuantLevel, Tokenizer};
 

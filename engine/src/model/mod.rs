@@ -34,23 +34,10 @@ pub use error::ModelError;
 pub use sizing::ModelHeader;
 pub use tokenizer::Tokenizer;
 
-/// A quantization level the engine can serve a model at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum QuantLevel {
-    F32,
-    F16,
-    Bf16,
-    Q8_0,
-    Q6K,
-    Q5K,
-    Q5_0,
-    Q5_1,
-    Q4K,
-    Q4_0,
-    Q4_1,
-    Q3K,
-    Q2K,
-}
+/// A quantization level the engine can serve a model at: the definition the CRD and the operator
+/// use (its candle dtype: [`LevelDtype`]).
+pub use bitscale_api::QuantLevel;
+pub use quant::LevelDtype;
 
 /// Where tensors live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

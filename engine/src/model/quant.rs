@@ -1,51 +1,21 @@
-//! Quantization levels: names, parsing, and the candle dtype behind each.
-
-use std::fmt;
-use std::str::FromStr;
+//! Quantization levels on candle: the dtype behind each level, and the fallback for rows a k-quant does not fit.
 
 use candle_core::quantized::GgmlDType;
 
 use super::{ModelError, QuantLevel};
 
-impl QuantLevel {
-    /// Every level, from largest to smallest.
-    pub const ALL: [QuantLevel; 13] = [
-        QuantLevel::F32,
-        QuantLevel::F16,
-        QuantLevel::Bf16,
-        QuantLevel::Q8_0,
-        QuantLevel::Q6K,
-        QuantLevel::Q5K,
-        QuantLevel::Q5_1,
-        QuantLevel::Q5_0,
-        QuantLevel::Q4K,
-        QuantLevel::Q4_1,
-        QuantLevel::Q4_0,
-        QuantLevel::Q3K,
-        QuantLevel::Q2K,
-    ];
-
-    /// The level's name as used on the command line and in the CRD (`q4_k`, `f16`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuantLevel::F32 => "f32",
-            QuantLevel::F16 => "f16",
-            QuantLevel::Bf16 => "bf16",
-            QuantLevel::Q8_0 => "q8_0",
-            QuantLevel::Q6K => "q6_k",
-            QuantLevel::Q5K => "q5_k",
-            QuantLevel::Q5_0 => "q5_0",
-            QuantLevel::Q5_1 => "q5_1",
-            QuantLevel::Q4K => "q4_k",
-            QuantLevel::Q4_0 => "q4_0",
-            QuantLevel::Q4_1 => "q4_1",
-            QuantLevel::Q3K => "q3_k",
-            QuantLevel::Q2K => "q2_k",
-        }
-    }
-
+/// The candle dtype behind each level.
+pub trait LevelDtype: Copy {
     /// The candle dtype of weight matrices at this level.
-    pub fn dtype(self) -> GgmlDType {
+    fn dtype(self) -> GgmlDType;
+    /// The level whose dtype is `dtype`, if any (Q8_1 and Q8K are not serving levels).
+    fn from_dtype(dtype: GgmlDType) -> Option<Self>;
+    /// Whether the level stores plain floats (no blocks).
+    fn is_float(self) -> bool;
+}
+
+impl LevelDtype for QuantLevel {
+    fn dtype(self) -> GgmlDType {
         match self {
             QuantLevel::F32 => GgmlDType::F32,
             QuantLevel::F16 => GgmlDType::F16,
@@ -63,54 +33,18 @@ impl QuantLevel {
         }
     }
 
-    /// The level whose dtype is `dtype`, if any (Q8_1 and Q8K are not serving levels).
-    pub fn from_dtype(dtype: GgmlDType) -> Option<Self> {
-        Self::ALL.into_iter().find(|l| l.dtype() == dtype)
+    fn from_dtype(dtype: GgmlDType) -> Option<Self> {
+        QuantLevel::ALL.into_iter().find(|l| l.dtype() == dtype)
     }
 
-    /// Whether the level stores plain floats (no blocks).
-    pub fn is_float(self) -> bool {
+    fn is_float(self) -> bool {
         matches!(self, QuantLevel::F32 | QuantLevel::F16 | QuantLevel::Bf16)
     }
 }
 
-impl fmt::Display for QuantLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for QuantLevel {
-    type Err = ModelError;
-
-    /// Parses `q4_k`, `Q4_K`, `q4k`, `q4_k_m` (treated as `q4_k`), `fp16`, … .
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let norm: String = s
-            .to_ascii_lowercase()
-            .chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .collect();
-        let norm = norm
-            .strip_suffix('m')
-            .filter(|n| n.ends_with('k'))
-            .unwrap_or(&norm);
-        let level = match norm {
-            "f32" | "fp32" | "float32" => QuantLevel::F32,
-            "f16" | "fp16" | "float16" => QuantLevel::F16,
-            "bf16" | "bfloat16" => QuantLevel::Bf16,
-            "q80" => QuantLevel::Q8_0,
-            "q6k" => QuantLevel::Q6K,
-            "q5k" => QuantLevel::Q5K,
-            "q50" => QuantLevel::Q5_0,
-            "q51" => QuantLevel::Q5_1,
-            "q4k" => QuantLevel::Q4K,
-            "q40" => QuantLevel::Q4_0,
-            "q41" => QuantLevel::Q4_1,
-            "q3k" => QuantLevel::Q3K,
-            "q2k" => QuantLevel::Q2K,
-            _ => return Err(ModelError::UnknownQuantLevel(s.to_owned())),
-        };
-        Ok(level)
+impl From<bitscale_api::UnknownQuantLevel> for ModelError {
+    fn from(e: bitscale_api::UnknownQuantLevel) -> Self {
+        ModelError::UnknownQuantLevel(e.0)
     }
 }
 

@@ -11,6 +11,7 @@ use super::attention::SeqKv;
 use super::config::LlamaConfig;
 use super::linear::{ggml_bytes, linear_resident_bytes, tied_embedding_kept_apart};
 use super::loader::{head_dtype, is_float};
+use super::quant::LevelDtype;
 use super::quant::dtype_for_row;
 use super::{ModelError, QuantLevel};
 

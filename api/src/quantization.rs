@@ -1,12 +1,12 @@
-//! Quantization levels the engine can serve.
+//! Quantization levels: the one definition the CRD, the operator and the engine share.
 
 use std::fmt;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A quantization level of the model weights, named as in GGML/GGUF.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 pub enum QuantLevel {
     /// 32-bit floats.
     #[serde(rename = "f32")]
@@ -111,14 +111,57 @@ impl fmt::Display for QuantLevel {
     }
 }
 
-impl std::str::FromStr for QuantLevel {
-    type Err = String;
+/// A name that is no quantization level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownQuantLevel(pub String);
 
+impl fmt::Display for UnknownQuantLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown quantization level {:?} (one of: {})",
+            self.0,
+            QuantLevel::ALL.map(QuantLevel::as_str).join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownQuantLevel {}
+
+impl std::str::FromStr for QuantLevel {
+    type Err = UnknownQuantLevel;
+
+    /// Parses the canonical names and the spellings tools use for them: any case, with or
+    /// without `_`/`-` (`Q4_K`, `q4k`), llama.cpp's `_M`/`_S` mixes as their k-quant (`q4_k_m`
+    /// is `q4_k`), and `fp16`, `float32`, `bfloat16`. Manifests use the canonical names only
+    /// (the CRD's enum).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|l| l.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown quantization level {s:?}"))
+        let norm: String = s
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect();
+        let norm = norm
+            .strip_suffix(['m', 's'])
+            .filter(|n| n.ends_with('k'))
+            .unwrap_or(&norm);
+        let level = match norm {
+            "f32" | "fp32" | "float32" => Self::F32,
+            "f16" | "fp16" | "float16" => Self::F16,
+            "bf16" | "bfloat16" => Self::Bf16,
+            "q80" => Self::Q8_0,
+            "q6k" => Self::Q6K,
+            "q5k" => Self::Q5K,
+            "q50" => Self::Q5_0,
+            "q51" => Self::Q5_1,
+            "q4k" => Self::Q4K,
+            "q40" => Self::Q4_0,
+            "q41" => Self::Q4_1,
+            "q3k" => Self::Q3K,
+            "q2k" => Self::Q2K,
+            _ => return Err(UnknownQuantLevel(s.to_owned())),
+        };
+        Ok(level)
     }
 }
 
@@ -133,5 +176,24 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", level.as_str()));
             assert_eq!(level.as_str().parse::<QuantLevel>(), Ok(level));
         }
+    }
+
+    #[test]
+    fn tool_spellings_parse_and_nonsense_says_what_is_allowed() {
+        for (name, level) in [
+            ("Q4_K_M", QuantLevel::Q4K),
+            ("q4k", QuantLevel::Q4K),
+            ("Q3_K_S", QuantLevel::Q3K),
+            ("fp16", QuantLevel::F16),
+            ("BF16", QuantLevel::Bf16),
+            ("q8-0", QuantLevel::Q8_0),
+        ] {
+            assert_eq!(name.parse::<QuantLevel>(), Ok(level), "{name}");
+        }
+        let error = "q9_9".parse::<QuantLevel>().expect_err("not a level");
+        assert!(
+            error.to_string().contains("\"q9_9\"") && error.to_string().contains("q4_k"),
+            "{error}"
+        );
     }
 }

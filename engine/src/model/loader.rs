@@ -39,6 +39,9 @@ const SUPPORTED: &[GgmlDType] = &[
 ];
 
 /// A tensor as read from a file.
+// Short-lived (one per tensor while loading); with the `cuda` feature candle's `QTensor` grows past
+// clippy's size limit (its storage gains a CUDA variant), not worth a box per tensor.
+#[cfg_attr(feature = "cuda", expect(clippy::large_enum_variant))]
 enum Raw {
     Quant(QTensor),
     Float(Tensor),

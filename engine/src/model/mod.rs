@@ -187,9 +187,14 @@ pub fn open_device(kind: DeviceKind) -> Result<candle_core::Device, ModelError> 
     match kind {
         DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            candle_core::Device::new_cuda(0).map_err(|e| ModelError::NoCudaDevice(e.to_string()))
-        }
+        DeviceKind::Cuda => candle_core::Device::new_cuda(0).map_err(|e| {
+            // candle appends a backtrace where RUST_BACKTRACE is set; the cause is the message.
+            let cause = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                e => e,
+            };
+            ModelError::NoCudaDevice(cause.to_string())
+        }),
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err(ModelError::CudaNotCompiled),
     }

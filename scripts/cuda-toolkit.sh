@@ -36,7 +36,7 @@ CUDA_DIR="$BITSCALE_CACHE/cuda"
 TOOLKIT="$CUDA_DIR/pkgs/nvidia/cu13"
 STAMP="$CUDA_DIR/.installed"
 # Bump when the layout made below changes, so existing caches are rebuilt.
-LAYOUT=1
+LAYOUT=2
 WANT="layout=$LAYOUT ${WHEELS[*]}"
 
 install_toolkit() {
@@ -67,6 +67,9 @@ install_toolkit() {
     [[ -s "$TOOLKIT/lib/stubs/cuda_stub.c" ]] || die "found no driver entry points in cuda.h"
     cc -shared -fPIC -fno-builtin -Wl,-soname,libcuda.so.1 -o "$TOOLKIT/lib/stubs/libcuda.so" \
         "$TOOLKIT/lib/stubs/cuda_stub.c" || die "could not build the libcuda.so stub"
+    # Under its soname too, so a cuda build can start here for `--device cpu` runs and for the
+    # "no CUDA driver" error path: LD_LIBRARY_PATH=$TOOLKIT/lib:$TOOLKIT/lib/stubs.
+    ln -sfn libcuda.so "$TOOLKIT/lib/stubs/libcuda.so.1"
 
     "$TOOLKIT/bin/nvcc" --version | grep -q 'release 13.0' || die "nvcc does not run: $TOOLKIT/bin/nvcc --version"
     echo "$WANT" >"$STAMP"

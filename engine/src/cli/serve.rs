@@ -110,6 +110,9 @@ pub fn threads(args: &ServeArgs) -> usize {
 
 /// Runs `serve` to completion: exits after a drain on SIGTERM or Ctrl-C.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the placeholder server binds its port: a missing GPU is a start-up error, not a
+    // failed load behind a port that answered for a moment.
+    crate::model::open_device(args.device)?;
     let threads = threads(&args);
     tracing::info!(threads, "compute threads");
     // Two async workers are plenty for HTTP; the CPU belongs to the model's threads.

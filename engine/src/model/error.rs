@@ -47,8 +47,12 @@ pub enum ModelError {
         "unknown quantization level `{0}` (expected one of f32, f16, bf16, q8_0, q6_k, q5_k, q5_0, q5_1, q4_k, q4_0, q4_1, q3_k, q2_k)"
     )]
     UnknownQuantLevel(String),
-    #[error("device {0} is not available in this build or on this machine: {1}")]
-    DeviceUnavailable(String, String),
+    #[error(
+        "--device cuda: this bitscale-engine was built without CUDA support; rebuild it with `cargo build --release -p bitscale-engine --features cuda`"
+    )]
+    CudaNotCompiled,
+    #[error("--device cuda: no CUDA driver or device found: {0}")]
+    NoCudaDevice(String),
 
     // --- Tokenizer and chat template ---
     #[error("tokenizer: {0}")]

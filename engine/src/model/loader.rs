@@ -40,6 +40,9 @@ const SUPPORTED: &[GgmlDType] = &[
 ];
 
 /// A tensor as read from a file.
+// Short-lived (one per tensor while loading); with the `cuda` feature candle's `QTensor` grows past
+// clippy's size limit (its storage gains a CUDA variant), not worth a box per tensor.
+#[cfg_attr(feature = "cuda", expect(clippy::large_enum_variant))]
 enum Raw {
     Quant(QTensor),
     Float(Tensor),
@@ -238,12 +241,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
 
 /// Loads a GGUF file or a Hugging Face folder and quantizes it to `level`.
 pub(crate) fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow::Result<LoadedModel> {
-    let dev = match device {
-        DeviceKind::Cpu => Device::Cpu,
-        DeviceKind::Cuda => {
-            Device::new_cuda(0).map_err(|e| ModelError::DeviceUnavailable("cuda".into(), e.to_string()))?
-        }
-    };
+    let dev = super::open_device(device)?;
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
     let name = path
         .file_stem()

@@ -166,6 +166,27 @@ pub fn load(path: &Path, level: QuantLevel, device: DeviceKind) -> anyhow::Resul
     Ok(model)
 }
 
+/// Opens the device tensors of `kind` live on (CUDA: the first GPU).
+///
+/// Fails with [`ModelError::CudaNotCompiled`] for `cuda` in a build without the `cuda` feature,
+/// and with [`ModelError::NoCudaDevice`] where the driver or a GPU is missing.
+pub fn open_device(kind: DeviceKind) -> Result<candle_core::Device, ModelError> {
+    match kind {
+        DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => candle_core::Device::new_cuda(0).map_err(|e| {
+            // candle appends a backtrace where RUST_BACKTRACE is set; the cause is the message.
+            let cause = match e {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                e => e,
+            };
+            ModelError::NoCudaDevice(cause.to_string())
+        }),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => Err(ModelError::CudaNotCompiled),
+    }
+}
+
 /// Hands the pages malloc holds free back to the OS. Loading frees a model's worth of transient
 /// buffers (tensors as read, dequantized f32, GGML blocks before packing); glibc keeps most of
 /// them (its mmap threshold rises to the size of the first large block freed, so later ones come

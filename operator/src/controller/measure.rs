@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::{
     build::variant_label,
+    decision::round,
     decision::{self, Inputs, MeasuredDemand, Measurements},
     observe::{Outcome, Snapshot, sample},
 };
@@ -36,8 +37,6 @@ pub struct Reading {
     pub measurements: Measurements,
     /// `status.observed` to record.
     pub observed: Option<ObservedLoad>,
-    /// `status.profiles` to record.
-    pub profiles: Vec<Profile>,
     /// The `MetricsAvailable` condition.
     pub metrics: MetricsState,
     /// True when data that should exist is missing: the decision must not scale down or move.
@@ -64,7 +63,6 @@ pub fn read(
             unavailable: Vec::new(),
         },
         observed: last.clone(),
-        profiles: profiles.clone(),
         metrics,
         hold,
     };
@@ -77,7 +75,6 @@ pub fn read(
         Outcome::NotConfigured => Reading {
             measurements: Measurements::default(),
             observed: None,
-            profiles: Vec::new(),
             metrics: state(
                 "False",
                 "NotConfigured",
@@ -180,12 +177,11 @@ fn measured(
     Reading {
         measurements: Measurements {
             demand: Some(measured_demand),
-            profiles: profiles.clone(),
+            profiles,
             quality: None,
             unavailable: Vec::new(),
         },
         observed: Some(load.clone()),
-        profiles,
         metrics: MetricsState {
             status: "True",
             reason: "Measured",
@@ -255,11 +251,6 @@ fn demand(load: &ObservedLoad, inputs: &Inputs, basis: String) -> MeasuredDemand
 
 fn held_basis(load: &ObservedLoad) -> String {
     format!("at {} (held: no newer measurement)", load.time.0)
-}
-
-fn round(x: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (x * scale).round() / scale
 }
 
 #[cfg(test)]
@@ -474,7 +465,7 @@ mod tests {
             history.push(replicas);
             status = Some(InferenceServiceStatus {
                 observed: reading.observed,
-                profiles: reading.profiles,
+                profiles: reading.measurements.profiles,
                 ..Default::default()
             });
         }

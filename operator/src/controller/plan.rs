@@ -202,7 +202,6 @@ mod tests {
                 unavailable: Vec::new(),
             },
             observed: None,
-            profiles: Vec::new(),
             metrics: MetricsState {
                 status: if hold { "False" } else { "True" },
                 reason: "Test",

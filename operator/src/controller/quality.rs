@@ -82,13 +82,13 @@ pub async fn run(
     images: &EngineImages,
     step: Step,
 ) -> Result<Option<QualityMeasurement>> {
-    let recorded = isvc.status.as_ref().and_then(|s| s.quality.clone());
     let source = &isvc.spec.model.source;
     let name = quality_job_name(&valid.owner.name, source);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &valid.owner.namespace);
     match step {
         Step::Keep(kept) => Ok(kept),
-        Step::Wait => Ok(recorded.filter(|q| &q.source == source)),
+        // `step` keeps a measurement of this source, so a running Job has none yet.
+        Step::Wait => Ok(None),
         Step::Start => {
             // eval runs on the CPU: the cheapest CPU class, else any.
             let class = valid

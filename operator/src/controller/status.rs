@@ -202,7 +202,7 @@ pub fn record_measurements(
     now: &Time,
 ) {
     status.observed = reading.observed.clone();
-    status.profiles = reading.profiles.clone();
+    status.profiles = reading.measurements.profiles.clone();
     let m = &reading.metrics;
     let mut metrics = condition(
         conditions::METRICS_AVAILABLE,

@@ -775,7 +775,8 @@ fn explain(inputs: &Inputs, chosen: &Candidate, overloaded: bool) -> String {
     )
 }
 
-fn round(x: f64, decimals: i32) -> f64 {
+/// `x` rounded to `decimals` decimal places (status figures stay stable across reconciles).
+pub(crate) fn round(x: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (x * scale).round() / scale
 }

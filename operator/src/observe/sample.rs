@@ -7,6 +7,7 @@ use bitscale_api::v1alpha1::ObservedLoad;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::queries::Field;
+use crate::decision::round;
 
 /// Names an InferenceService: namespace and name.
 pub type ServiceKey = (String, String);
@@ -117,11 +118,6 @@ pub fn service_load(variants: &BTreeMap<String, VariantSample>, time: Time) -> O
         waiting_requests: sum(|v| v.waiting),
         kv_cache_usage: max(|v| v.kv_cache_usage).map(|u| round(u, 3)),
     }
-}
-
-fn round(x: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (x * scale).round() / scale
 }
 
 #[cfg(test)]

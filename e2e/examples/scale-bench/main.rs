@@ -9,6 +9,11 @@
 //! - the operator's peak resident memory (`VmHWM`) and CPU time;
 //! - its reconciles per minute once idle, from the `/metrics` reconcile counter.
 //!
+//! With `--observe`, the operator also reads measurements every `--decision-period` from a
+//! Prometheus of the benchmark's own that scrapes one synthetic exporter of every service's engine
+//! series (see `exporter`): the time and queries per round, the reconciles the rounds cause, and
+//! the memory of observation at N services.
+//!
 //! Prints one JSON document on stdout; progress goes to stderr.
 //!
 //! ```sh
@@ -18,6 +23,7 @@
 //! flock /tmp/bitscale-bench.lock target/release/examples/scale-bench --count 1000
 //! ```
 
+mod exporter;
 mod operator;
 mod tracker;
 
@@ -67,6 +73,20 @@ struct Args {
     /// Keep the namespace and HardwareClass afterwards.
     #[arg(long)]
     keep: bool,
+    /// Serve every service's engine series to a Prometheus of the benchmark's own, and have the
+    /// operator observe it.
+    #[arg(long)]
+    observe: bool,
+    /// With `--observe`: how many services' series change at every scrape (default: a tenth).
+    #[arg(long)]
+    active: Option<usize>,
+    /// With `--observe`: Prometheus's scrape interval.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    scrape_interval: Duration,
+    /// With `--observe`: the operator's `--decision-period` (its `--metrics-window` is four
+    /// scrape intervals).
+    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    decision_period: Duration,
 }
 
 fn parse_secs(value: &str) -> Result<Duration, String> {
@@ -122,7 +142,14 @@ async fn run(
     namespace: &str,
     operator_bin: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
-    let operator = operator::Operator::start(operator_bin, cluster, namespace, &args.operator_args).await?;
+    // Quality Jobs would start an eval pod per service: the benchmark measures the operator.
+    let mut operator_args = vec!["--profile-quality=false".to_owned()];
+    let observation = match args.observe {
+        true => Some(observe(args, cluster, namespace, &mut operator_args).await?),
+        false => None,
+    };
+    operator_args.extend(args.operator_args.iter().cloned());
+    let operator = operator::Operator::start(operator_bin, cluster, namespace, &operator_args).await?;
     let tracker = tracker::Tracker::start(client, namespace, args.count);
     let sampler = operator.sample_memory(Duration::from_millis(250));
 
@@ -132,7 +159,7 @@ async fn run(
     futures::stream::iter(0..args.count)
         .map(|i| {
             let api = api.clone();
-            let name = format!("svc-{i:04}");
+            let name = service_name(i);
             let object = inference_service(&name, namespace, args.replicas);
             async move { apply(&api, &name, &object).await }
         })
@@ -157,9 +184,14 @@ async fn run(
         args.idle.as_secs()
     );
 
+    let rounds_before = observe_counters(&operator).await?;
     let idle = operator
         .watch_idle(args.idle, &Api::namespaced(client.clone(), namespace))
         .await?;
+    let observed = match &observation {
+        Some(o) => Some(o.report(&operator, &rounds_before, idle.reconciles).await?),
+        None => None,
+    };
     let peak_rss = operator.peak_rss_bytes()?;
     let rss_samples = sampler.stop().await;
     let errors = operator.errors().await?;
@@ -169,7 +201,7 @@ async fn run(
         "count": args.count,
         "replicas_per_service": args.replicas,
         "apply_concurrency": args.apply_concurrency,
-        "operator_args": args.operator_args,
+        "operator_args": operator_args,
         "apply_seconds": secs(applied),
         "seconds_to": milestones.to_json(),
         "converged": milestones.complete(),
@@ -182,8 +214,114 @@ async fn run(
             "reconcile_errors": errors,
         },
         "idle": idle.to_json(),
+        "observe": observed,
         "machine": machine(),
     }))
+}
+
+/// The benchmark's own Prometheus and the exporter it scrapes.
+struct Observation {
+    exporter: exporter::Exporter,
+    prometheus: exporter::OwnPrometheus,
+    series_ingested_seconds: f64,
+}
+
+/// Starts the exporter and Prometheus, waits until every service's series is in, and points
+/// the operator at it.
+async fn observe(
+    args: &Args,
+    cluster: &Cluster,
+    namespace: &str,
+    operator_args: &mut Vec<String>,
+) -> anyhow::Result<Observation> {
+    let population = exporter::Population {
+        namespace: namespace.to_owned(),
+        services: (0..args.count).map(service_name).collect(),
+        variant: format!("q8_0.{CLASS}"),
+        active: args.active.unwrap_or(args.count / 10).min(args.count),
+    };
+    let exporter = exporter::Exporter::start(population).await?;
+    let logs = cluster
+        .state_dir()
+        .join("logs")
+        .join("scale-bench-prometheus.log");
+    let prometheus = exporter::OwnPrometheus::start(
+        &cluster.binaries().prometheus,
+        &exporter.address,
+        args.scrape_interval,
+        logs,
+    )
+    .await?;
+    eprintln!(
+        "scale-bench: Prometheus at {} scraping {}",
+        prometheus.url, exporter.address
+    );
+    let ingested = prometheus
+        .await_services(args.count, Duration::from_secs(300))
+        .await?;
+    operator_args.extend([
+        format!("--prometheus-url={}", prometheus.url),
+        format!("--decision-period={}s", args.decision_period.as_secs()),
+        format!("--metrics-window={}s", 4 * args.scrape_interval.as_secs()),
+    ]);
+    Ok(Observation {
+        exporter,
+        prometheus,
+        series_ingested_seconds: secs(ingested),
+    })
+}
+
+/// The observer's counters at one moment.
+struct ObserveCounters {
+    rounds: f64,
+    round_seconds: f64,
+    queries: f64,
+    triggers: f64,
+}
+
+async fn observe_counters(operator: &operator::Operator) -> anyhow::Result<ObserveCounters> {
+    Ok(ObserveCounters {
+        rounds: operator
+            .metric("bitscale_operator_observe_round_duration_seconds_count")
+            .await?,
+        round_seconds: operator
+            .metric("bitscale_operator_observe_round_duration_seconds_sum")
+            .await?,
+        queries: operator.metric("bitscale_operator_observe_queries_total").await?,
+        triggers: operator
+            .metric("bitscale_operator_observe_triggered_reconciles_total")
+            .await?,
+    })
+}
+
+impl Observation {
+    /// What the rounds of the idle phase cost.
+    async fn report(
+        &self,
+        operator: &operator::Operator,
+        before: &ObserveCounters,
+        idle_reconciles: u64,
+    ) -> anyhow::Result<serde_json::Value> {
+        let after = observe_counters(operator).await?;
+        let rounds = after.rounds - before.rounds;
+        let per_round = |x: f64| (rounds > 0.0).then(|| round(x / rounds, 3));
+        Ok(json!({
+            "prometheus_url": self.prometheus.url,
+            "exporter_page_mib": mib(self.exporter.page_bytes.load(std::sync::atomic::Ordering::Relaxed)),
+            "prometheus_rss_mib": self.prometheus.rss_bytes().map(mib),
+            "series_ingested_seconds": self.series_ingested_seconds,
+            "services_in_last_round": operator.metric("bitscale_operator_observed_inference_services").await?,
+            "rounds_while_idle": rounds,
+            "seconds_per_round": per_round(after.round_seconds - before.round_seconds),
+            "queries_per_round": per_round(after.queries - before.queries),
+            "services_woken_per_round": per_round(after.triggers - before.triggers),
+            "reconciles_per_round": per_round(idle_reconciles as f64),
+        }))
+    }
+}
+
+fn service_name(i: usize) -> String {
+    format!("svc-{i:04}")
 }
 
 async fn install_crds(client: &Client) -> anyhow::Result<()> {

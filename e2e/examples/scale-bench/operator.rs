@@ -210,6 +210,11 @@ impl Operator {
         })
     }
 
+    /// The sum of the operator's series `name` (all label sets).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(sum_metric(&self.metrics().await?, name))
+    }
+
     async fn metrics(&self) -> anyhow::Result<String> {
         Ok(self
             .http
@@ -239,7 +244,8 @@ impl Operator {
 /// The idle phase's reconciles.
 pub struct Idle {
     seconds: f64,
-    reconciles: u64,
+    /// Reconciles during the idle phase.
+    pub reconciles: u64,
     child_writes: u64,
     cpu_seconds: f64,
     timeline: Vec<IdleSample>,
@@ -312,7 +318,7 @@ impl Samples {
     }
 }
 
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()

@@ -23,6 +23,12 @@ pub const SERIES_INSTANCE: &str = "inference_service";
 /// Series label: the variant, from [`LABEL_VARIANT`].
 pub const SERIES_VARIANT: &str = "variant";
 
+/// Label of `bitscale_engine_quality_loss` naming how the loss is measured.
+pub const QUALITY_METRIC: &str = "metric";
+/// The [`QUALITY_METRIC`] the operator reads: relative perplexity increase against the source's
+/// own precision, the figure `maxQualityLoss` bounds.
+pub const PPL_INCREASE: &str = "ppl_increase";
+
 /// The scrape job's name, in the chart's scrape config and the local cluster's Prometheus.
 pub const SCRAPE_JOB: &str = "bitscale-engines";
 

@@ -30,7 +30,7 @@ use operator_support::{live::*, *};
 const PERIOD: Duration = Duration::from_secs(4);
 const WINDOW: Duration = Duration::from_secs(10);
 
-fn observing(cluster: &Cluster) -> anyhow::Result<impl FnOnce(&mut Config)> {
+fn observing(cluster: &Cluster) -> anyhow::Result<impl FnOnce(&mut Config) + use<>> {
     let url = cluster
         .prometheus_url()
         .ok_or_else(|| anyhow::anyhow!("the local cluster runs no Prometheus"))?;
@@ -324,6 +324,7 @@ fn smollm2() -> anyhow::Result<std::path::PathBuf> {
 #[tokio::test]
 async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> anyhow::Result<()> {
     let model = smollm2()?;
+    let observe = observing(&Cluster::shared().await?)?;
     let scene = Scene::start_configured(
         "live-quality",
         |p| {
@@ -339,7 +340,10 @@ async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> an
             )]
         },
         ENGINE_IMAGES,
-        |config| config.profile_quality = true,
+        |config| {
+            observe(config);
+            config.profile_quality = true;
+        },
     )
     .await?;
     let service = inference_service(
@@ -407,6 +411,39 @@ async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> an
     assert!(
         !matches!(decision.variant.level.as_str(), "q5_k" | "q4_k"),
         "{decision:?}"
+    );
+
+    // The pods of the level it serves measure that level themselves at start, and Prometheus
+    // brings their figure back: it confirms the profile.
+    let confirmed = eventually(
+        "the serving pods' own quality loss",
+        Duration::from_secs(300),
+        || async {
+            let s = services.get("smol").await?;
+            let status = s.status.unwrap_or_default();
+            let loss = status.observed.and_then(|o| o.quality_loss);
+            Ok(loss.zip(
+                status
+                    .decision
+                    .filter(|d| d.basis.contains("confirmed by its pods")),
+            ))
+        },
+    )
+    .await?;
+    let (loss, decision) = confirmed;
+    let profiled = quality
+        .levels
+        .iter()
+        .find(|l| l.level == decision.variant.level)
+        .map(|l| l.ppl_increase)
+        .ok_or_else(|| anyhow::anyhow!("{} was not profiled", decision.variant.level))?;
+    eprintln!(
+        "served {} at {loss:+.4} (profiled {profiled:+.4}): {}",
+        decision.variant.level, decision.basis
+    );
+    assert!(
+        (loss - profiled).abs() <= 0.001,
+        "pods {loss} against the profile {profiled}"
     );
     scene.stop().await
 }

@@ -294,8 +294,15 @@ mod tests {
         // Labelled families appear once they have a sample.
         metrics.record_finished("stop");
         metrics.record_rejection("queue_full");
-        metrics.set_quality_loss("q4_1", "ppl_increase", 0.01);
+        metrics.set_quality_loss("q4_1", bitscale_api::telemetry::PPL_INCREASE, 0.01);
         let text = metrics.encode();
+        // The operator selects the quality loss by this label and value.
+        let selector = format!(
+            "{}=\"{}\"",
+            bitscale_api::telemetry::QUALITY_METRIC,
+            bitscale_api::telemetry::PPL_INCREASE
+        );
+        assert!(text.contains(&selector), "{selector} missing:\n{text}");
         for series in bitscale_api::telemetry::engine_series::ALL {
             let family = series.strip_suffix("_total").unwrap_or(series);
             assert!(

@@ -27,6 +27,13 @@ pub struct ChangeLabels {
     pub reason: String,
 }
 
+/// Labels of the round counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `measured` or `unavailable`.
+    pub outcome: String,
+}
+
 /// Labels of the failure counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -57,6 +64,16 @@ pub struct Metrics {
     pub observed_tokens_per_second: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Changes of variant or replicas, by reason.
     pub decision_changes: Family<ChangeLabels, Counter>,
+    /// Rounds of Prometheus queries, by outcome.
+    pub observe_rounds: Family<OutcomeLabels, Counter>,
+    /// Wall time of a round of queries (all of them, concurrently), in seconds.
+    pub observe_round_duration: Histogram,
+    /// Queries sent to Prometheus.
+    pub observe_queries: Counter,
+    /// InferenceServices with series in the latest round.
+    pub observed_services: Gauge,
+    /// Reconciles the rounds asked for: only services whose measurements changed.
+    pub observe_triggers: Counter,
     registry: Arc<Registry>,
 }
 
@@ -119,6 +136,7 @@ impl Default for Metrics {
             "Changes of an InferenceService's variant (Decided) or replica count (Scaled)",
             decision_changes.clone(),
         );
+        let observe = ObserveMetrics::register(&mut registry);
         Self {
             reconciles,
             failures,
@@ -130,6 +148,11 @@ impl Default for Metrics {
             cost_per_million_tokens,
             observed_tokens_per_second,
             decision_changes,
+            observe_rounds: observe.rounds,
+            observe_round_duration: observe.duration,
+            observe_queries: observe.queries,
+            observed_services: observe.services,
+            observe_triggers: observe.triggers,
             registry: Arc::new(registry),
         }
     }
@@ -189,6 +212,33 @@ impl Metrics {
         }
     }
 
+    /// Drops a deleted InferenceService's series, so its last figures do not linger.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let labels = ServiceLabels {
+            namespace: namespace.to_owned(),
+            inference_service: name.to_owned(),
+        };
+        self.desired_replicas.remove(&labels);
+        self.ready_replicas.remove(&labels);
+        self.cost_per_hour.remove(&labels);
+        self.cost_per_million_tokens.remove(&labels);
+        self.observed_tokens_per_second.remove(&labels);
+    }
+
+    /// Records one round of queries.
+    pub fn observe_round(&self, outcome: &str, seconds: f64, queries: usize, services: Option<usize>) {
+        self.observe_rounds
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.observe_round_duration.observe(seconds);
+        self.observe_queries.inc_by(queries as u64);
+        if let Some(services) = services {
+            self.observed_services.set(services as i64);
+        }
+    }
+
     /// Counts a change of variant or replicas.
     pub fn decision_changed(&self, reason: &str) {
         self.decision_changes
@@ -207,6 +257,49 @@ impl Metrics {
     }
 }
 
+/// The observer's series, registered together.
+struct ObserveMetrics {
+    rounds: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    queries: Counter,
+    services: Gauge,
+    triggers: Counter,
+}
+
+impl ObserveMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            rounds: Family::default(),
+            duration: Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            queries: Counter::default(),
+            services: Gauge::default(),
+            triggers: Counter::default(),
+        };
+        registry.register(
+            "observe_rounds",
+            "Rounds of Prometheus queries, by outcome",
+            m.rounds.clone(),
+        );
+        registry.register(
+            "observe_round_duration_seconds",
+            "Wall time of one round of Prometheus queries (sent concurrently)",
+            m.duration.clone(),
+        );
+        registry.register("observe_queries", "Queries sent to Prometheus", m.queries.clone());
+        registry.register(
+            "observed_inference_services",
+            "InferenceServices with engine series in the latest round",
+            m.services.clone(),
+        );
+        registry.register(
+            "observe_triggered_reconciles",
+            "Reconciles asked for by rounds: services whose measurements changed",
+            m.triggers.clone(),
+        );
+        m
+    }
+}
+
 /// Records a reconcile's duration on drop.
 pub struct ReconcileTimer {
     start: Instant,
@@ -216,5 +309,27 @@ pub struct ReconcileTimer {
 impl Drop for ReconcileTimer {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_service_leaves_no_series_behind() {
+        let metrics = Metrics::default();
+        let labels = |name: &str| ServiceLabels {
+            namespace: "ns".into(),
+            inference_service: name.into(),
+        };
+        for name in ["kept", "deleted"] {
+            metrics.desired_replicas.get_or_create(&labels(name)).set(2);
+            metrics.cost_per_hour.get_or_create(&labels(name)).set(0.24);
+        }
+        metrics.forget("ns", "deleted");
+        let text = metrics.render();
+        assert!(!text.contains("inference_service=\"deleted\""), "{text}");
+        assert!(text.contains("inference_service=\"kept\""), "{text}");
     }
 }

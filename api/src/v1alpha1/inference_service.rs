@@ -397,6 +397,13 @@ pub struct ObservedLoad {
     /// Highest KV cache usage of a pod (0 to 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache_usage: Option<f64>,
+    /// Quality loss of the level served, as the engine pods measured it at start against the
+    /// model source's own precision (relative perplexity increase, the highest of the pods;
+    /// `bitscale_engine_quality_loss`). Present when the pods were asked to measure it, which
+    /// the operator does once the model's quality has been profiled and the reference fits in
+    /// a replica's memory beside the served weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_loss: Option<f64>,
 }
 
 /// What one variant measurably does per replica.

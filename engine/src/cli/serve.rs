@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// precision on the built-in calibration text and export it as `bitscale_engine_quality_loss`.
     #[arg(long, env = "BITSCALE_MEASURE_QUALITY")]
     pub measure_quality: bool,
+    /// Tokens of the calibration text `--measure-quality` scores at most (default: all of it). The
+    /// operator passes its profiling Job's count, so the two figures rest on the same tokens.
+    #[arg(long, env = "BITSCALE_MEASURE_QUALITY_TOKENS")]
+    pub measure_quality_tokens: Option<usize>,
     /// Time budget of `--measure-quality` (at least one group of windows is always measured).
     #[arg(long, env = "BITSCALE_MEASURE_QUALITY_BUDGET", value_parser = parse_duration, default_value = "60s")]
     pub measure_quality_budget: Duration,
@@ -127,13 +131,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (path, level, device) = (args.model.clone(), args.quantization, args.device);
     let placeholder = crate::server::serve_loading(args.host, args.port).await?;
     tracing::info!(addr = %placeholder.local_addr(), model = %args.model.display(), "loading");
-    let (measure, budget) = (args.measure_quality, args.measure_quality_budget);
+    let (measure, budget, tokens) = (
+        args.measure_quality,
+        args.measure_quality_budget,
+        args.measure_quality_tokens,
+    );
     // The measurement runs before the real server starts, so `/ready` stays 503 (the loading
     // placeholder) until it is done: no traffic competes with it for the CPU.
     let loaded = tokio::task::spawn_blocking(move || {
         let loaded = crate::model::load(&path, level, device)?;
         let quality = measure
-            .then(|| crate::eval::measure_served(&path, loaded.forward.as_ref(), level, budget))
+            .then(|| crate::eval::measure_served(&path, loaded.forward.as_ref(), level, (tokens, budget)))
             .transpose()?;
         anyhow::Ok((loaded, quality))
     })
@@ -200,7 +208,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "measured quality loss"
         );
         let m = server.metrics();
-        m.set_quality_loss(&q.reference, "ppl_increase", q.ppl_increase);
+        m.set_quality_loss(
+            &q.reference,
+            bitscale_api::telemetry::PPL_INCREASE,
+            q.ppl_increase,
+        );
         m.set_quality_loss(&q.reference, "kl", q.kl);
         m.set_quality_loss(&q.reference, "top1_disagreement", q.top1_disagreement);
     }

@@ -135,14 +135,14 @@ pub struct ServedQuality {
 }
 
 /// Measures `served` (loaded from `path` at `level`) against the file's own precision on the
-/// calibration text, within `budget`. When `level` is the source's own precision, the loss is 0 by
+/// calibration text (its first `max_tokens`, if given), within `budget`. When `level` is the source's own precision, the loss is 0 by
 /// definition and nothing is loaded or run. Otherwise the reference is loaded beside the served
 /// model for the measurement and dropped afterwards.
 pub fn measure_served(
     path: &std::path::Path,
     served: &dyn Forward,
     level: crate::model::QuantLevel,
-    budget: Duration,
+    (max_tokens, budget): (Option<usize>, Duration),
 ) -> anyhow::Result<ServedQuality> {
     let source = crate::model::ModelHeader::read(path)?.source_level;
     if source == level {
@@ -158,6 +158,7 @@ pub fn measure_served(
     let tokens = reference.tokenizer.encode(CALIBRATION_TEXT, true)?;
     let opts = EvalOptions {
         time_budget: Some(budget),
+        max_tokens,
         ..EvalOptions::default()
     };
     let candidate = Candidate {

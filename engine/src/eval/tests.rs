@@ -177,13 +177,23 @@ fn served_quality_is_measured_against_the_source_precision() {
     let files = write_test_model(dir.path(), &TestModelSpec::default()).expect("test model");
     let budget = std::time::Duration::ZERO;
     let served = load(&files.gguf, QuantLevel::Q4_0, DeviceKind::Cpu).expect("load");
-    let q = crate::eval::measure_served(&files.gguf, served.forward.as_ref(), QuantLevel::Q4_0, budget)
-        .expect("measure");
+    let q = crate::eval::measure_served(
+        &files.gguf,
+        served.forward.as_ref(),
+        QuantLevel::Q4_0,
+        (None, budget),
+    )
+    .expect("measure");
     assert_eq!(q.reference, "f32");
     assert!(q.kl > 0.0 && q.tokens > 0, "{q:?}");
     // Served at the source's own precision: zero by definition, nothing run.
     let source = load(&files.gguf, QuantLevel::F32, DeviceKind::Cpu).expect("load");
-    let q = crate::eval::measure_served(&files.gguf, source.forward.as_ref(), QuantLevel::F32, budget)
-        .expect("measure");
+    let q = crate::eval::measure_served(
+        &files.gguf,
+        source.forward.as_ref(),
+        QuantLevel::F32,
+        (None, budget),
+    )
+    .expect("measure");
     assert_eq!((q.kl, q.ppl_increase, q.tokens), (0.0, 0.0, 0));
 }

@@ -51,6 +51,7 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         decision,
         images,
         itl_target,
+        measure_quality,
     } = input;
     let variant = variant_label(&decision.variant);
     let selector = variant_selector(&owner.name, &variant);
@@ -115,6 +116,14 @@ pub fn deployment(input: &BuildInput<'_>) -> Deployment {
         args.extend([
             "--itl-target".to_owned(),
             format!("{}ms", itl.as_secs_f64() * 1e3),
+        ]);
+    }
+    // The pods confirm the profiled loss of the level they serve (`bitscale_engine_quality_loss`).
+    if *measure_quality && !user_sets("--measure-quality") {
+        args.extend([
+            "--measure-quality".to_owned(),
+            "--measure-quality-tokens".to_owned(),
+            super::quality::QUALITY_TOKENS.to_string(),
         ]);
     }
     args.extend(engine.args.iter().cloned());
@@ -305,6 +314,7 @@ mod tests {
             decision: &decision,
             images: &images,
             itl_target: None,
+            measure_quality: false,
         })
     }
 
@@ -393,6 +403,7 @@ mod tests {
                 decision,
                 images: &images,
                 itl_target,
+                measure_quality: false,
             });
             engine(&d).args.clone().unwrap_or_default().join(" ")
         };
@@ -415,6 +426,35 @@ mod tests {
         assert!(
             !none.contains("--max-batch-tokens") && !none.contains("--itl-target"),
             "{none}"
+        );
+    }
+
+    #[test]
+    fn pods_asked_to_confirm_quality_score_the_jobs_tokens() {
+        let (class, owner, images, isvc) = (cpu_class(), owner(), images(), smol());
+        let decision = decision(QuantLevel::Q8_0, "cpu-standard", 1);
+        let d = deployment(&BuildInput {
+            owner: &owner,
+            model: &isvc.spec.model,
+            engine: &isvc.spec.engine,
+            class: &class,
+            decision: &decision,
+            images: &images,
+            itl_target: None,
+            measure_quality: true,
+        });
+        let args = engine(&d).args.clone().unwrap_or_default().join(" ");
+        assert!(
+            args.contains("--measure-quality --measure-quality-tokens 256"),
+            "{args}"
+        );
+        let quiet = engine(&build(&class, QuantLevel::Q8_0, 1))
+            .args
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            !quiet.iter().any(|a| a.starts_with("--measure-quality")),
+            "{quiet:?}"
         );
     }
 

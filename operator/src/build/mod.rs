@@ -80,6 +80,8 @@ pub struct BuildInput<'a> {
     pub images: &'a EngineImages,
     /// `spec.slo.interTokenLatency`: the engine sizes its steps to it (`--itl-target`).
     pub itl_target: Option<std::time::Duration>,
+    /// Have the pods measure the served level's quality loss at start (`--measure-quality`).
+    pub measure_quality: bool,
 }
 
 /// Every child of an InferenceService. Destructured without `..` in `apply`, so a new kind

@@ -29,9 +29,11 @@ pub const QUALITY_TOKENS: u32 = 256;
 /// Where the report goes: the kubelet's default `terminationMessagePath`.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
-/// Name of the Job that profiles `source` for the InferenceService `owner_name`.
-pub fn quality_job_name(owner_name: &str, source: &str) -> String {
-    let hash = fnv1a(source) as u32;
+/// Name of the Job that profiles `levels` of `source` for the InferenceService `owner_name`: a
+/// new source or a new set of allowed levels is a new Job (a Job's pod template is immutable).
+pub fn quality_job_name(owner_name: &str, source: &str, levels: &[QuantLevel]) -> String {
+    let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
+    let hash = fnv1a(&format!("{source}\n{}", names.join(","))) as u32;
     // The hash stays whole: the name is cut before it.
     let head: String = owner_name.chars().take(63 - "-quality-".len() - 8).collect();
     format!("{head}-quality-{hash:08x}")
@@ -50,6 +52,7 @@ pub fn quality_job(
     // eval runs on the CPU; a GPU class's node has one too.
     let image = image.map_or_else(|| images.cpu.clone(), str::to_owned);
     let mount = model_mount(&model.source);
+    let name = quality_job_name(&owner.name, &model.source, levels);
     let levels: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
     let args = [
         "eval",
@@ -107,7 +110,7 @@ pub fn quality_job(
     let node_selector = (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone());
     let tolerations = (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone());
     Job {
-        metadata: owner.child_meta(quality_job_name(&owner.name, &model.source), labels.clone()),
+        metadata: owner.child_meta(name, labels.clone()),
         spec: Some(JobSpec {
             backoff_limit: Some(1),
             active_deadline_seconds: Some(3600),
@@ -225,8 +228,14 @@ mod tests {
         assert_eq!(pod.init_containers.as_ref().map(Vec::len), Some(1));
         let name = job.metadata.name.expect("named");
         assert!(name.starts_with("chat-quality-") && name.len() <= 63, "{name}");
-        assert_ne!(name, quality_job_name("chat", "file:///other.gguf"));
-        assert_eq!(name, quality_job_name("chat", &isvc.spec.model.source));
+        let levels = [QuantLevel::Q8_0, QuantLevel::Q4K];
+        assert_eq!(name, quality_job_name("chat", &isvc.spec.model.source, &levels));
+        assert_ne!(name, quality_job_name("chat", "file:///other.gguf", &levels));
+        assert_ne!(
+            name,
+            quality_job_name("chat", &isvc.spec.model.source, &levels[..1]),
+            "other levels are another Job"
+        );
     }
 
     #[test]

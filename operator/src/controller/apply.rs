@@ -403,6 +403,7 @@ mod tests {
             decision: &decision,
             images: &images,
             itl_target: None,
+            measure_quality: false,
         };
         let wanted = desired(&input, "q8-0.cpu-standard");
         let (deployments, mut deployment_writer) = reflector::store();

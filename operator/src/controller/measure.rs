@@ -59,8 +59,7 @@ pub fn read(
         measurements: Measurements {
             demand: last.as_ref().map(|l| demand(l, inputs, held_basis(l))),
             profiles: profiles.clone(),
-            quality: None,
-            unavailable: Vec::new(),
+            ..Measurements::default()
         },
         observed: last.clone(),
         metrics,
@@ -146,9 +145,7 @@ fn measured(
     );
     let with_lengths = Measurements {
         demand: Some(measured_demand.clone()),
-        profiles: Vec::new(),
-        quality: None,
-        unavailable: Vec::new(),
+        ..Measurements::default()
     };
     let lengths = decision::measured_inputs(inputs, &with_lengths);
     for (label, sample) in variants {
@@ -178,8 +175,8 @@ fn measured(
         measurements: Measurements {
             demand: Some(measured_demand),
             profiles,
-            quality: None,
-            unavailable: Vec::new(),
+            served_quality: served_quality(&lengths, variants),
+            ..Measurements::default()
         },
         observed: Some(load.clone()),
         metrics: MetricsState {
@@ -189,6 +186,21 @@ fn measured(
         },
         hold: false,
     }
+}
+
+/// The quality loss each served level's pods measured at start (the worst pod's).
+fn served_quality(
+    inputs: &Inputs,
+    variants: &std::collections::BTreeMap<String, sample::VariantSample>,
+) -> std::collections::BTreeMap<QuantLevel, f64> {
+    let mut levels = std::collections::BTreeMap::new();
+    for (label, sample) in variants {
+        if let (Some((_, level)), Some(loss)) = (candidate(inputs, label), sample.quality_loss) {
+            let worst: &mut f64 = levels.entry(level).or_insert(loss);
+            *worst = worst.max(loss);
+        }
+    }
+    levels
 }
 
 /// The candidate whose variant label is `label`.

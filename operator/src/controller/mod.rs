@@ -162,47 +162,57 @@ pub async fn run_until(
         namespaced::<Deployment>(&client, &config),
         managed(),
         deployment_writer,
-        triggers::deployment,
+        (triggers::deployment, triggers::trim_deployment),
         forget(&ledger),
     );
     let service_changes = triggers::changes(
         namespaced::<Service>(&client, &config),
         managed(),
         service_writer,
-        triggers::service,
+        (triggers::service, triggers::keep_all),
         forget(&ledger),
     );
     let pdb_changes = triggers::changes(
         namespaced::<PodDisruptionBudget>(&client, &config),
         managed(),
         pdb_writer,
-        triggers::pod_disruption_budget,
+        (triggers::pod_disruption_budget, triggers::keep_all),
         forget(&ledger),
     );
     let job_changes = triggers::changes(
         namespaced::<Job>(&client, &config),
         managed(),
         job_writer,
-        triggers::job,
+        (triggers::job, triggers::trim_job),
         |_: &_| {},
     );
     let (isvc_cache, isvc_writer) = reflector::store();
+    let gone = metrics.clone();
     let isvc_changes = triggers::changes(
         isvcs,
         watcher::Config::default(),
         isvc_writer,
-        triggers::inference_service,
-        |_: &_| {},
+        (triggers::inference_service, triggers::keep_all),
+        move |isvc: &DeserializeGuard<InferenceService>| {
+            gone.forget(&isvc.namespace().unwrap_or_default(), &isvc.name_any());
+        },
     );
     // Every round of measurements may change every decision.
-    let (observations, rounds) = match &config.observe {
+    // A round wakes the services whose measurements changed, or all of them when the kind of
+    // outcome changed (the first round, Prometheus lost or back).
+    let (observations, all_rounds, service_rounds) = match &config.observe {
         Some(observe_config) => {
             let observations = observe::Observations::new(observe::Outcome::Pending);
-            let rounds = observe::spawn(observe_config.clone(), observations.clone())?;
-            (observations, rounds.left_stream())
+            let rounds = observe::spawn(observe_config.clone(), observations.clone(), metrics.clone())?;
+            (
+                observations,
+                rounds.all.left_stream(),
+                rounds.services.left_stream(),
+            )
         }
         None => (
             observe::Observations::new(observe::Outcome::NotConfigured),
+            futures::stream::pending().right_stream(),
             futures::stream::pending().right_stream(),
         ),
     };
@@ -231,7 +241,8 @@ pub async fn run_until(
         .owns_stream(service_changes)
         .owns_stream(pdb_changes)
         .owns_stream(job_changes)
-        .reconcile_all_on(futures::stream::select(class_changes, rounds))
+        .reconcile_all_on(futures::stream::select(class_changes, all_rounds))
+        .reconcile_on(service_rounds)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -315,7 +326,9 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let gathered = gather(ctx, isvc, &valid, &existing, &now).await?;
     let planned = plan::plan(isvc, &valid, &gathered.reading, &now, ctx.config.switch)?;
-    let (observed, serving) = roll_out(ctx, &valid, isvc, &planned.decision, &existing).await?;
+    let confirm = ctx.config.profile_quality
+        && quality::confirm(&valid.inputs, &planned.decision, gathered.quality.as_ref());
+    let (observed, serving) = roll_out(ctx, &valid, isvc, (&planned.decision, confirm), &existing).await?;
     let new_status = next_status(isvc, &valid, &planned, &gathered, &observed, &serving, &now);
     ctx.metrics.record_decision(
         &valid.owner.namespace,
@@ -376,7 +389,7 @@ async fn gather(
     );
     let job = ctx.children.job(
         &valid.owner,
-        &build::quality_job_name(&valid.owner.name, &isvc.spec.model.source),
+        &build::quality_job_name(&valid.owner.name, &isvc.spec.model.source, &valid.inputs.levels),
     );
     let step = quality::step(isvc, valid, ctx.config.profile_quality, job.as_ref());
     let quality = quality::run(&ctx.client, isvc, valid, &ctx.config.images, step).await?;
@@ -478,7 +491,7 @@ async fn roll_out(
     ctx: &Context,
     valid: &validate::Validated,
     isvc: &InferenceService,
-    decided: &Decision,
+    (decided, measure_quality): (&Decision, bool),
     existing: &[(String, Deployment)],
 ) -> Result<(status::Observed, String)> {
     let target = variant_label(&decided.variant);
@@ -505,6 +518,7 @@ async fn roll_out(
         decision: decided,
         images: &ctx.config.images,
         itl_target: valid.inputs.itl_slo,
+        measure_quality,
     };
     let desired = build::desired(&input, &serving);
     let applied = apply::apply(&ctx.client, &ctx.children, &ctx.ledger, &valid.owner, &desired).await?;

@@ -198,8 +198,7 @@ mod tests {
                     basis: "in a test".into(),
                 }),
                 profiles: Vec::new(),
-                quality: None,
-                unavailable: Vec::new(),
+                ..Measurements::default()
             },
             observed: None,
             metrics: MetricsState {

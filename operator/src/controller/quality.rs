@@ -2,7 +2,7 @@
 //! started once per model source (see `build::quality_job`). The step is pure; `run` creates
 //! the Job and reads its pod's termination message once it has finished.
 
-use bitscale_api::v1alpha1::{InferenceService, QualityMeasurement};
+use bitscale_api::v1alpha1::{Decision, InferenceService, QualityMeasurement, QuantLevel};
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
     Api, Client,
@@ -11,7 +11,10 @@ use kube::{
 
 use crate::{
     build::{EngineImages, FIELD_MANAGER, QUALITY_CONTAINER, parse_report, quality_job, quality_job_name},
-    decision::MeasuredQuality,
+    decision::{
+        Inputs, MeasuredQuality,
+        priors::{OVERHEAD_BYTES, SCRATCH_FRACTION},
+    },
     error::Result,
 };
 
@@ -37,9 +40,12 @@ pub enum Step {
 pub fn step(isvc: &InferenceService, valid: &Validated, enabled: bool, job: Option<&Job>) -> Step {
     let recorded = isvc.status.as_ref().and_then(|s| s.quality.clone());
     let source = &isvc.spec.model.source;
-    // A pinned level weighs no quality; a measurement of this source (or its failure) stands.
-    if !enabled || valid.inputs.pinned || recorded.as_ref().is_some_and(|q| &q.source == source) {
-        return Step::Keep(recorded.filter(|q| &q.source == source));
+    // A pinned level weighs no quality. A measurement (or a failure) of this source stands while
+    // the allowed levels are those it was asked for: its Job's name says which.
+    let name = quality_job_name(&valid.owner.name, source, &valid.inputs.levels);
+    let current = recorded.filter(|q| &q.source == source);
+    if !enabled || valid.inputs.pinned || current.as_ref().is_some_and(|q| q.job == name) {
+        return Step::Keep(current);
     }
     let Some(status) = job.and_then(|j| j.status.as_ref()) else {
         return if job.is_some() { Step::Wait } else { Step::Start };
@@ -58,6 +64,34 @@ pub fn step(isvc: &InferenceService, valid: &Validated, enabled: bool, job: Opti
     } else {
         Step::Wait
     }
+}
+
+/// Whether the pods of `decision` measure their level's quality loss at start, to confirm the
+/// profile: once the profile names the source's own precision (the reference), when that
+/// reference fits beside the served weights in a replica's memory while it is measured (it is
+/// dropped before the KV cache is allocated). At the reference level itself the loss is zero
+/// and nothing more is loaded.
+pub fn confirm(inputs: &Inputs, decision: &Decision, quality: Option<&QualityMeasurement>) -> bool {
+    let Some(reference) = quality
+        .filter(|q| q.failure.is_none())
+        .and_then(|q| q.reference.as_deref()?.parse::<QuantLevel>().ok())
+    else {
+        return false;
+    };
+    let level = decision.variant.level;
+    if reference == level {
+        return true;
+    }
+    let Some(class) = inputs
+        .classes
+        .iter()
+        .find(|c| c.name == decision.variant.hardware_class)
+    else {
+        return false;
+    };
+    let memory = class.accelerator_memory_bytes.unwrap_or(class.memory_bytes);
+    let weights = |l: QuantLevel| inputs.parameters * l.bits_per_weight() / 8.0;
+    (weights(level) + weights(reference)) * (1.0 + SCRATCH_FRACTION) + OVERHEAD_BYTES <= memory
 }
 
 /// What the decision takes from a measurement.
@@ -83,7 +117,7 @@ pub async fn run(
     step: Step,
 ) -> Result<Option<QualityMeasurement>> {
     let source = &isvc.spec.model.source;
-    let name = quality_job_name(&valid.owner.name, source);
+    let name = quality_job_name(&valid.owner.name, source, &valid.inputs.levels);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &valid.owner.namespace);
     match step {
         Step::Keep(kept) => Ok(kept),
@@ -223,18 +257,24 @@ mod tests {
         );
         assert_eq!(step(&isvc, &valid, false, None), Step::Keep(None));
 
+        let recorded = QualityMeasurement {
+            job: quality_job_name(&valid.owner.name, &isvc.spec.model.source, &valid.inputs.levels),
+            ..measurement(&isvc.spec.model.source)
+        };
         let mut measured = isvc.clone();
         measured.status = Some(InferenceServiceStatus {
-            quality: Some(measurement(&isvc.spec.model.source)),
+            quality: Some(recorded.clone()),
             ..Default::default()
         });
-        assert_eq!(
-            step(&measured, &valid, true, None),
-            Step::Keep(Some(measurement(&isvc.spec.model.source)))
-        );
+        assert_eq!(step(&measured, &valid, true, None), Step::Keep(Some(recorded)));
         // A new source is measured again.
-        measured.spec.model.source = "file:///models/other.gguf".into();
-        assert_eq!(step(&measured, &valid, true, None), Step::Start);
+        let mut moved = measured.clone();
+        moved.spec.model.source = "file:///models/other.gguf".into();
+        assert_eq!(step(&moved, &valid, true, None), Step::Start);
+        // So is a new set of allowed levels: the measurement was asked for other ones.
+        let mut fewer = valid.clone();
+        fewer.inputs.levels.truncate(1);
+        assert_eq!(step(&measured, &fewer, true, None), Step::Start);
     }
 
     #[test]
@@ -252,5 +292,38 @@ mod tests {
             ..ok
         };
         assert_eq!(measured(Some(&failed)), None);
+    }
+
+    #[test]
+    fn pods_confirm_the_level_once_profiled_and_only_when_the_reference_fits() {
+        let isvc = smol();
+        let valid = validate(&isvc, &[cpu_class()]).expect("valid");
+        let q8 = crate::build::fixtures::decision(QuantLevel::Q8_0, "cpu-standard", 1);
+        let profiled = measurement("s");
+        assert!(
+            !confirm(&valid.inputs, &q8, None),
+            "nothing to confirm before the profile"
+        );
+        assert!(
+            confirm(&valid.inputs, &q8, Some(&profiled)),
+            "135M at q8_0 beside q4_1 fits 8Gi"
+        );
+        let failed = QualityMeasurement {
+            failure: Some("crashed".into()),
+            ..profiled.clone()
+        };
+        assert!(!confirm(&valid.inputs, &q8, Some(&failed)));
+
+        // 7B at f16 beside an f16 reference does not fit 8Gi; at the reference level itself
+        // nothing more is loaded.
+        let mut big = valid.clone();
+        big.inputs.parameters = 7e9;
+        let f16_source = QualityMeasurement {
+            reference: Some("f16".into()),
+            ..profiled
+        };
+        assert!(!confirm(&big.inputs, &q8, Some(&f16_source)));
+        let f16 = crate::build::fixtures::decision(QuantLevel::F16, "cpu-standard", 1);
+        assert!(confirm(&big.inputs, &f16, Some(&f16_source)));
     }
 }

@@ -34,14 +34,17 @@ pub(crate) fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
     hasher.finish()
 }
 
-/// Watches `api` into `writer` (the cache the reconciler reads) and yields the objects whose
-/// [`Relevant`] part changed since their last event, plus every deleted object (after calling
-/// `deleted` with it).
+/// What of an object the cache need not keep: cut before it is stored.
+pub type Trim<K> = fn(&mut K);
+
+/// Watches `api` into `writer` (the cache the reconciler reads, each object cut by `trim`) and
+/// yields the objects whose [`Relevant`] part changed since their last event, plus every deleted
+/// object (after calling `deleted` with it).
 pub fn changes<K>(
     api: kube::Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
-    relevant: Relevant<K>,
+    (relevant, trim): (Relevant<K>, Trim<K>),
     deleted: impl Fn(&K) + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -58,7 +61,10 @@ where
         .default_backoff()
         // Nothing reads who wrote which field; at 1,000 objects per kind that bookkeeping was
         // most of the cache's memory.
-        .modify(|object| object.managed_fields_mut().clear())
+        .modify(move |object| {
+            object.managed_fields_mut().clear();
+            trim(object);
+        })
         .reflect(writer)
         .filter_map(move |event| {
             ready(match event {
@@ -98,6 +104,26 @@ pub fn deployment(object: &Deployment) -> Option<u64> {
         status.and_then(|s| s.updated_replicas),
         status.and_then(|s| s.available_replicas),
     )))
+}
+
+/// Keeps everything.
+pub fn keep_all<K>(_: &mut K) {}
+
+/// A cached Deployment keeps what a reconcile reads (metadata, replicas, rollout counts): its
+/// pod template and conditions, most of its size, are never read from the cache (whether a
+/// child is current is decided from its metadata, see `apply::Ledger`).
+pub fn trim_deployment(object: &mut Deployment) {
+    object.spec.template = Default::default();
+    if let Some(status) = object.status.as_mut() {
+        status.conditions = None;
+    }
+}
+
+/// A cached Job keeps its metadata and status: its pod template is never read.
+pub fn trim_job(object: &mut Job) {
+    if let Some(spec) = object.spec.as_mut() {
+        spec.template = Default::default();
+    }
 }
 
 /// A quality-profiling Job matters when it finishes.

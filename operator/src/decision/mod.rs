@@ -150,6 +150,9 @@ pub struct Measurements {
     pub profiles: Vec<Profile>,
     /// The model's measured quality loss per level, in place of the prior table.
     pub quality: Option<MeasuredQuality>,
+    /// Quality loss per level as the engine pods serving it measured it at start
+    /// (`--measure-quality`): it confirms the profile, and where it is worse, it counts.
+    pub served_quality: std::collections::BTreeMap<QuantLevel, f64>,
     /// Variants set aside because their pods could not be scheduled.
     pub unavailable: Vec<bitscale_api::v1alpha1::UnavailableVariant>,
 }
@@ -161,6 +164,38 @@ pub struct MeasuredQuality {
     pub losses: std::collections::BTreeMap<QuantLevel, f64>,
     /// How it was measured, for the explanation.
     pub basis: String,
+}
+
+impl Measurements {
+    /// A level's quality loss: the worse of the profiling Job's and the serving pods' own
+    /// measurement, either where only one exists, else the prior.
+    pub fn quality_loss(&self, level: QuantLevel) -> f64 {
+        let profiled = self.quality.as_ref().and_then(|q| q.losses.get(&level).copied());
+        match (profiled, self.served_quality.get(&level).copied()) {
+            (Some(p), Some(s)) => p.max(s),
+            (Some(m), None) | (None, Some(m)) => m,
+            (None, None) => quality_loss_prior(level),
+        }
+    }
+
+    /// What the serving pods' own measurement of `level` says, for the explanation.
+    fn served_quality_note(&self, level: QuantLevel) -> Option<String> {
+        let served = *self.served_quality.get(&level)?;
+        let profiled = self.quality.as_ref().and_then(|q| q.losses.get(&level).copied());
+        Some(match profiled {
+            // Within a tenth of a point: the same text, fewer tokens, the same answer.
+            Some(p) if served <= p + 0.001 => format!(
+                "confirmed by its pods: {level} measured {:+.2} % at start",
+                served * 100.0
+            ),
+            Some(p) => format!(
+                "its pods measured {level} at {:+.2} %, worse than the profile's {:+.2} %, and that counts",
+                served * 100.0,
+                p * 100.0
+            ),
+            None => format!("its pods measured {level} at {:+.2} % at start", served * 100.0),
+        })
+    }
 }
 
 /// Demand measured across the service's pods.
@@ -331,14 +366,7 @@ pub fn decide_keeping(
 
 /// Every candidate, evaluated and ordered cheapest first.
 fn ranked(inputs: &Inputs, measured: &Measurements) -> Vec<Candidate> {
-    // A level the measurement missed keeps its prior.
-    let loss = |level: QuantLevel| {
-        measured
-            .quality
-            .as_ref()
-            .and_then(|q| q.losses.get(&level).copied())
-            .unwrap_or_else(|| quality_loss_prior(level))
-    };
+    let loss = |level: QuantLevel| measured.quality_loss(level);
     let best_loss = inputs
         .levels
         .iter()
@@ -415,6 +443,10 @@ fn basis(inputs: &Inputs, measured: &Measurements, chosen: &Candidate) -> String
         Some(q) => q.basis.clone(),
         None if inputs.pinned => "quality not weighed (pinned level)".to_owned(),
         None => "quality loss from priors (engine/QUALITY.md), not yet measured".to_owned(),
+    };
+    let quality = match measured.served_quality_note(chosen.variant.level) {
+        Some(note) => format!("{quality}, {note}"),
+        None => quality,
     };
     format!("{demand}; {}; {quality}", chosen.correction.describe())
 }

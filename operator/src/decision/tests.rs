@@ -412,8 +412,7 @@ fn measured_demand_and_lengths_replace_the_spec_figures() {
             basis: "over 1 pod(s) in the last 60s".into(),
         }),
         profiles: vec![],
-        quality: None,
-        unavailable: Vec::new(),
+        ..Measurements::default()
     };
     let outcome = decide(&spec, &measured).expect("feasible");
     assert_eq!(base.decision.replicas, 1);
@@ -440,8 +439,7 @@ fn a_measured_slowdown_divides_capacity_and_corrects_the_other_levels_on_the_cla
     let slow = Measurements {
         demand: None,
         profiles: vec![profile(prior.decision.variant.level, "cpu-standard", 4.0, 5_000)],
-        quality: None,
-        unavailable: Vec::new(),
+        ..Measurements::default()
     };
     let corrected = decide(&inputs, &slow).expect("feasible");
     let ratio = prior.decision.estimate.tokens_per_second / corrected.decision.estimate.tokens_per_second;
@@ -555,4 +553,44 @@ fn measured_quality_replaces_the_prior_and_refuses_what_it_exceeds() {
         outcome.decision.variant.level,
         QuantLevel::Q4_1 | QuantLevel::Q6K | QuantLevel::Q8_0
     ));
+}
+
+/// The serving pods' own measurement confirms the profile, and where it is worse it counts: a
+/// level the profile let through but its pods measure over the budget is refused.
+#[test]
+fn the_serving_pods_quality_confirms_the_profile_or_refuses_the_level() {
+    let inputs = Inputs {
+        levels: vec![QuantLevel::Q8_0, QuantLevel::Q6K],
+        classes: vec![cpu()],
+        ..smol()
+    };
+    let profiled = Measurements {
+        quality: Some(MeasuredQuality {
+            losses: [(QuantLevel::Q8_0, 0.006), (QuantLevel::Q6K, 0.0139)].into(),
+            basis: "quality loss measured by Job smol-quality-1".into(),
+        }),
+        ..Measurements::default()
+    };
+    let first = decide(&inputs, &profiled).expect("feasible");
+    let served = first.decision.variant.level;
+    let confirmed = Measurements {
+        served_quality: [(served, profiled.quality_loss(served))].into(),
+        ..profiled.clone()
+    };
+    let again = decide(&inputs, &confirmed).expect("feasible");
+    assert_eq!(again.decision.variant, first.decision.variant);
+    assert!(
+        again.decision.basis.contains("confirmed by its pods"),
+        "{}",
+        again.decision.basis
+    );
+
+    let worse = Measurements {
+        served_quality: [(served, 0.09)].into(),
+        ..profiled
+    };
+    let moved = decide(&inputs, &worse).expect("feasible");
+    assert_ne!(moved.decision.variant.level, served, "{}", moved.decision.reason);
+    let reason = reason_for(&moved, served, "cpu-standard");
+    assert!(reason.contains("exceeds the budget"), "{reason}");
 }

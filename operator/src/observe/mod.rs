@@ -16,9 +16,15 @@ use std::{
     time::Duration,
 };
 
-use bitscale_api::telemetry::{SERIES_INSTANCE, SERIES_NAMESPACE, SERIES_VARIANT};
+use bitscale_api::{
+    telemetry::{SERIES_INSTANCE, SERIES_NAMESPACE, SERIES_VARIANT},
+    v1alpha1::InferenceService,
+};
 use futures::{Stream, StreamExt};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{core::DeserializeGuard, runtime::reflector::ObjectRef};
+
+use crate::metrics::Metrics;
 
 use self::{
     prometheus::{Prometheus, QueryError},
@@ -163,51 +169,114 @@ fn group(answers: Vec<(Field, Result<Vec<prometheus::Series>, QueryError>)>) -> 
     Outcome::Measured(services)
 }
 
-/// Runs a round every `config.period` into `observations` on a task of its own, until the
-/// returned stream (which yields after each round; the controller reconciles every
-/// InferenceService on each) is dropped.
-pub fn spawn(config: Config, observations: Observations) -> anyhow::Result<Rounds> {
+/// Which InferenceServices a round asks the controller to reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Wake {
+    /// Every one: the kind of outcome changed (the first round, Prometheus lost or back).
+    All,
+    /// Those whose samples changed since the previous round (appeared, went or moved).
+    Services(Vec<ServiceKey>),
+}
+
+/// What changed from the `previous` round's outcome to the `next` one's. A service whose
+/// samples did not change would decide the same again, so it is left alone: at 10,000 idle
+/// services a round then costs no reconcile at all.
+pub fn wake(previous: &Outcome, next: &Outcome) -> Wake {
+    match (previous, next) {
+        (Outcome::Measured(before), Outcome::Measured(after)) => {
+            let mut changed: Vec<ServiceKey> = after
+                .iter()
+                .filter(|(key, variants)| before.get(*key) != Some(*variants))
+                .map(|(key, _)| key.clone())
+                .chain(before.keys().filter(|key| !after.contains_key(*key)).cloned())
+                .collect();
+            changed.sort();
+            Wake::Services(changed)
+        }
+        _ if std::mem::discriminant(previous) == std::mem::discriminant(next) => Wake::Services(Vec::new()),
+        _ => Wake::All,
+    }
+}
+
+/// Runs a round every `config.period` into `observations` on a task of its own, recording each
+/// in `metrics`, until the returned [`Rounds`] are dropped.
+pub fn spawn(
+    config: Config,
+    observations: Observations,
+    metrics: Metrics,
+) -> anyhow::Result<
+    Rounds<impl Stream<Item = ()> + Send + 'static, impl Stream<Item = ServiceRef> + Send + 'static>,
+> {
     let prometheus = Prometheus::new(&config.url, config.timeout)?;
-    let (mut tx, rx) = futures::channel::mpsc::channel(1);
+    let (mut all_tx, all) = futures::channel::mpsc::channel(1);
+    let (services_tx, services) = futures::channel::mpsc::unbounded();
     let task = tokio::spawn(async move {
         let mut interval = tokio::time::interval(config.period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
+            let started = std::time::Instant::now();
             let snapshot = round(&prometheus, config.window).await;
-            if let Outcome::Unavailable(reason) = &snapshot.outcome {
-                tracing::warn!(%reason, "no measurements this round");
-            }
+            record(&metrics, &snapshot.outcome, started.elapsed().as_secs_f64());
+            let wake = wake(&observations.latest().outcome, &snapshot.outcome);
             observations.store(snapshot);
-            // A full channel already holds a wake-up; a closed one means nobody listens.
-            if tx.try_send(()).is_err_and(|e| e.is_disconnected()) {
+            let open = match wake {
+                // A full channel already holds a wake-up; a closed one means nobody listens.
+                Wake::All => !all_tx.try_send(()).is_err_and(|e| e.is_disconnected()),
+                Wake::Services(keys) => {
+                    metrics.observe_triggers.inc_by(keys.len() as u64);
+                    keys.into_iter().all(|(namespace, name)| {
+                        services_tx
+                            .unbounded_send(ObjectRef::new(&name).within(&namespace))
+                            .is_ok()
+                    })
+                }
+            };
+            if !open {
                 break;
             }
         }
     });
-    Ok(Rounds { rx, task })
+    let guard = Abort(task.abort_handle());
+    Ok(Rounds {
+        all: all.map(move |()| {
+            let _ = &guard;
+        }),
+        services,
+    })
 }
 
-/// The observer's rounds as a stream; dropping it stops the observer.
-pub struct Rounds {
-    rx: futures::channel::mpsc::Receiver<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Stream for Rounds {
-    type Item = ();
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<()>> {
-        self.rx.poll_next_unpin(cx)
+fn record(metrics: &Metrics, outcome: &Outcome, seconds: f64) {
+    match outcome {
+        Outcome::Unavailable(reason) => {
+            tracing::warn!(%reason, "no measurements this round");
+            metrics.observe_round("unavailable", seconds, Field::ALL.len(), None);
+        }
+        Outcome::Measured(services) => {
+            tracing::debug!(services = services.len(), seconds, "round");
+            metrics.observe_round("measured", seconds, Field::ALL.len(), Some(services.len()));
+        }
+        Outcome::NotConfigured | Outcome::Pending => {}
     }
 }
 
-impl Drop for Rounds {
+/// An InferenceService to reconcile after a round.
+pub type ServiceRef = ObjectRef<DeserializeGuard<InferenceService>>;
+
+/// The observer's wake-ups: of every service, and of single ones.
+pub struct Rounds<A, S> {
+    /// A wake-up of every InferenceService; dropping it stops the observer.
+    pub all: A,
+    /// Single InferenceServices whose samples changed.
+    pub services: S,
+}
+
+/// Aborts the observer's task when the stream holding it is dropped.
+struct Abort(tokio::task::AbortHandle);
+
+impl Drop for Abort {
     fn drop(&mut self) {
-        self.task.abort();
+        self.0.abort();
     }
 }
 
@@ -257,5 +326,50 @@ mod tests {
             (Field::Steps, Err(refused)),
         ]);
         assert!(matches!(outcome, Outcome::Unavailable(m) if m.contains("overloaded")));
+    }
+
+    fn measured(services: &[(&str, f64)]) -> Outcome {
+        Outcome::Measured(
+            services
+                .iter()
+                .map(|(name, tokens)| {
+                    let sample = VariantSample {
+                        pods: 1.0,
+                        generated_tokens: *tokens,
+                        ..Default::default()
+                    };
+                    (
+                        ("ns".to_owned(), (*name).to_owned()),
+                        BTreeMap::from([("q8_0.cpu".to_owned(), sample)]),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn keys(names: &[&str]) -> Wake {
+        Wake::Services(names.iter().map(|n| ("ns".to_owned(), (*n).to_owned())).collect())
+    }
+
+    #[test]
+    fn a_round_wakes_only_the_services_whose_samples_changed() {
+        let before = measured(&[("idle", 0.0), ("busy", 10.0), ("leaving", 1.0)]);
+        let after = measured(&[("idle", 0.0), ("busy", 12.5), ("new", 3.0)]);
+        assert_eq!(wake(&before, &after), keys(&["busy", "leaving", "new"]));
+        assert_eq!(wake(&after, &after), keys(&[]), "an unchanged round wakes nobody");
+    }
+
+    #[test]
+    fn a_change_of_outcome_wakes_every_service() {
+        let data = measured(&[("a", 1.0)]);
+        let down = Outcome::Unavailable("connection refused".into());
+        assert_eq!(wake(&Outcome::Pending, &data), Wake::All);
+        assert_eq!(wake(&data, &down), Wake::All);
+        assert_eq!(wake(&down, &data), Wake::All);
+        assert_eq!(
+            wake(&down, &Outcome::Unavailable("timed out".into())),
+            keys(&[]),
+            "still down: the services already hold"
+        );
     }
 }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use bitscale_api::telemetry::{SERIES_INSTANCE, SERIES_NAMESPACE, SERIES_VARIANT, engine_series as s};
+use bitscale_api::telemetry::{
+    PPL_INCREASE, QUALITY_METRIC, SERIES_INSTANCE, SERIES_NAMESPACE, SERIES_VARIANT, engine_series as s,
+};
 
 /// What a query measures, per variant of an InferenceService.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,11 +39,13 @@ pub enum Field {
     StepTokens,
     /// Sequences carried by engine steps per second.
     StepSequences,
+    /// Highest quality loss (relative perplexity increase) a pod measured at start.
+    QualityLoss,
 }
 
 impl Field {
     /// Every field, one query each.
-    pub const ALL: [Field; 14] = [
+    pub const ALL: [Field; 15] = [
         Self::Pods,
         Self::GeneratedTokens,
         Self::PromptTokens,
@@ -56,6 +60,7 @@ impl Field {
         Self::StepSeconds,
         Self::StepTokens,
         Self::StepSequences,
+        Self::QualityLoss,
     ];
 }
 
@@ -93,6 +98,10 @@ pub fn promql(field: Field, window: Duration) -> String {
         Field::StepSeconds => rate(&format!("{}_sum", s::ITERATION_DURATION)),
         Field::StepTokens => rate(&format!("{}_sum", s::ITERATION_TOKENS)),
         Field::StepSequences => rate(&format!("{}_sum", s::ITERATION_BATCH_SIZE)),
+        Field::QualityLoss => gauge(
+            "max",
+            &format!("{}{{{QUALITY_METRIC}=\"{PPL_INCREASE}\"}}", s::QUALITY_LOSS),
+        ),
     }
 }
 
@@ -132,6 +141,15 @@ mod tests {
         assert_eq!(
             promql(Field::KvCacheUsage, Duration::from_secs(60)),
             "max by (namespace, inference_service, variant) (bitscale_engine_kv_cache_usage_perc)"
+        );
+    }
+
+    #[test]
+    fn the_quality_loss_is_the_worst_pods_perplexity_increase() {
+        assert_eq!(
+            promql(Field::QualityLoss, Duration::from_secs(60)),
+            "max by (namespace, inference_service, variant) \
+             (bitscale_engine_quality_loss{metric=\"ppl_increase\"})"
         );
     }
 

@@ -43,6 +43,8 @@ pub struct VariantSample {
     pub step_tokens: f64,
     /// Sequences in engine steps per second.
     pub step_sequences: f64,
+    /// Highest quality loss a pod measured at start, if any did.
+    pub quality_loss: Option<f64>,
 }
 
 /// The mean engine step of a variant over the window.
@@ -77,6 +79,7 @@ impl VariantSample {
             Field::StepSeconds => self.step_seconds = v,
             Field::StepTokens => self.step_tokens = v,
             Field::StepSequences => self.step_sequences = v,
+            Field::QualityLoss => self.quality_loss = value,
         }
     }
 
@@ -117,6 +120,7 @@ pub fn service_load(variants: &BTreeMap<String, VariantSample>, time: Time) -> O
         running_requests: sum(|v| v.running),
         waiting_requests: sum(|v| v.waiting),
         kv_cache_usage: max(|v| v.kv_cache_usage).map(|u| round(u, 3)),
+        quality_loss: max(|v| v.quality_loss).map(|q| round(q, 4)),
     }
 }
 

@@ -22,7 +22,7 @@ use bitscale_operator::{Config, observe};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
     Api,
-    api::{ListParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use operator_support::{live::*, *};
 
@@ -440,6 +440,54 @@ async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> an
     eprintln!(
         "served {} at {loss:+.4} (profiled {profiled:+.4}): {}",
         decision.variant.level, decision.basis
+    );
+    assert!(
+        (loss - profiled).abs() <= 0.001,
+        "pods {loss} against the profile {profiled}"
+    );
+
+    // Without q4_1 the allowed levels change: a second Job measures the new set, and the pods
+    // of the level now chosen, not the source's own precision, load that reference beside
+    // their weights to confirm the Job's figure on the same tokens.
+    let first_job = quality.job.clone();
+    let allowed =
+        serde_json::json!({ "spec": { "quantization": { "allowed": ["q8_0", "q6_k", "q5_k", "q4_k"] } } });
+    services
+        .patch("smol", &PatchParams::default(), &Patch::Merge(&allowed))
+        .await?;
+    let (quality, loss, decision) = eventually(
+        "a second Job and a confirmed level",
+        Duration::from_secs(600),
+        || async {
+            let status = services.get("smol").await?.status.unwrap_or_default();
+            let loss = status.observed.as_ref().and_then(|o| o.quality_loss);
+            Ok(match (status.quality, loss, status.decision) {
+                (Some(q), Some(loss), Some(d))
+                    if q.job != first_job
+                        && d.variant.level.as_str() != "q4_1"
+                        && d.basis
+                            .contains(&format!("confirmed by its pods: {}", d.variant.level)) =>
+                {
+                    Some((q, loss, d))
+                }
+                _ => None,
+            })
+        },
+    )
+    .await?;
+    let profiled = quality
+        .levels
+        .iter()
+        .find(|l| l.level == decision.variant.level)
+        .map(|l| l.ppl_increase)
+        .ok_or_else(|| anyhow::anyhow!("{} was not profiled: {quality:?}", decision.variant.level))?;
+    eprintln!(
+        "then served {} at {loss:+.4} (profiled {profiled:+.4}): {}",
+        decision.variant.level, decision.basis
+    );
+    assert!(
+        profiled > 0.0,
+        "a level below the source's precision loses something"
     );
     assert!(
         (loss - profiled).abs() <= 0.001,

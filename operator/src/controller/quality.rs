@@ -118,11 +118,17 @@ pub async fn run(
 ) -> Result<Option<QualityMeasurement>> {
     let source = &isvc.spec.model.source;
     let name = quality_job_name(&valid.owner.name, source, &valid.inputs.levels);
+    let earlier = isvc
+        .status
+        .as_ref()
+        .and_then(|s| s.quality.clone())
+        .filter(|q| &q.source == source && q.failure.is_none());
     let jobs: Api<Job> = Api::namespaced(client.clone(), &valid.owner.namespace);
     match step {
         Step::Keep(kept) => Ok(kept),
-        // `step` keeps a measurement of this source, so a running Job has none yet.
-        Step::Wait => Ok(None),
+        // While a Job measures a new set of levels, the figures of the last set stand for the
+        // levels they cover; the others keep their priors.
+        Step::Wait => Ok(earlier),
         Step::Start => {
             // eval runs on the CPU: the cheapest CPU class, else any.
             let class = valid
@@ -148,7 +154,7 @@ pub async fn run(
                 )
                 .await?;
             }
-            Ok(None)
+            Ok(earlier)
         }
         Step::Read { succeeded } => {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &valid.owner.namespace);

@@ -250,7 +250,8 @@ fn q8k_activations_round_to_nearest_and_sum_per_16() {
 #[ignore = "timing"]
 fn kernel_timing() {
     // `BITSCALE_KERNEL_THREADS` (1) sets the threads, `BITSCALE_KERNEL_SHAPES=tinyllama` the 1.1B
-    // shapes; `BITSCALE_KERNEL_CANDLE=0` skips candle's timing.
+    // shapes; `BITSCALE_KERNEL_CANDLE=0` skips candle's timing, `BITSCALE_KERNEL_ONLY=Q4K,Q8_0`
+    // times only those formats, `BITSCALE_KERNEL_M=1,8` (the default) the activation rows.
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
     let threads = std::env::var("BITSCALE_KERNEL_THREADS").map_or(1, |v| v.parse().expect("a thread count"));
@@ -284,13 +285,20 @@ fn kernel_timing() {
             (GgmlDType::Q8_0, 49152, 576),
         ]
     };
-    for (dtype, n, k) in shapes {
+    let only = std::env::var("BITSCALE_KERNEL_ONLY").unwrap_or_default();
+    let wanted = |d: GgmlDType| only.is_empty() || only.split(',').any(|o| o == format!("{d:?}"));
+    for (dtype, n, k) in shapes.into_iter().filter(|s| wanted(s.0)) {
         let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).expect("tensor");
         let q = QTensor::quantize(&w, dtype).expect("quantize");
         let bytes = q.data().expect("bytes");
         let p = PackedMatrix::from_ggml(dtype, &bytes, n, k).expect("pack");
         let mm = QMatMul::from_qtensor(q).expect("qmatmul");
-        for m in [1, 8] {
+        let ms: Vec<usize> = std::env::var("BITSCALE_KERNEL_M").map_or(vec![1, 8], |v| {
+            v.split(',')
+                .map(|m| m.parse().expect("BITSCALE_KERNEL_M: row counts"))
+                .collect()
+        });
+        for m in ms {
             let x = random(m * k, 2);
             let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("x");
             let iters = (400 / m * 576 * 1536 / (n * k)).max(2);

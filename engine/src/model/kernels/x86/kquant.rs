@@ -245,10 +245,11 @@ unsafe fn pairs(p: *const u8) -> __m256i {
     )
 }
 
-/// Q6_K weight rows `8g..8g + 8` · Q8_K activation rows `a0..a0 + R`. The low nibble of a
-/// sub-block's quants and its two high-bit planes rebuild the 6-bit values per vector; a
-/// `maddubs` pair is at most 2·63·128, so each is widened at once by `madd` with the eight rows'
-/// scales of its 16-value half (quants `4c..` are the first half, `16 + 4c..` the second).
+/// Q6_K weight rows `8g..8g + 8` · Q8_K activation rows `a0..a0 + R`. A sub-block's 6-bit
+/// quants are rebuilt once (nibbles, and the high bits shifted into place from their two
+/// vectors) for every activation row; a `maddubs` pair is at most 2·63·128, so two add as 16-bit
+/// integers before a `madd` with the eight rows' scales of their 16-value half (quants `4c..` are
+/// the first half, `16 + 4c..` the second).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_rows<const R: usize>(
     w: &PackedMatrix,
@@ -261,6 +262,7 @@ unsafe fn q6k_rows<const R: usize>(
     // 128 scale bytes and 8 `d`; activation rows `a0..a0 + R` have `k` quants, `nsb` scales and
     // `k/16` sums (`check_sizes`).
     unsafe {
+        let xs: [*const i8; R] = std::array::from_fn(|a| x.qs.as_ptr().add((a0 + a) * k));
         let mut acc = [_mm256_setzero_ps(); R];
         for t in 0..nsb {
             let sb = g * nsb + t;
@@ -270,21 +272,19 @@ unsafe fn q6k_rows<const R: usize>(
             let mut isum = [_mm256_setzero_si256(); R];
             for i in 0..8 {
                 let (s_lo, s_hi) = (pairs(sc.add(2 * i * ROWS)), pairs(sc.add((2 * i + 1) * ROWS)));
-                let h4 = _mm256_loadu_si256(qh.add(2 * i * ROWS).cast());
-                let h5 = _mm256_loadu_si256(qh.add((2 * i + 1) * ROWS).cast());
-                let high = |c: usize| {
-                    let b5 = fifth_bits(h5, c);
-                    _mm256_or_si256(fifth_bits(h4, c), _mm256_add_epi8(b5, b5))
-                };
-                for c in 0..4 {
-                    let (lo, hi) = nibbles(q.add(i * 128 + c * 32));
-                    let (lo, hi) = (_mm256_or_si256(lo, high(c)), _mm256_or_si256(hi, high(c + 4)));
-                    for (a, s) in isum.iter_mut().enumerate() {
-                        let xa = x.qs.as_ptr().add((a0 + a) * k + t * QK + i * 32 + c * 4);
-                        let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, broadcast4(xa)), s_lo);
-                        let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, broadcast4(xa.add(16))), s_hi);
-                        *s = _mm256_add_epi32(*s, _mm256_add_epi32(pl, ph));
-                    }
+                let u = unpack_q6k(q.add(i * 128), qh.add(2 * i * ROWS));
+                for (s, xa) in isum.iter_mut().zip(&xs) {
+                    let xa = xa.add(t * QK + i * 32);
+                    let dot = |v: usize, c: usize| {
+                        let at = xa.add(4 * c + 16 * v);
+                        _mm256_maddubs_epi16(u[2 * c + v], broadcast4(at))
+                    };
+                    let part = |v: usize, c: usize, scales: __m256i| {
+                        _mm256_madd_epi16(_mm256_add_epi16(dot(v, c), dot(v, c + 1)), scales)
+                    };
+                    let lo = _mm256_add_epi32(part(0, 0, s_lo), part(0, 2, s_lo));
+                    let hi = _mm256_add_epi32(part(1, 0, s_hi), part(1, 2, s_hi));
+                    *s = _mm256_add_epi32(*s, _mm256_add_epi32(lo, hi));
                 }
             }
             // The −32 offset of every quant: `32·Σ sc·bsum16`.
@@ -302,5 +302,35 @@ unsafe fn q6k_rows<const R: usize>(
             });
         }
         acc.map(lanes)
+    }
+}
+
+/// A Q6_K sub-block (nibbles at `q`, 128 bytes; high bits at `qh`, two 32-byte vectors) as eight
+/// vectors of 6-bit quants, ordered as [`unpack_subblock`]'s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q6k(q: *const u8, qh: *const u32) -> [__m256i; 8] {
+    // SAFETY: the caller guarantees 128 bytes at `q` and 64 at `qh`.
+    unsafe {
+        let bits = _mm256_set1_epi8(0x30);
+        let h = [
+            _mm256_loadu_si256(qh.cast()),
+            _mm256_loadu_si256(qh.add(ROWS).cast()),
+        ];
+        let mut u = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let (lo, hi) = nibbles(q.add(c * 32));
+            let v = h[c / 2];
+            // Bits 0–1 / 2–3 of a byte (c even) or 4–5 / 6–7 (c odd) to bits 4–5; what the 16-bit
+            // shifts carry in from the next byte lies outside the mask.
+            let (hl, hh) = if c % 2 == 0 {
+                (_mm256_slli_epi16::<4>(v), _mm256_slli_epi16::<2>(v))
+            } else {
+                (v, _mm256_srli_epi16::<2>(v))
+            };
+            u[2 * c] = _mm256_or_si256(lo, _mm256_and_si256(hl, bits));
+            u[2 * c + 1] = _mm256_or_si256(hi, _mm256_and_si256(hh, bits));
+        }
+        u
     }
 }

@@ -115,9 +115,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::model::open_device(args.device)?;
     let threads = threads(&args);
     tracing::info!(threads, "compute threads");
-    let kernels = crate::model::KernelSet::active();
     tracing::info!(
-        kernels = kernels.name(),
+        kernels = crate::model::kernels_label(),
         unused_cpu_features = ?crate::model::KernelSet::unused_features(),
         "CPU kernel set"
     );

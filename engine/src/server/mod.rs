@@ -135,7 +135,7 @@ pub async fn start(
             quantization: config.quantization.clone(),
             device: config.device.clone(),
             kernels: if config.device == "cpu" {
-                crate::model::KernelSet::active().name().into()
+                crate::model::kernels_label().into()
             } else {
                 config.device.clone()
             },

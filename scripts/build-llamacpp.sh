@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-server, llama-batched-bench and llama-bench from the sources vendored in the
+# Builds llama.cpp's llama-server, llama-batched-bench, llama-bench and llama-quantize from the sources vendored in the
 # PyPI sdist llama-cpp-python==0.3.36, for side-by-side benchmarks (scripts/bench-vs-llamacpp).
 #   binaries: ${BITSCALE_CACHE:-$HOME/.cache/bitscale}/llamacpp/0.3.36/bin
-# Idempotent: does nothing when the three binaries are already cached. Needs cmake (3.14+) and a C++17
+# Idempotent: does nothing when the four binaries are already cached. Needs cmake (3.14+) and a C++17
 # compiler (Debian: `apt-get install cmake g++`), and pip only when the sdist is not cached yet.
 # Takes 15-25 minutes on 2 cores; runs under `nice -n 19` with JOBS (default 2) parallel jobs.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,7 +11,7 @@ VERSION=0.3.36
 BASE="$BITSCALE_CACHE/llamacpp"
 SDIST="$BASE/sdist/llama_cpp_python-$VERSION.tar.gz"
 BIN="$BASE/$VERSION/bin"
-TARGETS=(llama-server llama-batched-bench llama-bench)
+TARGETS=(llama-server llama-batched-bench llama-bench llama-quantize)
 JOBS="${JOBS:-2}"
 
 cached=1

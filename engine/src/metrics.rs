@@ -47,6 +47,9 @@ pub struct InfoLabels {
     pub model: String,
     pub quantization: String,
     pub device: String,
+    /// The CPU kernel set (`avx2`, `portable`; `KernelSet::name`), or the device when it is not
+    /// the CPU.
+    pub kernels: String,
 }
 
 /// Labels of `bitscale_engine_quality_loss`.
@@ -288,6 +291,7 @@ mod tests {
                 model: "m".into(),
                 quantization: "q8_0".into(),
                 device: "cpu".into(),
+                kernels: "avx2".into(),
             },
             1,
         );

@@ -293,3 +293,37 @@ fn a_forked_prefix_gives_the_logits_of_a_full_prefill() {
         assert_eq!(resume(&source), full, "{level:?} after compacting");
     }
 }
+
+/// A small model with real-model rows (multiples of 256, as the `--shape` presets have): at q4_k
+/// its matrices are Q4_K, not the Q5_0 fallback of narrower rows, and it generates; a padded
+/// vocabulary sizes the head.
+#[test]
+fn rows_of_256_keep_their_k_quants() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = TestModelSpec {
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 512,
+        vocab: 1000,
+        gguf_dtype: candle_core::quantized::GgmlDType::F16,
+        hf: false,
+        ..TestModelSpec::default()
+    };
+    let f = write_test_model(dir.path(), &spec).expect("write test model");
+    assert!(!f.hf_dir.exists());
+    let out = dir.path().join("q4_k.gguf");
+    let summary = bitscale_engine::model::quantize_model(&f.gguf, QuantLevel::Q4K, &out).expect("quantize");
+    // Seven matrices a layer at Q4_K; the embedding and head at Q6_K; norms f32.
+    let want = [("F32", 2 * 2 + 1), ("Q4K", 7 * 2), ("Q6K", 2)];
+    let want: std::collections::BTreeMap<String, usize> =
+        want.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
+    assert_eq!(summary.mix, want);
+    for (path, level) in [(&f.gguf, QuantLevel::Q8_0), (&out, QuantLevel::Q4K)] {
+        let m = load(path, level, DeviceKind::Cpu).expect("load");
+        assert_eq!(m.forward.info().vocab_size, 1000);
+        let ids = prompt(&m, "the capital of France is");
+        let got = common::greedy(m.forward.as_ref(), &ids, 8, &[]);
+        assert_eq!(got.len(), 8, "{level}");
+    }
+}

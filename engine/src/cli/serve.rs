@@ -119,6 +119,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::model::open_device(args.device)?;
     let threads = threads(&args);
     tracing::info!(threads, "compute threads");
+    tracing::info!(
+        kernels = crate::model::kernels_label(),
+        unused_cpu_features = ?crate::model::KernelSet::unused_features(),
+        "CPU kernel set"
+    );
     // Two async workers are plenty for HTTP; the CPU belongs to the model's threads.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

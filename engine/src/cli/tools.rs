@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::model::testmodel::{TestModelSpec, write_test_model};
+use crate::model::testmodel::{SHAPES, TestModelSpec, write_test_model};
 
 /// `bitscale-engine pull SOURCE --dest PATH [--sha256 HEX]`.
 #[derive(Debug, Args)]
@@ -19,7 +19,7 @@ pub struct PullArgs {
     pub sha256: Option<String>,
 }
 
-/// `bitscale-engine gen-test-model --out DIR`.
+/// `bitscale-engine gen-test-model --out DIR [--shape NAME]`.
 #[derive(Debug, Args)]
 pub struct GenTestModelArgs {
     /// Folder to write `test-llama.gguf` and `test-llama-hf/` into.
@@ -28,6 +28,11 @@ pub struct GenTestModelArgs {
     /// Random seed of the weights.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Shape: `tiny` (the test model, GGUF f32 and a Hugging Face folder), or a real model's
+    /// shape with random weights as an f16 GGUF only: `tinyllama-1.1b` (2.2 GB) or
+    /// `llama-3.2-1b` (2.5 GB).
+    #[arg(long, default_value = "tiny", value_parser = clap::builder::PossibleValuesParser::new(SHAPES))]
+    pub shape: String,
 }
 
 pub fn pull(args: PullArgs) -> anyhow::Result<()> {
@@ -44,12 +49,16 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
 }
 
 pub fn gen_test_model(args: GenTestModelArgs) -> anyhow::Result<()> {
+    let shape =
+        TestModelSpec::shape(&args.shape).ok_or_else(|| anyhow::anyhow!("unknown shape {}", args.shape))?;
     let spec = TestModelSpec {
         seed: args.seed,
-        ..TestModelSpec::default()
+        ..shape
     };
     let files = write_test_model(&args.out, &spec)?;
     println!("{}", files.gguf.display());
-    println!("{}", files.hf_dir.display());
+    if spec.hf {
+        println!("{}", files.hf_dir.display());
+    }
     Ok(())
 }

@@ -140,6 +140,16 @@ fn kernels_env() -> Option<String> {
     std::env::var("BITSCALE_KERNELS").ok()
 }
 
+/// The CPU kernels this process runs its matmuls with: `candle` when forced, else the
+/// [`super::KernelSet`]'s name (`bitscale_engine_info{kernels}`).
+pub fn kernels_label() -> &'static str {
+    if candle_kernels_forced() {
+        "candle"
+    } else {
+        super::KernelSet::active().name()
+    }
+}
+
 fn candle_kernels_forced() -> bool {
     kernels_env().is_some_and(|v| v == "candle")
 }

@@ -31,6 +31,8 @@ mod tokenizer_tests;
 
 pub use convert::{QuantizeSummary, quantize_model};
 pub use error::ModelError;
+pub use kernels::KernelSet;
+pub use linear::kernels_label;
 pub use sizing::ModelHeader;
 pub use tokenizer::Tokenizer;
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
 use serde_json::{Value as Json, json};
 
 use super::loader::permute_qk;
@@ -83,7 +84,23 @@ pub(crate) fn byte_chars() -> Vec<char> {
 }
 
 /// The test vocabulary: (tokens in id order, GGUF token types, merges as "a b").
+#[cfg(test)]
 pub(crate) fn vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
+    vocab_of(0)
+}
+
+/// [`vocab`] padded with filler tokens (`x301`, `x302`, …: plain ASCII, reached by no merge) to
+/// `size` entries, so a generated model can have a real model's vocabulary and output head.
+fn vocab_of(size: usize) -> (Vec<String>, Vec<i32>, Vec<String>) {
+    let (mut tokens, mut types, merges) = base_vocab();
+    for i in tokens.len()..size {
+        tokens.push(format!("x{i}"));
+        types.push(1);
+    }
+    (tokens, types, merges)
+}
+
+fn base_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
     let mut tokens: Vec<String> = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
     let mut types = vec![3; SPECIAL_TOKENS.len()];
     for c in byte_chars() {
@@ -105,7 +122,12 @@ pub(crate) fn vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
 
 /// The test tokenizer as a Hugging Face `tokenizer.json` document.
 pub fn tokenizer_json() -> Json {
-    let (tokens, _, merges) = vocab();
+    tokenizer_json_of(0)
+}
+
+/// [`tokenizer_json`] with the vocabulary padded to `size` entries (see [`vocab_of`]).
+fn tokenizer_json_of(size: usize) -> Json {
+    let (tokens, _, merges) = vocab_of(size);
     let vocab: serde_json::Map<String, Json> = tokens
         .iter()
         .enumerate()
@@ -162,6 +184,48 @@ pub struct TestModelSpec {
     /// Whether the output head is the embedding matrix.
     pub tied: bool,
     pub seed: u64,
+    /// Vocabulary entries; below the test tokenizer's own (~300), that many. Filler tokens pad
+    /// it, so the embedding and output head have a real model's size.
+    pub vocab: usize,
+    /// The dtype of the GGUF copy's matrices (norms stay f32): F32 or F16.
+    pub gguf_dtype: GgmlDType,
+    /// Whether to write the Hugging Face folder too (f32 safetensors: four bytes a weight).
+    pub hf: bool,
+}
+
+/// Named shapes of real models for [`TestModelSpec::shape`] (random weights, the test tokenizer
+/// padded to the real vocabulary).
+pub const SHAPES: [&str; 3] = ["tiny", "tinyllama-1.1b", "llama-3.2-1b"];
+
+impl TestModelSpec {
+    /// The spec of a named shape from [`SHAPES`]: `tiny` is the default;
+    /// `tinyllama-1.1b` is TinyLlama-1.1B (hidden 2048, 22 layers, 32 query / 4 KV heads, FFN
+    /// 5632, vocabulary 32,000, untied head); `llama-3.2-1b` is Llama-3.2-1B (hidden 2048, 16
+    /// layers, 32 / 8 heads, FFN 8192, vocabulary 128,256, head tied to the embedding). Both
+    /// have every row a multiple of 256, so K-quant levels keep their K-quants; they are written
+    /// as an f16 GGUF only (2.2 and 2.5 GB), and the engine quantizes at load or `quantize`.
+    pub fn shape(name: &str) -> Option<Self> {
+        let real = |hidden, layers, heads, kv_heads, ffn, vocab, tied, rope_theta| Self {
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            ffn,
+            context: 2048,
+            rope_theta,
+            tied,
+            vocab,
+            gguf_dtype: GgmlDType::F16,
+            hf: false,
+            ..Self::default()
+        };
+        match name {
+            "tiny" => Some(Self::default()),
+            "tinyllama-1.1b" => Some(real(2048, 22, 32, 4, 5632, 32_000, false, 10_000.0)),
+            "llama-3.2-1b" => Some(real(2048, 16, 32, 8, 8192, 128_256, true, 500_000.0)),
+            _ => None,
+        }
+    }
 }
 
 impl Default for TestModelSpec {
@@ -177,6 +241,9 @@ impl Default for TestModelSpec {
             rope_theta: 10_000.0,
             tied: false,
             seed: 7,
+            vocab: 0,
+            gguf_dtype: GgmlDType::F32,
+            hf: true,
         }
     }
 }
@@ -184,83 +251,153 @@ impl Default for TestModelSpec {
 /// Where [`write_test_model`] put the two copies.
 #[derive(Debug, Clone)]
 pub struct TestModelFiles {
-    /// `OUT/test-llama.gguf` (f32 tensors).
+    /// `OUT/test-llama.gguf` (matrices at the spec's `gguf_dtype`, norms f32).
     pub gguf: PathBuf,
-    /// `OUT/test-llama-hf/` (safetensors f32, config.json, tokenizer.json, tokenizer_config.json).
+    /// `OUT/test-llama-hf/` (safetensors f32, config.json, tokenizer.json, tokenizer_config.json);
+    /// not written when the spec's `hf` is false.
     pub hf_dir: PathBuf,
 }
 
 const RMS_EPS: f32 = 1e-5;
 
-/// Writes the same random-weight Llama as GGUF and as a Hugging Face folder under `out`
-/// (created if needed). Deterministic for a given spec.
+/// Writes the same random-weight Llama as GGUF and (unless `spec.hf` is false) as a Hugging Face
+/// folder under `out` (created if needed). Deterministic for a given spec. Each matrix is
+/// converted to the GGUF dtype as it is drawn, so without the folder memory peaks at the GGUF's
+/// size plus one f32 matrix.
 pub fn write_test_model(out: &Path, spec: &TestModelSpec) -> anyhow::Result<TestModelFiles> {
-    use rand::{Rng, SeedableRng};
-
     std::fs::create_dir_all(out)?;
-    let (tokens, types, merges) = vocab();
-    let vocab_size = tokens.len();
+    let (tokens, types, merges) = vocab_of(spec.vocab);
+    let mut weights = Weights::new(spec)?;
+    let hf_dir = out.join("test-llama-hf");
+    if spec.hf {
+        write_hf_folder(&hf_dir, spec, tokens.len(), &weights.hf)?;
+    }
+    let gguf = out.join("test-llama.gguf");
+    write_gguf(&gguf, spec, (&tokens, &types, &merges), &mut weights.gguf)?;
+    Ok(TestModelFiles { gguf, hf_dir })
+}
+
+/// The model's tensors: f32 under HF names (kept only for the folder) and GGUF ones.
+struct Weights {
+    hf: HashMap<String, Tensor>,
+    gguf: Vec<(String, QTensor)>,
+}
+
+impl Weights {
+    /// Draws every tensor in HF order from the spec's seed (the order fixes the values).
+    fn new(spec: &TestModelSpec) -> anyhow::Result<Self> {
+        let mut w = Self {
+            hf: HashMap::new(),
+            gguf: Vec::new(),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+        for (name, rows, cols, scale) in tensor_list(spec) {
+            w.add(spec, &name, random_matrix(&mut rng, rows, cols, scale)?)?;
+        }
+        Ok(w)
+    }
+
+    fn add(&mut self, spec: &TestModelSpec, name: &str, t: Tensor) -> anyhow::Result<()> {
+        let is_norm = t.rank() == 1;
+        let gguf_t = if name.ends_with("q_proj.weight") {
+            permute_qk(&t, spec.heads)?
+        } else if name.ends_with("k_proj.weight") {
+            permute_qk(&t, spec.kv_heads)?
+        } else {
+            t.clone()
+        };
+        let dtype = if is_norm { GgmlDType::F32 } else { spec.gguf_dtype };
+        self.gguf
+            .push((gguf_name(name), QTensor::quantize(&gguf_t, dtype)?));
+        if spec.hf {
+            self.hf.insert(name.to_owned(), t);
+        }
+        Ok(())
+    }
+}
+
+/// A `rows × cols` matrix of uniform values with variance `scale² / cols` (a norm weight when
+/// `rows` is 1: `1 + ` the values, flattened).
+fn random_matrix(
+    rng: &mut rand::rngs::StdRng,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+) -> anyhow::Result<Tensor> {
+    let a = scale * (3.0 / cols as f32).sqrt();
+    let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-a..a)).collect();
+    let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu)?;
+    Ok(if rows == 1 { (t + 1.0)?.flatten_all()? } else { t })
+}
+
+/// `(HF name, rows, cols, scale)` of every tensor, in the order they are drawn.
+fn tensor_list(spec: &TestModelSpec) -> Vec<(String, usize, usize, f32)> {
+    let vocab = vocab_of(spec.vocab).0.len();
     let hd = spec.hidden / spec.heads;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
-    let dev = Device::Cpu;
-    let mut mat = |rows: usize, cols: usize, scale: f32| -> candle_core::Result<Tensor> {
-        let a = scale * (3.0 / cols as f32).sqrt();
-        let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-a..a)).collect();
-        Tensor::from_vec(v, (rows, cols), &dev)
-    };
-    // HF names and layout (rotate-half Q/K) are the source of truth.
-    let mut hf: Vec<(String, Tensor)> = Vec::new();
-    hf.push((
-        "model.embed_tokens.weight".into(),
-        mat(vocab_size, spec.hidden, (spec.hidden as f32).sqrt())?,
-    ));
+    let (h, qd, kvd) = (spec.hidden, spec.heads * hd, spec.kv_heads * hd);
+    let mut list = vec![(
+        "model.embed_tokens.weight".to_owned(),
+        vocab,
+        h,
+        (h as f32).sqrt(),
+    )];
     for i in 0..spec.layers {
         let p = format!("model.layers.{i}");
-        let (qd, kvd) = (spec.heads * hd, spec.kv_heads * hd);
-        hf.push((format!("{p}.self_attn.q_proj.weight"), mat(qd, spec.hidden, 1.0)?));
-        hf.push((
-            format!("{p}.self_attn.k_proj.weight"),
-            mat(kvd, spec.hidden, 1.0)?,
-        ));
-        hf.push((
-            format!("{p}.self_attn.v_proj.weight"),
-            mat(kvd, spec.hidden, 1.0)?,
-        ));
-        hf.push((format!("{p}.self_attn.o_proj.weight"), mat(spec.hidden, qd, 1.0)?));
-        hf.push((
-            format!("{p}.mlp.gate_proj.weight"),
-            mat(spec.ffn, spec.hidden, 1.0)?,
-        ));
-        hf.push((
-            format!("{p}.mlp.up_proj.weight"),
-            mat(spec.ffn, spec.hidden, 1.0)?,
-        ));
-        hf.push((
-            format!("{p}.mlp.down_proj.weight"),
-            mat(spec.hidden, spec.ffn, 1.0)?,
-        ));
-        hf.push((
-            format!("{p}.input_layernorm.weight"),
-            (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?,
-        ));
-        hf.push((
-            format!("{p}.post_attention_layernorm.weight"),
-            (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?,
-        ));
+        for (leaf, rows, cols) in [
+            ("self_attn.q_proj", qd, h),
+            ("self_attn.k_proj", kvd, h),
+            ("self_attn.v_proj", kvd, h),
+            ("self_attn.o_proj", h, qd),
+            ("mlp.gate_proj", spec.ffn, h),
+            ("mlp.up_proj", spec.ffn, h),
+            ("mlp.down_proj", h, spec.ffn),
+        ] {
+            list.push((format!("{p}.{leaf}.weight"), rows, cols, 1.0));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            list.push((format!("{p}.{norm}.weight"), 1, h, 0.1));
+        }
     }
-    hf.push((
-        "model.norm.weight".into(),
-        (mat(1, spec.hidden, 0.1)? + 1.0)?.flatten_all()?,
-    ));
+    list.push(("model.norm.weight".to_owned(), 1, h, 0.1));
     if !spec.tied {
-        hf.push(("lm_head.weight".into(), mat(vocab_size, spec.hidden, 1.0)?));
+        list.push(("lm_head.weight".to_owned(), vocab, h, 1.0));
     }
+    list
+}
 
-    // --- Hugging Face folder ---
-    let hf_dir = out.join("test-llama-hf");
-    std::fs::create_dir_all(&hf_dir)?;
-    let map: HashMap<String, Tensor> = hf.iter().cloned().collect();
-    candle_core::safetensors::save(&map, hf_dir.join("model.safetensors"))?;
+/// llama.cpp's name for an HF tensor name.
+fn gguf_name(hf_name: &str) -> String {
+    let rest = match hf_name {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        n => n,
+    };
+    let rest = rest.strip_prefix("model.layers.").unwrap_or(rest);
+    let (i, leaf) = rest.split_once('.').unwrap_or((rest, ""));
+    let leaf = match leaf {
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        "input_layernorm.weight" => "attn_norm",
+        _ => "ffn_norm",
+    };
+    format!("blk.{i}.{leaf}.weight")
+}
+
+/// The Hugging Face folder: safetensors, `config.json` and the tokenizer files.
+fn write_hf_folder(
+    dir: &Path,
+    spec: &TestModelSpec,
+    vocab_size: usize,
+    tensors: &HashMap<String, Tensor>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    candle_core::safetensors::save(tensors, dir.join("model.safetensors"))?;
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -278,50 +415,26 @@ pub fn write_test_model(out: &Path, spec: &TestModelSpec) -> anyhow::Result<Test
         "eos_token_id": 3,
         "torch_dtype": "float32",
     });
-    std::fs::write(hf_dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
     std::fs::write(
-        hf_dir.join("tokenizer.json"),
-        serde_json::to_vec(&tokenizer_json())?,
+        dir.join("tokenizer.json"),
+        serde_json::to_vec(&tokenizer_json_of(spec.vocab))?,
     )?;
     std::fs::write(
-        hf_dir.join("tokenizer_config.json"),
+        dir.join("tokenizer_config.json"),
         serde_json::to_vec_pretty(&tokenizer_config_json())?,
     )?;
+    Ok(())
+}
 
-    // --- GGUF (llama.cpp names; Q/K rows permuted to interleaved RoPE pairs) ---
-    let gguf_name = |hf_name: &str| -> String {
-        let rest = match hf_name {
-            "model.embed_tokens.weight" => return "token_embd.weight".into(),
-            "model.norm.weight" => return "output_norm.weight".into(),
-            "lm_head.weight" => return "output.weight".into(),
-            n => n,
-        };
-        let rest = rest.strip_prefix("model.layers.").unwrap_or(rest);
-        let (i, leaf) = rest.split_once('.').unwrap_or((rest, ""));
-        let leaf = match leaf {
-            "self_attn.q_proj.weight" => "attn_q",
-            "self_attn.k_proj.weight" => "attn_k",
-            "self_attn.v_proj.weight" => "attn_v",
-            "self_attn.o_proj.weight" => "attn_output",
-            "mlp.gate_proj.weight" => "ffn_gate",
-            "mlp.up_proj.weight" => "ffn_up",
-            "mlp.down_proj.weight" => "ffn_down",
-            "input_layernorm.weight" => "attn_norm",
-            _ => "ffn_norm",
-        };
-        format!("blk.{i}.{leaf}.weight")
-    };
-    let mut qtensors = Vec::with_capacity(hf.len());
-    for (name, t) in &hf {
-        let t = if name.ends_with("q_proj.weight") {
-            permute_qk(t, spec.heads)?
-        } else if name.ends_with("k_proj.weight") {
-            permute_qk(t, spec.kv_heads)?
-        } else {
-            t.clone()
-        };
-        qtensors.push((gguf_name(name), QTensor::quantize(&t, GgmlDType::F32)?));
-    }
+/// The GGUF copy (llama.cpp names; Q/K rows permuted to interleaved RoPE pairs).
+fn write_gguf(
+    path: &Path,
+    spec: &TestModelSpec,
+    (tokens, types, merges): (&[String], &[i32], &[String]),
+    tensors: &mut Vec<(String, QTensor)>,
+) -> anyhow::Result<()> {
+    let hd = spec.hidden / spec.heads;
     let strs = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
     let u32v = |x: usize| Value::U32(x as u32);
     let metadata: Vec<(&str, Value)> = vec![
@@ -337,22 +450,22 @@ pub fn write_test_model(out: &Path, spec: &TestModelSpec) -> anyhow::Result<Test
         ("llama.rope.freq_base", Value::F32(spec.rope_theta)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(RMS_EPS)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.tokens", strs(&tokens)),
+        ("tokenizer.ggml.tokens", strs(tokens)),
         (
             "tokenizer.ggml.token_type",
-            Value::Array(types.into_iter().map(Value::I32).collect()),
+            Value::Array(types.iter().copied().map(Value::I32).collect()),
         ),
-        ("tokenizer.ggml.merges", strs(&merges)),
+        ("tokenizer.ggml.merges", strs(merges)),
         ("tokenizer.ggml.bos_token_id", Value::U32(0)),
         ("tokenizer.ggml.eos_token_id", Value::U32(3)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
         ("tokenizer.chat_template", Value::String(CHAT_TEMPLATE.into())),
     ];
-    let gguf = out.join("test-llama.gguf");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&gguf)?);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let ts: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut f, &md, &ts)?;
     std::io::Write::flush(&mut f)?;
-    Ok(TestModelFiles { gguf, hf_dir })
+    tensors.clear();
+    Ok(())
 }

@@ -18,6 +18,7 @@ fn metrics() -> Arc<Metrics> {
             model: "fake".into(),
             quantization: "f32".into(),
             device: "cpu".into(),
+            kernels: "portable".into(),
         },
         0,
     ))

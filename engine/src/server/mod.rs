@@ -134,6 +134,11 @@ pub async fn start(
             model: config.served_model_name.clone(),
             quantization: config.quantization.clone(),
             device: config.device.clone(),
+            kernels: if config.device == "cpu" {
+                crate::model::kernels_label().into()
+            } else {
+                config.device.clone()
+            },
         },
         info.weight_bytes,
     ));

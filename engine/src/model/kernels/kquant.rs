@@ -15,9 +15,12 @@
 //! Packed layout: every K-quant interleaves eight rows as the 32-value block formats do (see
 //! `pack`). Per group of eight rows and super-block, each of the eight 32-value sub-blocks is 128
 //! bytes of low nibbles laid out as a Q4 block (byte `c·32 + r·4 + e` holds the low four bits of
-//! row `r`'s quants `4c + e` and `16 + 4c + e` of the sub-block). The bits above them are planes of
-//! eight words per sub-block as Q5's fifth bits (bit `c` of byte `e` of row `r`'s word is the bit
-//! of quant `4c + e`): one plane for Q5_K, two (bits 4 and 5) for Q6_K, in `qh`. `sc` holds 128
+//! row `r`'s quants `4c + e` and `16 + 4c + e` of the sub-block). The bits above them are in `qh`,
+//! 32-byte vectors laid out as the nibbles. Q5_K: one plane of eight words per sub-block as Q5's
+//! fifth bits (bit `c` of byte `e` of row `r`'s word is the bit of quant `4c + e`). Q6_K: two
+//! vectors per sub-block, vector `v` covering `c = 2v, 2v + 1`; byte `v·32 + r·4 + e` holds, at
+//! bits `4·(c − 2v)` and up, bits 4–5 of quant `4c + e` and then of `16 + 4c + e`, so one shift
+//! and one mask put them in place (the plane layout took five operations a vector). `sc` holds 128
 //! bytes per group and super-block: Q4_K/Q5_K the sub-scales `[sub-block][row]` then the
 //! minimums likewise (u8), Q6_K its sixteen scales `[16-value block][row]` (i8). `d` and `mn` hold
 //! the eight rows' `d` and `dmin` (f16 bits). Q4_K and Q5_K grow by 4 bytes per super-block over
@@ -174,7 +177,8 @@ pub(super) fn pack(m: &mut PackedMatrix, bytes: &[u8], block_bytes: usize) {
     }
 }
 
-/// Planes of high bits (above the low nibble) a K-quant keeps in `qh`.
+/// Words of high bits (above the low nibble) a K-quant keeps in `qh` per row and sub-block: Q5_K's
+/// one plane, Q6_K's two vectors.
 pub(super) fn high_planes(format: Format) -> usize {
     match format {
         Format::Q4K => 0,
@@ -192,12 +196,38 @@ fn interleave_subblocks(m: &mut PackedMatrix, sb: usize, r: usize, q: &[u8; QK],
             m.qs[base + e / 4 * 32 + e % 4] = (sub[e] & 0xF) | ((sub[e + 16] & 0xF) << 4);
         }
         for p in 0..planes {
-            let word = sub.iter().enumerate().fold(0u32, |acc, (e, &v)| {
-                acc | (u32::from((v >> (4 + p)) & 1) << ((e % 4) * 8 + e / 4))
-            });
+            let word = if m.format == Format::Q6K {
+                q6k_high_word(sub, p)
+            } else {
+                sub.iter().enumerate().fold(0u32, |acc, (e, &v)| {
+                    acc | (u32::from((v >> (4 + p)) & 1) << ((e % 4) * 8 + e / 4))
+                })
+            };
             m.qh[((sb * 8 + i) * planes + p) * ROWS + r] = word;
         }
     }
+}
+
+/// One row's Q6_K high-bit word `v` of a sub-block (`sub`: its 32 quants): byte `e` holds bits 4–5
+/// of quants `4c + e` and `16 + 4c + e` for `c = 2v` at bits 0–3 and `c = 2v + 1` at bits 4–7.
+fn q6k_high_word(sub: &[u8], v: usize) -> u32 {
+    let mut word = 0u32;
+    for e in 0..4 {
+        for half in 0..2 {
+            let c = 2 * v + half;
+            let pair = ((sub[4 * c + e] >> 4) & 3) | (((sub[16 + 4 * c + e] >> 4) & 3) << 2);
+            word |= u32::from(pair) << (8 * e + 4 * half);
+        }
+    }
+    word
+}
+
+/// Bits 4–5 of quant `e` (0..32) of a sub-block from a row's two Q6_K high-bit words (see
+/// [`q6k_high_word`]).
+fn q6k_high_bits(words: [u32; 2], e: usize) -> i32 {
+    let c = e % 16 / 4;
+    let shift = 8 * (e % 4) + 4 * (c % 2) + if e < 16 { 0 } else { 2 };
+    ((words[c / 2] >> shift) & 3) as i32
 }
 
 /// Index of row `j`'s super-block `t` in `d` and `mn`: the blocks' layout, with super-blocks.
@@ -219,6 +249,10 @@ fn quant(w: &PackedMatrix, j: usize, t: usize, v: usize) -> i32 {
     let byte = w.qs[(sb * 8 + i) * 128 + q / 4 * 32 + r * 4 + q % 4];
     let mut value = i32::from(if e < 16 { byte & 0xF } else { byte >> 4 });
     let planes = high_planes(w.format);
+    if w.format == Format::Q6K {
+        let word = |v: usize| w.qh[((sb * 8 + i) * planes + v) * ROWS + r];
+        return value | q6k_high_bits([word(0), word(1)], e) << 4;
+    }
     for p in 0..planes {
         let word = w.qh[((sb * 8 + i) * planes + p) * ROWS + r];
         value |= (((word >> ((e % 4) * 8 + e / 4)) & 1) as i32) << (4 + p);

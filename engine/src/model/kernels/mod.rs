@@ -126,21 +126,75 @@ impl QuantActs {
     }
 }
 
-/// Whether the AVX2 + FMA + F16C kernels can run on this CPU (checked once).
-fn has_avx2() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
+/// A set of CPU kernels: one code path per instruction-set level, chosen once per process by
+/// [`KernelSet::active`] from the CPU's features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelSet {
+    /// Plain Rust: any CPU (ARM included), and the reference the SIMD sets are tested against.
+    Portable,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+}
+
+impl KernelSet {
+    /// The label `bitscale_engine_info{kernels}` and the start-up log use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelSet::Portable => "portable",
+            KernelSet::Avx2 => "avx2",
+        }
+    }
+
+    /// The set every kernel of this process runs: the best the CPU supports, or a lower one named
+    /// by `BITSCALE_KERNELS` (`portable`, to check the plain-Rust path on an x86 machine).
+    pub fn active() -> Self {
+        static SET: OnceLock<KernelSet> = OnceLock::new();
+        *SET.get_or_init(|| {
+            let best = Self::best_supported();
+            match std::env::var("BITSCALE_KERNELS").as_deref() {
+                Ok("portable") => KernelSet::Portable,
+                _ => best,
+            }
+        })
+    }
+
+    fn best_supported() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return KernelSet::Avx2;
+        }
+        KernelSet::Portable
+    }
+
+    /// Features of this CPU that a faster set would use but no kernel here does yet (AVX-512 VNNI,
+    /// AVX-VNNI, AMX), for the start-up log.
+    pub fn unused_features() -> Vec<&'static str> {
+        let mut found = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
+            if std::is_x86_feature_detected!("avx512vnni") {
+                found.push("avx512_vnni");
+            }
+            if std::is_x86_feature_detected!("avxvnni") {
+                found.push("avx_vnni");
+            }
+            // AMX detection is not stable in `std`; Linux lists it among the flags.
+            let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let first = flags.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+            if first.split_whitespace().any(|f| f == "amx_int8") {
+                found.push("amx_int8");
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+        found
+    }
+}
+
+/// Whether the AVX2 + FMA + F16C kernels run in this process.
+fn has_avx2() -> bool {
+    KernelSet::active() == KernelSet::Avx2
 }
 
 /// Which implementation [`matmul`] runs.

@@ -249,31 +249,56 @@ fn q8k_activations_round_to_nearest_and_sum_per_16() {
 #[test]
 #[ignore = "timing"]
 fn kernel_timing() {
+    // `BITSCALE_KERNEL_THREADS` (1) sets the threads, `BITSCALE_KERNEL_SHAPES=tinyllama` the 1.1B
+    // shapes; `BITSCALE_KERNEL_CANDLE=0` skips candle's timing, `BITSCALE_KERNEL_ONLY=Q4K,Q8_0`
+    // times only those formats, `BITSCALE_KERNEL_M=1,8` (the default) the activation rows.
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
+    let threads = std::env::var("BITSCALE_KERNEL_THREADS").map_or(1, |v| v.parse().expect("a thread count"));
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+        .num_threads(threads)
         .build()
         .expect("pool");
-    // SmolLM2-135M shapes: ffn_down (the K-quant tensor), fused gate+up and the output head.
-    let shapes = [
-        (GgmlDType::Q4K, 576, 1536),
-        (GgmlDType::Q5K, 576, 1536),
-        (GgmlDType::Q6K, 576, 1536),
-        (GgmlDType::Q8_0, 576, 1536),
-        (GgmlDType::F16, 576, 1536),
-        (GgmlDType::F16, 3072, 576),
-        (GgmlDType::Q5_0, 3072, 576),
-        (GgmlDType::Q5_0, 960, 576),
-        (GgmlDType::Q8_0, 49152, 576),
-    ];
-    for (dtype, n, k) in shapes {
+    let shapes = if std::env::var("BITSCALE_KERNEL_SHAPES").as_deref() == Ok("tinyllama") {
+        // TinyLlama-1.1B: fused gate+up, ffn_down (both a layer's largest) and the output head.
+        vec![
+            (GgmlDType::Q4K, 11264, 2048),
+            (GgmlDType::Q5K, 11264, 2048),
+            (GgmlDType::Q6K, 11264, 2048),
+            (GgmlDType::Q8_0, 11264, 2048),
+            (GgmlDType::Q5_0, 11264, 2048),
+            (GgmlDType::Q4K, 2048, 5632),
+            (GgmlDType::Q8_0, 2048, 5632),
+            (GgmlDType::Q6K, 32000, 2048),
+        ]
+    } else {
+        // SmolLM2-135M shapes: ffn_down (the K-quant tensor), fused gate+up and the output head.
+        vec![
+            (GgmlDType::Q4K, 576, 1536),
+            (GgmlDType::Q5K, 576, 1536),
+            (GgmlDType::Q6K, 576, 1536),
+            (GgmlDType::Q8_0, 576, 1536),
+            (GgmlDType::F16, 576, 1536),
+            (GgmlDType::F16, 3072, 576),
+            (GgmlDType::Q5_0, 3072, 576),
+            (GgmlDType::Q5_0, 960, 576),
+            (GgmlDType::Q8_0, 49152, 576),
+        ]
+    };
+    let only = std::env::var("BITSCALE_KERNEL_ONLY").unwrap_or_default();
+    let wanted = |d: GgmlDType| only.is_empty() || only.split(',').any(|o| o == format!("{d:?}"));
+    for (dtype, n, k) in shapes.into_iter().filter(|s| wanted(s.0)) {
         let w = Tensor::from_vec(random(n * k, 1), (n, k), &Device::Cpu).expect("tensor");
         let q = QTensor::quantize(&w, dtype).expect("quantize");
         let bytes = q.data().expect("bytes");
         let p = PackedMatrix::from_ggml(dtype, &bytes, n, k).expect("pack");
         let mm = QMatMul::from_qtensor(q).expect("qmatmul");
-        for m in [1, 8] {
+        let ms: Vec<usize> = std::env::var("BITSCALE_KERNEL_M").map_or(vec![1, 8], |v| {
+            v.split(',')
+                .map(|m| m.parse().expect("BITSCALE_KERNEL_M: row counts"))
+                .collect()
+        });
+        for m in ms {
             let x = random(m * k, 2);
             let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("x");
             let iters = (400 / m * 576 * 1536 / (n * k)).max(2);
@@ -295,9 +320,13 @@ fn kernel_timing() {
                     std::hint::black_box(matmul(&p, &x, m, Isa::Best));
                 })
             });
-            let candle = time(&|| {
-                std::hint::black_box(mm.forward(&xt).expect("forward"));
-            });
+            let candle = if std::env::var("BITSCALE_KERNEL_CANDLE").as_deref() == Ok("0") {
+                f64::NAN
+            } else {
+                time(&|| {
+                    std::hint::black_box(mm.forward(&xt).expect("forward"));
+                })
+            };
             let bytes = p.qs.len() + 4 * p.qh.len() + p.sc.len() + 2 * (p.d.len() + p.mn.len());
             let gbs = bytes as f64 / ours / 1e3;
             println!("{dtype:?} {n}x{k} m={m}: ours {ours:.0} µs ({gbs:.1} GB/s), candle {candle:.0} µs");

@@ -321,6 +321,26 @@ fn smollm2() -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// The profiling Job's figure for the level `decision` serves, printed beside the pods' `loss`.
+fn profiled_and_served(
+    quality: &bitscale_api::v1alpha1::QualityMeasurement,
+    decision: &bitscale_api::v1alpha1::Decision,
+    loss: f64,
+) -> anyhow::Result<f64> {
+    let level = decision.variant.level;
+    let profiled = quality
+        .levels
+        .iter()
+        .find(|l| l.level == level)
+        .map(|l| l.ppl_increase)
+        .ok_or_else(|| anyhow::anyhow!("{level} was not profiled: {quality:?}"))?;
+    eprintln!(
+        "served {level} at {loss:+.4} (profiled {profiled:+.4}): {}",
+        decision.basis
+    );
+    Ok(profiled)
+}
+
 #[tokio::test]
 async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> anyhow::Result<()> {
     let model = smollm2()?;
@@ -431,16 +451,7 @@ async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> an
     )
     .await?;
     let (loss, decision) = confirmed;
-    let profiled = quality
-        .levels
-        .iter()
-        .find(|l| l.level == decision.variant.level)
-        .map(|l| l.ppl_increase)
-        .ok_or_else(|| anyhow::anyhow!("{} was not profiled", decision.variant.level))?;
-    eprintln!(
-        "served {} at {loss:+.4} (profiled {profiled:+.4}): {}",
-        decision.variant.level, decision.basis
-    );
+    let profiled = profiled_and_served(&quality, &decision, loss)?;
     assert!(
         (loss - profiled).abs() <= 0.001,
         "pods {loss} against the profile {profiled}"
@@ -475,16 +486,7 @@ async fn measured_quality_refuses_the_levels_over_the_budget_and_says_so() -> an
         },
     )
     .await?;
-    let profiled = quality
-        .levels
-        .iter()
-        .find(|l| l.level == decision.variant.level)
-        .map(|l| l.ppl_increase)
-        .ok_or_else(|| anyhow::anyhow!("{} was not profiled: {quality:?}", decision.variant.level))?;
-    eprintln!(
-        "then served {} at {loss:+.4} (profiled {profiled:+.4}): {}",
-        decision.variant.level, decision.basis
-    );
+    let profiled = profiled_and_served(&quality, &decision, loss)?;
     assert!(
         profiled > 0.0,
         "a level below the source's precision loses something"

@@ -298,6 +298,15 @@ mod tests {
     use crate::build::{BuildInput, fixtures::*};
 
     fn build(class: &bitscale_api::v1alpha1::HardwareClass, level: QuantLevel, replicas: i32) -> Deployment {
+        build_measuring(class, level, replicas, false)
+    }
+
+    fn build_measuring(
+        class: &bitscale_api::v1alpha1::HardwareClass,
+        level: QuantLevel,
+        replicas: i32,
+        measure_quality: bool,
+    ) -> Deployment {
         let isvc = smol();
         let owner = owner();
         let decision = decision(
@@ -314,7 +323,7 @@ mod tests {
             decision: &decision,
             images: &images,
             itl_target: None,
-            measure_quality: false,
+            measure_quality,
         })
     }
 
@@ -431,18 +440,8 @@ mod tests {
 
     #[test]
     fn pods_asked_to_confirm_quality_score_the_jobs_tokens() {
-        let (class, owner, images, isvc) = (cpu_class(), owner(), images(), smol());
-        let decision = decision(QuantLevel::Q8_0, "cpu-standard", 1);
-        let d = deployment(&BuildInput {
-            owner: &owner,
-            model: &isvc.spec.model,
-            engine: &isvc.spec.engine,
-            class: &class,
-            decision: &decision,
-            images: &images,
-            itl_target: None,
-            measure_quality: true,
-        });
+        let class = cpu_class();
+        let d = build_measuring(&class, QuantLevel::Q8_0, 1, true);
         let args = engine(&d).args.clone().unwrap_or_default().join(" ");
         assert!(
             args.contains("--measure-quality --measure-quality-tokens 256"),

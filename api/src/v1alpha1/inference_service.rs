@@ -366,7 +366,8 @@ pub struct InferenceServiceStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedLoad {
-    /// When Prometheus was asked.
+    /// When Prometheus was asked, in the last round that changed these figures: a round that
+    /// finds them unchanged does not rewrite them.
     pub time: Time,
     /// Engine pods that reported.
     pub pods: i32,

@@ -197,7 +197,6 @@ mod tests {
                     completion_tokens: None,
                     basis: "in a test".into(),
                 }),
-                profiles: Vec::new(),
                 ..Measurements::default()
             },
             observed: None,

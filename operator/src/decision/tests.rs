@@ -411,7 +411,6 @@ fn measured_demand_and_lengths_replace_the_spec_figures() {
             completion_tokens: Some(256.0),
             basis: "over 1 pod(s) in the last 60s".into(),
         }),
-        profiles: vec![],
         ..Measurements::default()
     };
     let outcome = decide(&spec, &measured).expect("feasible");

@@ -100,7 +100,7 @@ pub fn read(
         Outcome::Measured(_) => {
             let variants = snapshot
                 .service(namespace, name)
-                .filter(|v| v.values().any(|s| s.pods > 0.0));
+                .filter(|v| v.iter().any(|(_, s)| s.pods > 0.0));
             match variants {
                 Some(variants) => measured(snapshot, inputs, variants, profiles),
                 None if available_pods > 0 => held(
@@ -131,7 +131,7 @@ pub fn read(
 fn measured(
     snapshot: &Snapshot,
     inputs: &Inputs,
-    variants: &std::collections::BTreeMap<String, sample::VariantSample>,
+    variants: &sample::Variants,
     mut profiles: Vec<Profile>,
 ) -> Reading {
     let load = sample::service_load(variants, snapshot.time.clone());
@@ -191,7 +191,7 @@ fn measured(
 /// The quality loss each served level's pods measured at start (the worst pod's).
 fn served_quality(
     inputs: &Inputs,
-    variants: &std::collections::BTreeMap<String, sample::VariantSample>,
+    variants: &sample::Variants,
 ) -> std::collections::BTreeMap<QuantLevel, f64> {
     let mut levels = std::collections::BTreeMap::new();
     for (label, sample) in variants {
@@ -267,7 +267,7 @@ fn held_basis(load: &ObservedLoad) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
 
     use k8s_openapi::jiff::Timestamp;
 
@@ -305,7 +305,7 @@ mod tests {
     fn measured(time: i64, sample: VariantSample) -> Snapshot {
         let services = HashMap::from([(
             ("ns".to_owned(), "svc".to_owned()),
-            BTreeMap::from([(LABEL.to_owned(), sample)]),
+            vec![(LABEL.to_owned(), sample)],
         )]);
         snapshot(time, Outcome::Measured(services))
     }
@@ -319,7 +319,7 @@ mod tests {
 
     fn load(tokens: f64) -> ObservedLoad {
         sample::service_load(
-            &BTreeMap::from([(
+            &vec![(
                 LABEL.to_owned(),
                 VariantSample {
                     pods: 1.0,
@@ -327,7 +327,7 @@ mod tests {
                     requests: tokens / 64.0,
                     ..Default::default()
                 },
-            )]),
+            )],
             at(0),
         )
     }

@@ -11,7 +11,7 @@ pub mod queries;
 pub mod sample;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use self::{
     prometheus::{Prometheus, QueryError},
     queries::Field,
-    sample::{ServiceKey, VariantSample},
+    sample::{ServiceKey, VariantSample, Variants},
 };
 
 /// Default time between two rounds of queries (and decisions): a few scrape intervals.
@@ -74,7 +74,7 @@ pub enum Outcome {
     /// The round failed; the reason, for `MetricsAvailable=False`.
     Unavailable(String),
     /// Samples per variant label, per InferenceService.
-    Measured(HashMap<ServiceKey, BTreeMap<String, VariantSample>>),
+    Measured(HashMap<ServiceKey, Variants>),
 }
 
 /// The latest round.
@@ -90,7 +90,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The samples of one InferenceService's variants; `None` when the round has none at all.
-    pub fn service(&self, namespace: &str, name: &str) -> Option<&BTreeMap<String, VariantSample>> {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Variants> {
         match &self.outcome {
             Outcome::Measured(services) => services.get(&(namespace.to_owned(), name.to_owned())),
             _ => None,
@@ -126,47 +126,76 @@ impl Observations {
     }
 }
 
-/// Asks every query once, concurrently, and groups the answers by service and variant.
+/// Queries in flight at once. Each answer is folded in as it arrives, so at most this many
+/// are held whole: at 10,000 services one answer is a few MiB.
+const QUERIES_IN_FLIGHT: usize = 4;
+
+/// Asks every query once, a few at a time, and groups the answers by service and variant.
 pub async fn round(prometheus: &Prometheus, window: Duration) -> Snapshot {
     let time = Time(Timestamp::now());
-    let answers = futures::future::join_all(
-        Field::ALL
-            .iter()
-            .map(|field| async move { (*field, prometheus.query(&queries::promql(*field, window)).await) }),
-    )
-    .await;
+    let mut answers = futures::stream::iter(Field::ALL)
+        .map(|field| async move { (field, prometheus.query(&queries::promql(field, window)).await) })
+        .buffer_unordered(QUERIES_IN_FLIGHT);
+    let mut grouping = Grouping::default();
+    while let Some((field, answer)) = answers.next().await {
+        if !grouping.take(field, answer) {
+            break;
+        }
+    }
     Snapshot {
         time,
         window_seconds: window.as_secs_f64(),
-        outcome: group(answers),
+        outcome: grouping.outcome(),
     }
 }
 
-fn group(answers: Vec<(Field, Result<Vec<prometheus::Series>, QueryError>)>) -> Outcome {
-    let mut services: HashMap<ServiceKey, BTreeMap<String, VariantSample>> = HashMap::new();
-    for (field, answer) in answers {
+/// The answers of a round so far, by service and variant.
+#[derive(Default)]
+struct Grouping {
+    services: HashMap<ServiceKey, Variants>,
+    failed: Option<String>,
+}
+
+impl Grouping {
+    /// Adds one query's answer; false once a query failed, which makes the round unavailable.
+    fn take(&mut self, field: Field, answer: Result<Vec<prometheus::Series>, QueryError>) -> bool {
         let series = match answer {
             Ok(series) => series,
-            Err(error) => return Outcome::Unavailable(error.to_string()),
+            Err(error) => {
+                self.failed = Some(error.to_string());
+                return false;
+            }
         };
         for s in series {
-            let label = |name: &str| s.labels.get(name).cloned();
             let (Some(namespace), Some(service), Some(variant)) = (
-                label(SERIES_NAMESPACE),
-                label(SERIES_INSTANCE),
-                label(SERIES_VARIANT),
+                s.label(SERIES_NAMESPACE),
+                s.label(SERIES_INSTANCE),
+                s.label(SERIES_VARIANT),
             ) else {
                 continue;
             };
-            services
-                .entry((namespace, service))
-                .or_default()
-                .entry(variant)
-                .or_default()
-                .set(field, s.value);
+            let variants = self
+                .services
+                .entry((namespace.to_owned(), service.to_owned()))
+                .or_insert_with(|| Vec::with_capacity(1));
+            let at = match variants.binary_search_by(|(label, _)| label.as_str().cmp(variant)) {
+                Ok(at) => at,
+                Err(at) => {
+                    variants.insert(at, (variant.to_owned(), VariantSample::default()));
+                    at
+                }
+            };
+            variants[at].1.set(field, s.value);
+        }
+        true
+    }
+
+    fn outcome(self) -> Outcome {
+        match self.failed {
+            Some(reason) => Outcome::Unavailable(reason),
+            None => Outcome::Measured(self.services),
         }
     }
-    Outcome::Measured(services)
 }
 
 /// Which InferenceServices a round asks the controller to reconcile.
@@ -286,13 +315,30 @@ mod tests {
 
     fn series(ns: &str, svc: &str, variant: &str, value: f64) -> Series {
         Series {
-            labels: BTreeMap::from([
+            labels: vec![
                 (SERIES_NAMESPACE.to_owned(), ns.to_owned()),
                 (SERIES_INSTANCE.to_owned(), svc.to_owned()),
                 (SERIES_VARIANT.to_owned(), variant.to_owned()),
-            ]),
+            ],
             value: Some(value),
         }
+    }
+
+    type Answer = (Field, Result<Vec<Series>, QueryError>);
+
+    fn group(answers: Vec<Answer>) -> Outcome {
+        let mut grouping = Grouping::default();
+        for (field, answer) in answers {
+            if !grouping.take(field, answer) {
+                break;
+            }
+        }
+        grouping.outcome()
+    }
+
+    fn sample<'a>(services: &'a HashMap<ServiceKey, Variants>, ns: &str, variant: &str) -> &'a VariantSample {
+        let variants = &services[&(ns.to_owned(), "s".to_owned())];
+        &variants.iter().find(|(v, _)| v == variant).expect("variant").1
     }
 
     #[test]
@@ -305,14 +351,29 @@ mod tests {
                     series("b", "s", "q8_0.cpu", 5.0),
                 ]),
             ),
-            (Field::Pods, Ok(vec![series("a", "s", "q8_0.cpu", 2.0)])),
+            (
+                Field::Pods,
+                Ok(vec![
+                    series("a", "s", "q8_0.cpu", 2.0),
+                    series("a", "s", "q4_k.cpu", 1.0),
+                ]),
+            ),
         ]);
         let Outcome::Measured(services) = outcome else {
             panic!("measured: {outcome:?}");
         };
-        let a = &services[&("a".to_owned(), "s".to_owned())]["q8_0.cpu"];
+        let labels: Vec<&str> = services[&("a".to_owned(), "s".to_owned())]
+            .iter()
+            .map(|(v, _)| v.as_str())
+            .collect();
+        assert_eq!(
+            labels,
+            ["q4_k.cpu", "q8_0.cpu"],
+            "sorted, so rounds compare equal"
+        );
+        let a = sample(&services, "a", "q8_0.cpu");
         assert_eq!((a.generated_tokens, a.pods), (10.0, 2.0));
-        assert_eq!(services[&("b".to_owned(), "s".to_owned())]["q8_0.cpu"].pods, 0.0);
+        assert_eq!(sample(&services, "b", "q8_0.cpu").pods, 0.0);
     }
 
     #[test]
@@ -340,7 +401,7 @@ mod tests {
                     };
                     (
                         ("ns".to_owned(), (*name).to_owned()),
-                        BTreeMap::from([("q8_0.cpu".to_owned(), sample)]),
+                        vec![("q8_0.cpu".to_owned(), sample)],
                     )
                 })
                 .collect(),

@@ -1,8 +1,6 @@
 //! What one round of queries says about each variant of each InferenceService, and the
 //! service-wide load it adds up to.
 
-use std::collections::BTreeMap;
-
 use bitscale_api::v1alpha1::ObservedLoad;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -11,6 +9,10 @@ use crate::decision::round;
 
 /// Names an InferenceService: namespace and name.
 pub type ServiceKey = (String, String);
+
+/// The samples of one InferenceService's variants, by variant label, sorted by it. A service
+/// has one variant, two while it switches: a list is a fraction of a map's size.
+pub type Variants = Vec<(String, VariantSample)>;
 
 /// The measurements of one variant's pods (sums over pods unless said otherwise).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -96,12 +98,12 @@ impl VariantSample {
 
 /// The load of a service: its variants' samples added up. Latency quantiles are the worst
 /// variant's (a quantile of a mix is not a sum).
-pub fn service_load(variants: &BTreeMap<String, VariantSample>, time: Time) -> ObservedLoad {
-    let sum = |f: fn(&VariantSample) -> f64| variants.values().map(f).sum::<f64>();
+pub fn service_load(variants: &Variants, time: Time) -> ObservedLoad {
+    let sum = |f: fn(&VariantSample) -> f64| variants.iter().map(|(_, v)| f(v)).sum::<f64>();
     let max = |f: fn(&VariantSample) -> Option<f64>| {
         variants
-            .values()
-            .filter_map(f)
+            .iter()
+            .filter_map(|(_, v)| f(v))
             .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))))
     };
     let requests = sum(|v| v.requests);
@@ -148,7 +150,7 @@ mod tests {
             itl_p95: Some(0.080),
             ..Default::default()
         };
-        let variants = BTreeMap::from([("a".to_owned(), a), ("b".to_owned(), b)]);
+        let variants = vec![("a".to_owned(), a), ("b".to_owned(), b)];
         let load = service_load(&variants, Time(Timestamp::UNIX_EPOCH));
         assert_eq!(load.pods, 3);
         assert_eq!(load.generated_tokens_per_second, 400.0);

@@ -8,6 +8,7 @@ use bitscale_e2e::{await_condition, await_deleted, await_list};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Node, Pod, Service},
+    events::v1::Event,
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
@@ -174,6 +175,45 @@ async fn create_rollout_switch_and_garbage_collect() -> anyhow::Result<()> {
     assert_eq!(
         selected.get("bitscale.dev/variant").map(String::as_str),
         Some(format!("{other}.{cpu}").as_str())
+    );
+
+    // Each decision is an Event on the InferenceService, which `kubectl describe` shows.
+    let events: Api<Event> = scene.api();
+    let decided: Vec<Event> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("chat"))
+        .filter(|e| e.reason.as_deref() == Some("Decided"))
+        .collect();
+    assert!(decided.len() >= 2, "a Decided Event per variant: {decided:?}");
+    assert!(
+        decided
+            .iter()
+            .all(|e| e.reporting_controller.as_deref() == Some("bitscale-operator")),
+        "{decided:?}"
+    );
+    let switch_note = bitscale_api::v1alpha1::Variant {
+        level: other,
+        hardware_class: cpu.clone(),
+    }
+    .to_string();
+    assert!(
+        decided
+            .iter()
+            .any(|e| e.note.as_deref().is_some_and(|n| n.contains(&switch_note))),
+        "the switch's Event names the new variant: {decided:?}"
+    );
+    let described = scene
+        .cluster
+        .kubectl()
+        .args(["describe", "inferenceservice", "chat", "-n", &ns.name])
+        .output()?;
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.contains("Decided") && described.contains(&switch_note),
+        "kubectl describe tells the story:\n{described}"
     );
 
     // Hand edits to children are undone and a deleted child comes back: the operator skips

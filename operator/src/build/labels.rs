@@ -34,15 +34,29 @@ pub(crate) fn fnv1a(value: &str) -> u64 {
     })
 }
 
+/// The standard instance label.
+pub const LABEL_APP_INSTANCE: &str = "app.kubernetes.io/instance";
+/// The standard managed-by label; the operator watches its children by it.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The value of [`LABEL_MANAGED_BY`] on every child.
+pub const MANAGED_BY: &str = "bitscale-operator";
+
+/// Every label key the operator sets on a child: whether a child is as the operator applied it
+/// is decided on these alone (`controller::children::fingerprint`).
+pub const OWN_LABELS: [&str; 5] = [
+    LABEL_APP_NAME,
+    LABEL_APP_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_INSTANCE,
+    LABEL_VARIANT,
+];
+
 /// Labels every child of the InferenceService `name` carries.
 pub fn common_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_APP_NAME.to_owned(), ENGINE_APP.to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), shorten(name, 63, '-')),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "bitscale-operator".to_owned(),
-        ),
+        (LABEL_APP_INSTANCE.to_owned(), shorten(name, 63, '-')),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
         (LABEL_INSTANCE.to_owned(), shorten(name, 63, '-')),
     ])
 }
@@ -91,5 +105,34 @@ mod tests {
         };
         assert_eq!(variant_label(&long).len(), 63);
         assert_ne!(variant_label(&long), variant_label(&other));
+    }
+
+    #[test]
+    fn every_label_on_a_child_is_one_the_fingerprint_reads() {
+        use crate::build::{BuildInput, desired, fixtures::*};
+        let (isvc, owner, class, images) = (smol(), owner(), cpu_class(), images());
+        let decision = decision(QuantLevel::Q8_0, "cpu-standard", 1);
+        let input = BuildInput {
+            owner: &owner,
+            model: &isvc.spec.model,
+            engine: &isvc.spec.engine,
+            class: &class,
+            decision: &decision,
+            images: &images,
+            itl_target: None,
+            measure_quality: false,
+        };
+        let children = desired(&input, "q8_0.cpu-standard");
+        let metas = [
+            &children.deployment.metadata,
+            &children.service.metadata,
+            &children.pdb.metadata,
+        ];
+        for key in metas
+            .iter()
+            .flat_map(|m| m.labels.iter().flatten().map(|(k, _)| k))
+        {
+            assert!(OWN_LABELS.contains(&key.as_str()), "{key} is not in OWN_LABELS");
+        }
     }
 }

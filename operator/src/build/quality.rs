@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{
     EngineImages, Owner,
     deployment::{restricted_container, restricted_pod, volumes_for},
-    labels::{fnv1a, shorten},
+    labels::{LABEL_APP_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, fnv1a, shorten},
     model::{model_mount, pull_containers},
 };
 
@@ -98,14 +98,8 @@ pub fn quality_job(
             "app.kubernetes.io/component".to_owned(),
             QUALITY_COMPONENT.to_owned(),
         ),
-        (
-            "app.kubernetes.io/instance".to_owned(),
-            shorten(&owner.name, 63, '-'),
-        ),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "bitscale-operator".to_owned(),
-        ),
+        (LABEL_APP_INSTANCE.to_owned(), shorten(&owner.name, 63, '-')),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
     ]);
     let node_selector = (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone());
     let tolerations = (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone());

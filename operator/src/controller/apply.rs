@@ -1,25 +1,22 @@
 //! Apply: server-side apply of the built children, and removal of variants that no longer serve.
 
 use bitscale_api::v1alpha1::{InferenceService, InferenceServiceStatus};
-use k8s_openapi::api::{
-    apps::v1::Deployment, batch::v1::Job, core::v1::Service, policy::v1::PodDisruptionBudget,
-};
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use k8s_openapi::api::apps::v1::Deployment;
+use std::{collections::HashMap, sync::Mutex};
 
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, Resource,
     api::{DeleteParams, Patch, PatchParams},
-    runtime::reflector::{ObjectRef, Store},
 };
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    build::{Desired, FIELD_MANAGER, LABEL_VARIANT, Owner},
-    controller::triggers::hash,
-    error::{Error, Result},
+    build::{Desired, FIELD_MANAGER, Owner},
+    controller::{
+        children::{Child, Children, Index, Kind},
+        triggers::hash,
+    },
+    error::Result,
 };
 
 /// Children as the API server returned them after the apply (or as the cache holds them, when
@@ -27,69 +24,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Applied {
     /// The decided variant's Deployment, with its server-populated status.
-    pub deployment: Deployment,
+    pub deployment: Child,
     /// Children written to the API server by this reconcile (0 when all were current).
     pub writes: usize,
-}
-
-/// The watch caches of the operator's children (labelled `managed-by`).
-#[derive(Clone)]
-pub struct Children {
-    /// Engine Deployments.
-    pub deployments: Store<Deployment>,
-    /// Services.
-    pub services: Store<Service>,
-    /// Disruption budgets.
-    pub pdbs: Store<PodDisruptionBudget>,
-    /// Quality-profiling Jobs.
-    pub jobs: Store<Job>,
-}
-
-impl Children {
-    /// Waits until every cache has listed its objects once.
-    pub async fn ready(&self) -> Result<()> {
-        let unavailable = |_| Error::CacheUnavailable("children");
-        self.deployments.wait_until_ready().await.map_err(unavailable)?;
-        self.services.wait_until_ready().await.map_err(unavailable)?;
-        self.pdbs.wait_until_ready().await.map_err(unavailable)?;
-        self.jobs.wait_until_ready().await.map_err(unavailable)?;
-        Ok(())
-    }
-
-    /// Engine Deployments of this InferenceService, by variant label.
-    pub fn variant_deployments(&self, owner: &Owner) -> Vec<(String, Deployment)> {
-        self.deployments
-            .state()
-            .into_iter()
-            .filter(|d| d.namespace().as_deref() == Some(owner.namespace.as_str()))
-            // Only our own children: a label alone could be copied onto anything.
-            .filter(|d| d.owner_references().iter().any(|r| r.uid == owner.reference.uid))
-            .filter_map(|d| d.labels().get(LABEL_VARIANT).cloned().map(|v| (v, (*d).clone())))
-            .collect()
-    }
-
-    /// The quality-profiling Job `name` of this InferenceService, if the cache has it.
-    pub fn job(&self, owner: &Owner, name: &str) -> Option<Job> {
-        self.jobs
-            .get(&ObjectRef::new(name).within(&owner.namespace))
-            .filter(|j| j.owner_references().iter().any(|r| r.uid == owner.reference.uid))
-            .map(|j| (*j).clone())
-    }
-
-    /// The variant label the Service currently selects, if the Service exists.
-    pub fn serving_variant(&self, owner: &Owner) -> Option<String> {
-        self.services
-            .get(&ObjectRef::new(&owner.name).within(&owner.namespace))
-            .filter(|s| s.owner_references().iter().any(|r| r.uid == owner.reference.uid))
-            .and_then(|s| s.spec.as_ref()?.selector.as_ref()?.get(LABEL_VARIANT).cloned())
-    }
-}
-
-fn cached<K>(store: &Store<K>, namespace: &str, object: &K) -> Option<Arc<K>>
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
-    store.get(&ObjectRef::new(object.meta().name.as_deref()?).within(namespace))
 }
 
 /// What the operator last applied to each child and how the API server answered, so that a
@@ -105,40 +42,6 @@ pub struct Ledger(Mutex<HashMap<ChildKey, (u64, u64)>>);
 type ChildKey = (&'static str, String, String);
 
 impl Ledger {
-    /// A child's state as far as its owner is concerned: identity, spec revision, the labels and
-    /// annotations the operator sets (others, such as the Deployment controller's revision
-    /// annotation, are not its business), owners. Status writes do not change it.
-    fn fingerprint<K: Resource>(desired: &K, live: &K) -> u64 {
-        let meta = live.meta();
-        let revision = match meta.generation {
-            Some(generation) => generation.to_string(),
-            // Kinds without a generation (Service): every revision counts.
-            None => meta.resource_version.clone().unwrap_or_default(),
-        };
-        let ours = |wanted: &Option<std::collections::BTreeMap<String, String>>,
-                    have: &Option<std::collections::BTreeMap<String, String>>| {
-            wanted
-                .iter()
-                .flatten()
-                .map(|(k, _)| (k.clone(), have.as_ref().and_then(|h| h.get(k)).cloned()))
-                .collect::<Vec<_>>()
-        };
-        let want = desired.meta();
-        let owners: Vec<&str> = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .map(|r| r.uid.as_str())
-            .collect();
-        hash(&(
-            &meta.uid,
-            revision,
-            ours(&want.labels, &meta.labels),
-            ours(&want.annotations, &meta.annotations),
-            owners,
-        ))
-    }
-
     fn key<K: Resource<DynamicType = ()>>(namespace: &str, object: &K) -> ChildKey {
         let kind: &'static str = match K::kind(&()) {
             std::borrow::Cow::Borrowed(kind) => kind,
@@ -156,16 +59,19 @@ impl Ledger {
         namespace: &str,
         desired: &K,
         want: u64,
-        live: &K,
+        live: &Child,
     ) -> bool {
-        lock(&self.0).get(&Self::key(namespace, desired)) == Some(&(want, Self::fingerprint(desired, live)))
+        lock(&self.0).get(&Self::key(namespace, desired)) == Some(&(want, live.fingerprint))
     }
 
-    fn record<K: Resource<DynamicType = ()>>(&self, namespace: &str, desired: &K, want: u64, applied: &K) {
-        lock(&self.0).insert(
-            Self::key(namespace, desired),
-            (want, Self::fingerprint(desired, applied)),
-        );
+    fn record<K: Resource<DynamicType = ()>>(
+        &self,
+        namespace: &str,
+        desired: &K,
+        want: u64,
+        applied: &Child,
+    ) {
+        lock(&self.0).insert(Self::key(namespace, desired), (want, applied.fingerprint));
     }
 
     /// Forgets a deleted child.
@@ -198,27 +104,28 @@ fn params() -> PatchParams {
 /// and whether it was written.
 async fn apply_one<K>(
     client: &Client,
-    ledger: &Ledger,
-    store: &Store<K>,
-    namespace: &str,
+    (ledger, cache): (&Ledger, &Index),
+    owner: &Owner,
     object: &K,
-) -> Result<(K, bool)>
+) -> Result<(Child, bool)>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    K: Kind
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + Serialize
         + DeserializeOwned
         + std::fmt::Debug,
 {
+    let namespace = &owner.namespace;
     let want = hash(&serde_json::to_vec(object).unwrap_or_default());
-    if let Some(live) = cached(store, namespace, object)
+    let name = object.meta().name.clone().unwrap_or_default();
+    if let Some(live) = cache.get(owner, &name)
         && ledger.current(namespace, object, want, &live)
     {
-        return Ok(((*live).clone(), false));
+        return Ok((live, false));
     }
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    let applied = api.patch(&name, &params(), &Patch::Apply(object)).await?;
+    let applied = api.patch(&name, &params(), &Patch::Apply(object)).await?.child();
     ledger.record(namespace, object, want, &applied);
     Ok((applied, true))
 }
@@ -239,10 +146,9 @@ pub async fn apply(
         service,
         pdb,
     } = desired;
-    let ns = &owner.namespace;
-    let (deployment, a) = apply_one(client, ledger, &children.deployments, ns, deployment).await?;
-    let (_, b) = apply_one(client, ledger, &children.services, ns, service).await?;
-    let (_, c) = apply_one(client, ledger, &children.pdbs, ns, pdb).await?;
+    let (deployment, a) = apply_one(client, (ledger, &children.deployments), owner, deployment).await?;
+    let (_, b) = apply_one(client, (ledger, &children.services), owner, service).await?;
+    let (_, c) = apply_one(client, (ledger, &children.pdbs), owner, pdb).await?;
     Ok(Applied {
         deployment,
         writes: usize::from(a) + usize::from(b) + usize::from(c),
@@ -253,16 +159,16 @@ pub async fn apply(
 pub async fn delete_other_variants(
     client: &Client,
     owner: &Owner,
-    existing: &[(String, Deployment)],
+    existing: &[Child],
     keep: &str,
 ) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), &owner.namespace);
-    for (variant, deployment) in existing.iter().filter(|(v, _)| v != keep) {
-        tracing::info!(variant, "removing a variant that no longer serves");
-        match api
-            .delete(&deployment.name_any(), &DeleteParams::background())
-            .await
-        {
+    for deployment in existing.iter().filter(|d| d.variant.as_deref() != Some(keep)) {
+        tracing::info!(
+            variant = deployment.variant,
+            "removing a variant that no longer serves"
+        );
+        match api.delete(&deployment.name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -389,7 +295,10 @@ mod tests {
     async fn children_unchanged_since_the_last_apply_are_not_written_again() {
         use kube::runtime::{reflector, watcher};
 
-        use crate::build::{BuildInput, desired, fixtures::*};
+        use crate::{
+            build::{BuildInput, desired, fixtures::*},
+            controller::children::{Sink, index},
+        };
 
         let (client, seen) = api_server_echoing();
         let requests = || seen.lock().map(|s| s.len()).unwrap_or_default();
@@ -406,9 +315,9 @@ mod tests {
             measure_quality: false,
         };
         let wanted = desired(&input, "q8-0.cpu-standard");
-        let (deployments, mut deployment_writer) = reflector::store();
-        let (services, mut service_writer) = reflector::store();
-        let (pdbs, mut pdb_writer) = reflector::store();
+        let (deployments, mut deployment_writer) = index::<Deployment>();
+        let (services, mut service_writer) = index();
+        let (pdbs, mut pdb_writer) = index();
         let (jobs, _) = reflector::store();
         let children = Children {
             deployments,
@@ -432,19 +341,20 @@ mod tests {
         assert_eq!(requests(), 6);
 
         // The watch delivers them as applied: nothing to write.
-        let mut live = first.deployment.clone();
-        deployment_writer.apply_watcher_event(&watcher::Event::Apply(live.clone()));
+        let mut live = wanted.deployment.clone();
+        live.metadata = as_created(&live.metadata);
+        deployment_writer.take(&watcher::Event::Apply(live.clone()));
         let mut service = wanted.service.clone();
         service.metadata = as_created(&service.metadata);
-        service_writer.apply_watcher_event(&watcher::Event::Apply(service));
+        service_writer.take(&watcher::Event::Apply(service));
         let mut pdb = wanted.pdb.clone();
         pdb.metadata = as_created(&pdb.metadata);
-        pdb_writer.apply_watcher_event(&watcher::Event::Apply(pdb));
+        pdb_writer.take(&watcher::Event::Apply(pdb));
         let quiet = apply(&client, &children, &ledger, &owner, &wanted)
             .await
             .expect("applied");
         assert_eq!((quiet.writes, requests()), (0, 6));
-        assert_eq!(quiet.deployment.metadata.uid.as_deref(), Some("child-uid"));
+        assert_eq!(quiet.deployment, live.child());
 
         // Another controller annotates the Deployment (as the Deployment controller does with its
         // revision): not the operator's business, nothing to write.
@@ -452,7 +362,7 @@ mod tests {
             .annotations
             .get_or_insert_default()
             .insert("deployment.kubernetes.io/revision".into(), "1".into());
-        deployment_writer.apply_watcher_event(&watcher::Event::Apply(live.clone()));
+        deployment_writer.take(&watcher::Event::Apply(live.clone()));
         apply(&client, &children, &ledger, &owner, &wanted)
             .await
             .expect("applied");
@@ -460,13 +370,14 @@ mod tests {
 
         // Someone edits the Deployment's spec (generation moves): it is written again.
         live.metadata.generation = Some(2);
-        deployment_writer.apply_watcher_event(&watcher::Event::Apply(live));
+        deployment_writer.take(&watcher::Event::Apply(live.clone()));
         let undo = apply(&client, &children, &ledger, &owner, &wanted)
             .await
             .expect("applied");
         assert_eq!((undo.writes, requests()), (1, 7));
         assert!(lock(&seen)[6].contains("/deployments/"));
-        deployment_writer.apply_watcher_event(&watcher::Event::Apply(undo.deployment));
+        live.metadata.generation = Some(1);
+        deployment_writer.take(&watcher::Event::Apply(live));
 
         // A different desired child (a new decision) is written though the cache is current.
         let mut changed = wanted.clone();
@@ -495,16 +406,12 @@ mod tests {
     #[tokio::test]
     async fn a_missing_child_on_delete_is_not_an_error() {
         let (client, seen) = api_server_answering(404);
-        let existing = vec![(
-            "q8-0-cpu".to_owned(),
-            Deployment {
-                metadata: kube::api::ObjectMeta {
-                    name: Some("chat-q8-0-cpu".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )];
+        let existing = vec![Child {
+            name: "chat-q8-0-cpu".into(),
+            fingerprint: 0,
+            variant: Some("q8-0-cpu".into()),
+            rollout: None,
+        }];
         delete_other_variants(&client, &owner(), &existing, "q4-k-cpu")
             .await
             .expect("already gone is done");

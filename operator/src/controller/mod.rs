@@ -3,6 +3,8 @@
 //! transient ones retry with per-object exponential backoff.
 
 pub mod apply;
+pub mod children;
+pub mod events;
 pub mod measure;
 pub mod pending;
 pub mod plan;
@@ -28,18 +30,15 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::DeserializeGuard,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
-        reflector,
-        reflector::ObjectRef,
-        watcher,
-    },
+    runtime::{Controller, WatchStreamExt, controller::Action, reflector, reflector::ObjectRef, watcher},
 };
 
 use crate::{
-    build::{self, BuildInput, ENGINE_PORT, EngineImages, selector_string, variant_label, variant_selector},
+    build::{
+        self, BuildInput, ENGINE_PORT, EngineImages, LABEL_MANAGED_BY, MANAGED_BY, selector_string,
+        variant_label, variant_selector,
+    },
+    controller::children::Child,
     error::{Error, Result},
     metrics::Metrics,
     observe,
@@ -110,9 +109,9 @@ pub struct Context {
     client: Client,
     config: Config,
     metrics: Metrics,
-    recorder: Recorder,
+    recorder: events::Recorder,
     classes: reflector::Store<HardwareClass>,
-    children: apply::Children,
+    children: children::Children,
     ledger: Arc<apply::Ledger>,
     observations: observe::Observations,
     failures: Mutex<HashMap<ObjectRef<DeserializeGuard<InferenceService>>, u32>>,
@@ -146,23 +145,19 @@ pub async fn run_until(
     .default_backoff()
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
-    let reporter = Reporter {
-        controller: "bitscale-operator".into(),
-        instance: config.instance.clone(),
-    };
     // Children: one watch per kind, filtered to the labels the operator puts on them, feeding
     // both the caches the reconciler reads and the triggers that start it.
-    let managed = || watcher::Config::default().labels("app.kubernetes.io/managed-by=bitscale-operator");
+    let managed = || watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let ledger = Arc::new(apply::Ledger::default());
-    let (deployments, deployment_writer) = reflector::store();
-    let (services, service_writer) = reflector::store();
-    let (pdbs, pdb_writer) = reflector::store();
+    let (deployments, deployment_writer) = children::index();
+    let (services, service_writer) = children::index();
+    let (pdbs, pdb_writer) = children::index();
     let (jobs, job_writer) = reflector::store();
     let deployment_changes = triggers::changes(
         namespaced::<Deployment>(&client, &config),
         managed(),
         deployment_writer,
-        (triggers::deployment, triggers::trim_deployment),
+        (triggers::deployment, triggers::keep_all),
         forget(&ledger),
     );
     let service_changes = triggers::changes(
@@ -218,7 +213,7 @@ pub async fn run_until(
     };
     let ctx = Arc::new(Context {
         classes,
-        children: apply::Children {
+        children: children::Children {
             deployments,
             services,
             pdbs,
@@ -226,7 +221,7 @@ pub async fn run_until(
         },
         ledger,
         observations,
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: events::Recorder::new(client.clone(), "bitscale-operator", config.instance.clone()),
         client,
         config,
         metrics,
@@ -285,7 +280,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<InferenceService>>, ctx: Arc<Cont
             publish(
                 &ctx,
                 &guard.object_ref(&()),
-                EventType::Warning,
+                events::Type::Warning,
                 error.reason(),
                 &error.to_string(),
             )
@@ -372,13 +367,10 @@ async fn gather(
     ctx: &Context,
     isvc: &InferenceService,
     valid: &validate::Validated,
-    existing: &[(String, Deployment)],
+    existing: &[Child],
     now: &Time,
 ) -> Result<Gathered> {
-    let available: i32 = existing
-        .iter()
-        .filter_map(|(_, d)| d.status.as_ref()?.available_replicas)
-        .sum();
+    let available: i32 = existing.iter().filter_map(|d| Some(d.rollout?.available)).sum();
     let mut reading = measure::read(
         &ctx.observations.latest(),
         &valid.owner.namespace,
@@ -441,7 +433,7 @@ async fn check_pending(
     ctx: &Context,
     isvc: &InferenceService,
     valid: &validate::Validated,
-    existing: &[(String, Deployment)],
+    existing: &[Child],
     now: &Time,
 ) -> Result<(Vec<bitscale_api::v1alpha1::UnavailableVariant>, Option<Duration>)> {
     let status = isvc.status.as_ref();
@@ -452,8 +444,8 @@ async fn check_pending(
     let label = variant_label(&previous.variant);
     let short = existing
         .iter()
-        .find(|(v, _)| v == &label)
-        .is_some_and(|(_, d)| !status::Observed::from_deployment(d, label.clone(), true).ready());
+        .find(|d| d.variant.as_ref() == Some(&label))
+        .is_some_and(|d| !status::Observed::from_deployment(d, label.clone(), true).ready());
     if !short || unavailable.iter().any(|u| u.variant == previous.variant) {
         return Ok((unavailable, None));
     }
@@ -473,7 +465,7 @@ async fn check_pending(
             publish(
                 ctx,
                 &isvc.object_ref(&()),
-                EventType::Warning,
+                events::Type::Warning,
                 "VariantUnavailable",
                 &note,
             )
@@ -492,7 +484,7 @@ async fn roll_out(
     valid: &validate::Validated,
     isvc: &InferenceService,
     (decided, measure_quality): (&Decision, bool),
-    existing: &[(String, Deployment)],
+    existing: &[Child],
 ) -> Result<(status::Observed, String)> {
     let target = variant_label(&decided.variant);
     let class = valid
@@ -502,10 +494,9 @@ async fn roll_out(
     let current = ctx.children.serving_variant(&valid.owner);
     let target_ready_before = existing
         .iter()
-        .find(|(v, _)| v == &target)
-        .map(|(_, d)| status::Observed::from_deployment(d, target.clone(), true).ready())
-        .unwrap_or(false);
-    let old_still_there = |v: &String| existing.iter().any(|(e, _)| e == v);
+        .find(|d| d.variant.as_ref() == Some(&target))
+        .is_some_and(|d| status::Observed::from_deployment(d, target.clone(), true).ready());
+    let old_still_there = |v: &String| existing.iter().any(|d| d.variant.as_ref() == Some(v));
     let serving = match current {
         Some(v) if v != target && old_still_there(&v) && !target_ready_before && decided.replicas > 0 => v,
         _ => target.clone(),
@@ -546,7 +537,7 @@ async fn announce(ctx: &Context, isvc: &InferenceService, decided: &Decision) {
         _ => ("Decided", decided.reason.clone()),
     };
     ctx.metrics.decision_changed(reason);
-    publish(ctx, &isvc.object_ref(&()), EventType::Normal, reason, &note).await;
+    publish(ctx, &isvc.object_ref(&()), events::Type::Normal, reason, &note).await;
 }
 
 async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error) -> Result<()> {
@@ -566,7 +557,7 @@ async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error)
         publish(
             ctx,
             &isvc.object_ref(&()),
-            EventType::Warning,
+            events::Type::Warning,
             error.reason(),
             &message,
         )
@@ -586,20 +577,11 @@ async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error)
 async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
+    type_: events::Type,
     reason: &str,
     note: &str,
 ) {
-    // Events 1 KiB max; decisions can be longer.
-    let note: String = note.chars().take(1000).collect();
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+    if let Err(error) = ctx.recorder.publish(reference, type_, reason, note).await {
         tracing::warn!(%error, "could not publish an Event");
     }
 }

@@ -3,10 +3,9 @@
 //! `lastTransitionTime` moves only when its status flips.
 
 use bitscale_api::v1alpha1::{Decision, InferenceServiceStatus};
-use k8s_openapi::{
-    api::apps::v1::Deployment,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::controller::children::{Child, Rollout};
 
 /// Condition types.
 pub mod conditions {
@@ -54,13 +53,14 @@ pub struct Observed {
 
 impl Observed {
     /// Reads the decided variant's Deployment as returned by the API server.
-    pub fn from_deployment(deployment: &Deployment, serving_variant: String, switched: bool) -> Self {
-        let desired = deployment.spec.replicas.unwrap_or(1);
-        let status = deployment.status.clone().unwrap_or_default();
-        let current = status.observed_generation >= deployment.metadata.generation;
-        let updated = status.updated_replicas.unwrap_or(0);
-        let available = status.available_replicas.unwrap_or(0);
-        let total = status.replicas.unwrap_or(0);
+    pub fn from_deployment(deployment: &Child, serving_variant: String, switched: bool) -> Self {
+        let Rollout {
+            desired,
+            current,
+            updated,
+            available,
+            total,
+        } = deployment.rollout.unwrap_or_default();
         Self {
             serving_variant,
             switched,

@@ -14,15 +14,17 @@ use std::{
 };
 
 use bitscale_api::v1alpha1::InferenceService;
-use futures::{Stream, StreamExt, future::ready};
+use futures::{Stream, StreamExt, TryStreamExt, future::ready};
 use k8s_openapi::api::{
     apps::v1::Deployment, batch::v1::Job, core::v1::Service, policy::v1::PodDisruptionBudget,
 };
 use kube::{
     Resource, ResourceExt,
     core::DeserializeGuard,
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{WatchStreamExt, watcher},
 };
+
+use crate::controller::children::Sink;
 
 /// The part of an object a reconcile depends on, as a hash; `None` passes every event.
 pub type Relevant<K> = fn(&K) -> Option<u64>;
@@ -37,13 +39,13 @@ pub(crate) fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
 /// What of an object the cache need not keep: cut before it is stored.
 pub type Trim<K> = fn(&mut K);
 
-/// Watches `api` into `writer` (the cache the reconciler reads, each object cut by `trim`) and
+/// Watches `api` into `cache` (the cache the reconciler reads, each object cut by `trim`) and
 /// yields the objects whose [`Relevant`] part changed since their last event, plus every deleted
 /// object (after calling `deleted` with it).
 pub fn changes<K>(
     api: kube::Api<K>,
     config: watcher::Config,
-    writer: reflector::store::Writer<K>,
+    mut cache: impl Sink<K> + Send + 'static,
     (relevant, trim): (Relevant<K>, Trim<K>),
     deleted: impl Fn(&K) + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
@@ -65,7 +67,7 @@ where
             object.managed_fields_mut().clear();
             trim(object);
         })
-        .reflect(writer)
+        .inspect_ok(move |event| cache.take(event))
         .filter_map(move |event| {
             ready(match event {
                 Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
@@ -108,16 +110,6 @@ pub fn deployment(object: &Deployment) -> Option<u64> {
 
 /// Keeps everything.
 pub fn keep_all<K>(_: &mut K) {}
-
-/// A cached Deployment keeps what a reconcile reads (metadata, replicas, rollout counts): its
-/// pod template and conditions, most of its size, are never read from the cache (whether a
-/// child is current is decided from its metadata, see `apply::Ledger`).
-pub fn trim_deployment(object: &mut Deployment) {
-    object.spec.template = Default::default();
-    if let Some(status) = object.status.as_mut() {
-        status.conditions = None;
-    }
-}
 
 /// A cached Job keeps its metadata and status: its pod template is never read.
 pub fn trim_job(object: &mut Job) {

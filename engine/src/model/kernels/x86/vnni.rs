@@ -95,12 +95,15 @@ unsafe fn q8_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActs, a0:
         for b in 0..nb {
             let wb = wq.add(b * ROWS * BLOCK);
             prefetch(wb.wrapping_add(4 * ROWS * BLOCK), 4);
-            let wv: [__m256i; 8] =
-                std::array::from_fn(|c| _mm256_xor_si256(_mm256_loadu_si256(wb.add(c * 32).cast()), flip));
-            let isum: [__m256i; R] = std::array::from_fn(|a| {
+            let mut wv = [_mm256_setzero_si256(); 8];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_xor_si256(_mm256_loadu_si256(wb.add(c * 32).cast()), flip);
+            }
+            let mut isum = [_mm256_setzero_si256(); R];
+            for (a, s) in isum.iter_mut().enumerate() {
                 let start = _mm256_set1_epi32(-128 * *xs.add(a * nb + b));
-                dots(start, wv, xq.add(a * k + b * BLOCK), 4)
-            });
+                *s = dots(start, wv, xq.add(a * k + b * BLOCK), 4);
+            }
             add_scaled(&mut acc, &isum, wd.add(b * ROWS), |a| *xd.add(a * nb + b));
         }
         acc.map(lanes)
@@ -230,8 +233,7 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
             for i in 0..8 {
                 let scv = widen8::<false>(sc.add(i * ROWS));
                 let u = unpack_subblock::<FIVE>(q.add(i * 128), qh.wrapping_add(i * ROWS));
-                let lo: [__m256i; 4] = std::array::from_fn(|c| u[2 * c]);
-                let hi: [__m256i; 4] = std::array::from_fn(|c| u[2 * c + 1]);
+                let (lo, hi) = ([u[0], u[2], u[4], u[6]], [u[1], u[3], u[5], u[7]]);
                 for (s, xa) in isum.iter_mut().zip(&xs) {
                     let xa = xa.add(t * QK + i * 32);
                     let dot = dots(dots(_mm256_setzero_si256(), lo, xa, 4), hi, xa.add(16), 4);
@@ -270,8 +272,7 @@ unsafe fn q6k_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActsK, a
                 let s_lo = widen8::<true>(sc.add(2 * i * ROWS));
                 let s_hi = widen8::<true>(sc.add((2 * i + 1) * ROWS));
                 let u = unpack_q6k(q.add(i * 128), qh.add(2 * i * ROWS));
-                let lo: [__m256i; 4] = std::array::from_fn(|c| u[2 * c]);
-                let hi: [__m256i; 4] = std::array::from_fn(|c| u[2 * c + 1]);
+                let (lo, hi) = ([u[0], u[2], u[4], u[6]], [u[1], u[3], u[5], u[7]]);
                 for (s, xa) in isum.iter_mut().zip(&xs) {
                     let xa = xa.add(t * QK + i * 32);
                     let dl = dots(_mm256_setzero_si256(), lo, xa, 4);

@@ -34,25 +34,44 @@ use super::kquant::{check_sizes, q45k_mins, scale_pairs, unpack_q6k, unpack_subb
 use super::{add_scaled, broadcast4, fifth_bits, for_groups, lanes, nibbles, pad, prefetch, scaled_add};
 
 /// `acc + Σ_c` (the four bytes of `w[c]` in each lane · the four activation quants at
-/// `x + step·c`), for the `N` vectors of `w`, as two chains (even and odd `c`) so one row's
-/// dependent `vpdpbusd`s do not wait on each other's latency.
+/// `x + at[c]`), in `ch` (1, 2 or 4) independent chains added at the end. One row's `vpdpbusd`s
+/// in a single chain each wait on the last one's latency: with few rows a pass (batch 1, bound by
+/// memory) that keeps a block's work in the scheduler longer and fewer loads are in flight; with
+/// many rows, the rows are the independent work and two chains do ([`chains`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dots<const N: usize>(acc: __m256i, w: [__m256i; N], x: *const i8, step: usize) -> __m256i {
-    // SAFETY: the caller guarantees `4 + step·(N − 1)` readable bytes at `x`.
+unsafe fn dots<const N: usize>(acc: __m256i, w: [__m256i; N], x: *const i8, at: [usize; N], ch: usize) -> __m256i {
+    // SAFETY: the caller guarantees four readable bytes at each `x + at[c]`.
     unsafe {
-        let (mut even, mut odd) = (acc, _mm256_setzero_si256());
-        for (c, w) in w.iter().enumerate() {
-            let xb = broadcast4(x.add(step * c));
-            if c % 2 == 0 {
-                even = _mm256_dpbusd_epi32(even, *w, xb);
-            } else {
-                odd = _mm256_dpbusd_epi32(odd, *w, xb);
+        let mut chains = [_mm256_setzero_si256(); 4];
+        chains[0] = acc;
+        for c in 0..N {
+            let i = c % ch;
+            chains[i] = _mm256_dpbusd_epi32(chains[i], w[c], broadcast4(x.add(at[c])));
+        }
+        let mut width = ch;
+        while width > 1 {
+            width /= 2;
+            for i in 0..width {
+                chains[i] = _mm256_add_epi32(chains[i], chains[i + width]);
             }
         }
-        _mm256_add_epi32(even, odd)
+        chains[0]
     }
 }
+
+/// Independent `vpdpbusd` chains a row takes in a pass of `r` activation rows (see [`dots`]).
+const fn chains(r: usize) -> usize {
+    if r >= 4 { 2 } else { 4 }
+}
+
+/// Offsets of the activation quants that [`nibbles`]' vectors in `(low, high)` pairs meet: a
+/// 32-value block's low nibbles hold its quants `4c..`, the high ones `16 + 4c..`.
+const PAIRED: [usize; 8] = [0, 16, 4, 20, 8, 24, 12, 28];
+
+/// Offsets of eight vectors of consecutive quants (Q8_0), or four (one 16-value half).
+const SEQ8: [usize; 8] = [0, 4, 8, 12, 16, 20, 24, 28];
+const SEQ4: [usize; 4] = [0, 4, 8, 12];
 
 /// Q8_0 / Q4_x / Q5_x weight rows `out.j0()..` · Q8_0 activation rows. The caller ran
 /// `x86::check_sizes` for these buffers and checked the CPU's features.
@@ -102,7 +121,7 @@ unsafe fn q8_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActs, a0:
             let mut isum = [_mm256_setzero_si256(); R];
             for (a, s) in isum.iter_mut().enumerate() {
                 let start = _mm256_set1_epi32(-128 * *xs.add(a * nb + b));
-                *s = dots(start, wv, xq.add(a * k + b * BLOCK), 4);
+                *s = dots(start, wv, xq.add(a * k + b * BLOCK), SEQ8, chains(R));
             }
             add_scaled(&mut acc, &isum, wd.add(b * ROWS), |a| *xd.add(a * nb + b));
         }
@@ -141,18 +160,19 @@ unsafe fn q45_rows<const R: usize, const FIVE: bool>(
                 _mm256_setzero_si256()
             };
             // Low nibbles (quants `4c..`) and high nibbles (`16 + 4c..`) of the eight rows.
-            let (mut lo, mut hi) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+            let mut u = [_mm256_setzero_si256(); 8];
             for c in 0..4 {
-                (lo[c], hi[c]) = nibbles(wb.add(c * 32));
+                let (mut lo, mut hi) = nibbles(wb.add(c * 32));
                 if FIVE {
-                    lo[c] = _mm256_or_si256(lo[c], fifth_bits(h, c));
-                    hi[c] = _mm256_or_si256(hi[c], fifth_bits(h, c + 4));
+                    lo = _mm256_or_si256(lo, fifth_bits(h, c));
+                    hi = _mm256_or_si256(hi, fifth_bits(h, c + 4));
                 }
+                (u[2 * c], u[2 * c + 1]) = (lo, hi);
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b * ROWS).cast()));
             for (a, acc) in acc.iter_mut().enumerate() {
                 let xa = xq.add(a * k + b * BLOCK);
-                let sum = dots(dots(_mm256_setzero_si256(), lo, xa, 4), hi, xa.add(16), 4);
+                let sum = dots(_mm256_setzero_si256(), u, xa, PAIRED, chains(R));
                 scaled_add(acc, sum, d, *xd.add(a * nb + b));
             }
         }
@@ -233,10 +253,9 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
             for i in 0..8 {
                 let scv = widen8::<false>(sc.add(i * ROWS));
                 let u = unpack_subblock::<FIVE>(q.add(i * 128), qh.wrapping_add(i * ROWS));
-                let (lo, hi) = ([u[0], u[2], u[4], u[6]], [u[1], u[3], u[5], u[7]]);
                 for (s, xa) in isum.iter_mut().zip(&xs) {
                     let xa = xa.add(t * QK + i * 32);
-                    let dot = dots(dots(_mm256_setzero_si256(), lo, xa, 4), hi, xa.add(16), 4);
+                    let dot = dots(_mm256_setzero_si256(), u, xa, PAIRED, chains(R));
                     *s = _mm256_add_epi32(*s, _mm256_mullo_epi32(dot, scv));
                 }
             }
@@ -275,8 +294,8 @@ unsafe fn q6k_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActsK, a
                 let (lo, hi) = ([u[0], u[2], u[4], u[6]], [u[1], u[3], u[5], u[7]]);
                 for (s, xa) in isum.iter_mut().zip(&xs) {
                     let xa = xa.add(t * QK + i * 32);
-                    let dl = dots(_mm256_setzero_si256(), lo, xa, 4);
-                    let dh = dots(_mm256_setzero_si256(), hi, xa.add(16), 4);
+                    let dl = dots(_mm256_setzero_si256(), lo, xa, SEQ4, chains(R).min(2));
+                    let dh = dots(_mm256_setzero_si256(), hi, xa.add(16), SEQ4, chains(R).min(2));
                     let part = _mm256_add_epi32(_mm256_mullo_epi32(dl, s_lo), _mm256_mullo_epi32(dh, s_hi));
                     *s = _mm256_add_epi32(*s, part);
                 }

@@ -121,7 +121,10 @@ fn simd_and_portable_agree_closely() {
             let a = matmul(&w, &x, 9, Isa::Set(set));
             for (u, v) in a.iter().zip(&b) {
                 let set = set.name();
-                assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{dtype:?} {set}: {u} vs {v}");
+                assert!(
+                    (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                    "{dtype:?} {set}: {u} vs {v}"
+                );
             }
         }
     }
@@ -138,9 +141,21 @@ fn quantized_simd_and_portable_agree_exactly() {
         .filter(|d| !matches!(d, GgmlDType::F16 | GgmlDType::BF16));
     for dtype in quantized {
         let shapes: &[(usize, usize, usize)] = if is_k(dtype) {
-            &[(19, 2560, 9), (40, 1536, 1), (9, 256, 16), (24, 2048, 8), (33, 2048, 1)]
+            &[
+                (19, 2560, 9),
+                (40, 1536, 1),
+                (9, 256, 16),
+                (24, 2048, 8),
+                (33, 2048, 1),
+            ]
         } else {
-            &[(19, 320, 9), (40, 576, 1), (9, 32, 16), (24, 2048, 8), (33, 2048, 1)]
+            &[
+                (19, 320, 9),
+                (40, 576, 1),
+                (9, 32, 16),
+                (24, 2048, 8),
+                (33, 2048, 1),
+            ]
         };
         for &(n, k, m) in shapes {
             let (w, _) = packed(dtype, n, k, 7);
@@ -364,12 +379,13 @@ fn kernel_timing() {
                     })
                     .fold(f64::INFINITY, f64::min)
             };
-            let sets: Vec<KernelSet> = std::env::var("BITSCALE_KERNEL_SETS").map_or(vec![KernelSet::active()], |v| {
-                v.split(',')
-                    .map(|s| KernelSet::from_name(s).expect("BITSCALE_KERNEL_SETS: kernel set names"))
-                    .filter(|s| s.supported())
-                    .collect()
-            });
+            let sets: Vec<KernelSet> =
+                std::env::var("BITSCALE_KERNEL_SETS").map_or(vec![KernelSet::active()], |v| {
+                    v.split(',')
+                        .map(|s| KernelSet::from_name(s).expect("BITSCALE_KERNEL_SETS: kernel set names"))
+                        .filter(|s| s.supported())
+                        .collect()
+                });
             let ours: Vec<(KernelSet, f64)> = sets
                 .into_iter()
                 .map(|set| {
@@ -393,7 +409,10 @@ fn kernel_timing() {
                 .iter()
                 .map(|(set, t)| format!("{} {t:.0} µs ({:.1} GB/s)", set.name(), bytes as f64 / t / 1e3))
                 .collect();
-            println!("{dtype:?} {n}x{k} m={m}: {}, candle {candle:.0} µs", ours.join(", "));
+            println!(
+                "{dtype:?} {n}x{k} m={m}: {}, candle {candle:.0} µs",
+                ours.join(", ")
+            );
         }
     }
 }

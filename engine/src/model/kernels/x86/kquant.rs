@@ -197,7 +197,12 @@ pub(super) unsafe fn unpack_subblock<const FIVE: bool>(q: *const u8, qh: *const 
 /// `Σ dmin·dx·Σ m·bsum32` over the super-blocks, one `madd` per sub-block with the pair of
 /// 16-value sums broadcast.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q45k_mins<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActsK, a0: usize) -> [__m256; R] {
+pub(super) unsafe fn q45k_mins<const R: usize>(
+    w: &PackedMatrix,
+    g: usize,
+    x: &QuantActsK,
+    a0: usize,
+) -> [__m256; R] {
     let nsb = w.k / QK;
     // SAFETY: as in `q45k_rows`.
     unsafe {

@@ -40,7 +40,13 @@ use super::{add_scaled, broadcast4, fifth_bits, for_groups, lanes, nibbles, pad,
 /// many rows, the rows are the independent work and two chains do ([`chains`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dots<const N: usize>(acc: __m256i, w: [__m256i; N], x: *const i8, at: [usize; N], ch: usize) -> __m256i {
+unsafe fn dots<const N: usize>(
+    acc: __m256i,
+    w: [__m256i; N],
+    x: *const i8,
+    at: [usize; N],
+    ch: usize,
+) -> __m256i {
     // SAFETY: the caller guarantees four readable bytes at each `x + at[c]`.
     unsafe {
         let mut chains = [_mm256_setzero_si256(); 4];
@@ -273,7 +279,12 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
 /// `vpdpbusd` each) times the halves' scales, and the −32 offset is taken off per super-block as
 /// in the AVX2 kernel.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q6k_rows<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActsK, a0: usize) -> [[f32; ROWS]; R] {
+unsafe fn q6k_rows<const R: usize>(
+    w: &PackedMatrix,
+    g: usize,
+    x: &QuantActsK,
+    a0: usize,
+) -> [[f32; ROWS]; R] {
     let (k, nsb) = (w.k, w.k / QK);
     // SAFETY: group `g` has `nsb` super-blocks of 1024 low-nibble bytes, 128 words of high bits,
     // 128 scale bytes and 8 `d`; activation rows `a0..a0 + R` have `k` quants, `nsb` scales and

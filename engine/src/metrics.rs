@@ -47,8 +47,8 @@ pub struct InfoLabels {
     pub model: String,
     pub quantization: String,
     pub device: String,
-    /// The CPU kernel set (`avx2`, `portable`; `KernelSet::name`), or the device when it is not
-    /// the CPU.
+    /// The CPU kernel set (`avx512vnni`, `avx2`, `portable`, `candle`; `KernelSet::name`), or the
+    /// device when it is not the CPU.
     pub kernels: String,
 }
 

@@ -134,8 +134,9 @@ pub(crate) fn tied_embedding_kept_apart(dtype: GgmlDType) -> bool {
     packed_format(dtype).is_none() && dtype == GgmlDType::F32
 }
 
-/// `BITSCALE_KERNELS=candle` routes every matmul through candle and `=portable` runs our kernels
-/// without SIMD, to compare implementations on the same model.
+/// `BITSCALE_KERNELS=candle` routes every matmul through candle, `=portable` runs our kernels
+/// without SIMD and `=avx2` / `=avx512vnni` picks that set where the CPU has it
+/// (`KernelSet::active`), to compare implementations on the same model.
 fn kernels_env() -> Option<String> {
     std::env::var("BITSCALE_KERNELS").ok()
 }

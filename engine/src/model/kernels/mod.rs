@@ -90,6 +90,9 @@ pub(crate) struct QuantActs {
     pub d: Vec<f32>,
     /// Block sums `d · Σ q` (for the minimum term of 4/5-bit weights), laid out as `d`.
     pub s: Vec<f32>,
+    /// The integer sums `Σ q`, laid out as `d` (the AVX-512 VNNI Q8_0 kernel offsets the weights
+    /// by 128 to make them unsigned and takes `128 · Σ q` back off).
+    pub qsum: Vec<i32>,
 }
 
 impl QuantActs {
@@ -100,6 +103,7 @@ impl QuantActs {
         let mut qs = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / BLOCK];
         let mut s = vec![0f32; x.len() / BLOCK];
+        let mut qsum = vec![0i32; x.len() / BLOCK];
         let simd = has_avx2();
         for (i, (src, dst)) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)).enumerate() {
             let (Ok(src), Ok(dst)) = (<&[f32; BLOCK]>::try_from(src), <&mut [i8; BLOCK]>::try_from(dst))
@@ -121,8 +125,9 @@ impl QuantActs {
             let scale = half::f16::from_f32(scale).to_f32();
             d[i] = scale;
             s[i] = scale * sum as f32;
+            qsum[i] = sum;
         }
-        Self { qs, d, s }
+        Self { qs, d, s, qsum }
     }
 }
 
@@ -134,6 +139,9 @@ pub enum KernelSet {
     Portable,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// [`KernelSet::Avx2`] plus AVX-512 F, BW, VL and VNNI: the integer dots of the quantized
+    /// formats with `vpdpbusd` on 256-bit vectors; f16/bf16, attention and the rest as `Avx2`.
+    Avx512Vnni,
 }
 
 impl KernelSet {
@@ -142,40 +150,77 @@ impl KernelSet {
         match self {
             KernelSet::Portable => "portable",
             KernelSet::Avx2 => "avx2",
+            KernelSet::Avx512Vnni => "avx512vnni",
         }
     }
 
-    /// The set every kernel of this process runs: the best the CPU supports, or a lower one named
-    /// by `BITSCALE_KERNELS` (`portable`, to check the plain-Rust path on an x86 machine).
+    /// The set called `name` ([`KernelSet::name`]), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [KernelSet::Portable, KernelSet::Avx2, KernelSet::Avx512Vnni]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
+    /// Whether this CPU can run the set.
+    pub fn supported(self) -> bool {
+        match self {
+            KernelSet::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx2 => {
+                std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                    && std::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelSet::Avx512Vnni => {
+                KernelSet::Avx2.supported()
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every SIMD set this CPU can run, lowest first (the tests run each against `Portable`).
+    pub fn supported_simd() -> Vec<Self> {
+        [KernelSet::Avx2, KernelSet::Avx512Vnni]
+            .into_iter()
+            .filter(|s| s.supported())
+            .collect()
+    }
+
+    /// The set every kernel of this process runs: the best the CPU supports, or the one named by
+    /// `BITSCALE_KERNELS` (`portable`, `avx2`, `avx512vnni`: to compare sets on one machine) when
+    /// the CPU supports it; a set the CPU lacks is ignored (the start-up log names the set run).
     pub fn active() -> Self {
         static SET: OnceLock<KernelSet> = OnceLock::new();
         *SET.get_or_init(|| {
-            let best = Self::best_supported();
-            match std::env::var("BITSCALE_KERNELS").as_deref() {
-                Ok("portable") => KernelSet::Portable,
-                _ => best,
+            let forced = std::env::var("BITSCALE_KERNELS").ok();
+            match forced.as_deref().and_then(Self::from_name) {
+                Some(set) if set.supported() => set,
+                _ => Self::best_supported(),
             }
         })
     }
 
     fn best_supported() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            return KernelSet::Avx2;
-        }
-        KernelSet::Portable
+        [KernelSet::Avx512Vnni, KernelSet::Avx2]
+            .into_iter()
+            .find(|s| s.supported())
+            .unwrap_or(KernelSet::Portable)
     }
 
-    /// Features of this CPU that a faster set would use but no kernel here does yet (AVX-512 VNNI,
-    /// AVX-VNNI, AMX), for the start-up log.
+    /// Features of this CPU that a faster set would use but the active set does not (AVX-512
+    /// VNNI when a lower set runs, AVX-VNNI and AMX, for which no set exists yet), for the
+    /// start-up log.
     pub fn unused_features() -> Vec<&'static str> {
         let mut found = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512vnni") {
+            if std::is_x86_feature_detected!("avx512vnni") && Self::active() != KernelSet::Avx512Vnni {
                 found.push("avx512_vnni");
             }
             if std::is_x86_feature_detected!("avxvnni") {
@@ -192,18 +237,35 @@ impl KernelSet {
     }
 }
 
-/// Whether the AVX2 + FMA + F16C kernels run in this process.
+/// Whether the active set has AVX2 + FMA + F16C (`Avx2`, and `Avx512Vnni` above it): the
+/// kernels without a VNNI variant (floats, attention, quantization) run their AVX2 code.
 fn has_avx2() -> bool {
-    KernelSet::active() == KernelSet::Avx2
+    matches!(KernelSet::active(), KernelSet::Avx2 | KernelSet::Avx512Vnni)
 }
 
 /// Which implementation [`matmul`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Isa {
-    /// The fastest this CPU supports.
+    /// The process's [`KernelSet::active`].
     Best,
     /// Plain Rust, any CPU (also the tests' reference).
     Portable,
+    /// A given set, which the CPU must support (tests and timings compare sets).
+    #[cfg_attr(not(test), expect(dead_code, reason = "only tests and timings pick a set"))]
+    Set(KernelSet),
+}
+
+impl Isa {
+    fn kernel_set(self) -> KernelSet {
+        match self {
+            Isa::Best => KernelSet::active(),
+            Isa::Portable => KernelSet::Portable,
+            Isa::Set(set) => {
+                assert!(set.supported(), "kernel set {} on a CPU without it", set.name());
+                set
+            }
+        }
+    }
 }
 
 /// Activations in the form a format's kernel reads.
@@ -224,19 +286,16 @@ pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, isa: Isa) -> Vec<f32
     } else {
         Acts::Quant(QuantActs::new(x, k))
     };
-    let simd = isa == Isa::Best && has_avx2();
+    let set = isa.kernel_set();
     // Weight rows are split across threads in whole interleaved groups; each task writes its
     // columns of every activation row straight into the output (tiles copied into place
     // afterwards were 5–9 % of a decode step over 8 sequences, with their allocation and zeroing).
     let threads = rayon::current_num_threads().max(1);
     let rows_per_task = n.div_ceil(threads * 4).max(16).next_multiple_of(ROWS);
-    fill_columns(m, n, rows_per_task, |out| {
-        if simd {
-            #[cfg(target_arch = "x86_64")]
-            x86::rows(w, &acts, out);
-        } else {
-            portable::rows(w, &acts, out);
-        }
+    fill_columns(m, n, rows_per_task, |out| match set {
+        #[cfg(target_arch = "x86_64")]
+        KernelSet::Avx2 | KernelSet::Avx512Vnni => x86::rows(w, &acts, out, set),
+        _ => portable::rows(w, &acts, out),
     })
 }
 

@@ -5,7 +5,15 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::{Isa, PackedMatrix, matmul};
+use super::{Isa, KernelSet, PackedMatrix, matmul};
+
+/// The portable path and every SIMD set this CPU supports: each test runs all of them, so the
+/// portable path stays tested on x86, and a set the CPU lacks is skipped, not failed.
+fn all_paths() -> Vec<Isa> {
+    std::iter::once(Isa::Portable)
+        .chain(KernelSet::supported_simd().into_iter().map(Isa::Set))
+        .collect()
+}
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -79,7 +87,7 @@ fn every_format_matches_the_dequantized_reference() {
             let x = random(m * k, 2 + m as u64);
             let want = reference(&deq, &x, n, k, m);
             let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt() / (want.len() as f32).sqrt();
-            for isa in [Isa::Best, Isa::Portable] {
+            for isa in all_paths() {
                 let got = matmul(&w, &x, m, isa);
                 // Activations are quantized to 8 bits, as in llama.cpp: ~1% of the typical output
                 // (Q8_K's one scale per 256 values is coarser than Q8_0's per 32, still ≤ 3%).
@@ -108,25 +116,79 @@ fn simd_and_portable_agree_closely() {
         let k = row_len(dtype, 10);
         let (w, _) = packed(dtype, 19, k, 5);
         let x = random(9 * k, 6);
-        let a = matmul(&w, &x, 9, Isa::Best);
         let b = matmul(&w, &x, 9, Isa::Portable);
-        for (u, v) in a.iter().zip(&b) {
-            assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{dtype:?}: {u} vs {v}");
+        for set in KernelSet::supported_simd() {
+            let a = matmul(&w, &x, 9, Isa::Set(set));
+            for (u, v) in a.iter().zip(&b) {
+                let set = set.name();
+                assert!(
+                    (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                    "{dtype:?} {set}: {u} vs {v}"
+                );
+            }
         }
     }
 }
 
+/// The quantized formats' integer sums are exact and every path adds them to a row's sum in the
+/// same order with the same fused multiply-adds, so all paths agree bit for bit: on rows of
+/// multiples of 256 (the served models' shapes) and not, one and eight activation rows a pass and
+/// batches that mix pass sizes.
 #[test]
-fn k_quant_simd_and_portable_agree_exactly() {
-    // Both compute the same exact integers per super-block and add them in the same order.
-    for dtype in FORMATS.into_iter().filter(|&d| is_k(d)) {
-        for (n, k, m) in [(19, 2560, 9), (40, 1536, 1), (9, 256, 16)] {
+fn quantized_simd_and_portable_agree_exactly() {
+    let quantized = FORMATS
+        .into_iter()
+        .filter(|d| !matches!(d, GgmlDType::F16 | GgmlDType::BF16));
+    for dtype in quantized {
+        let shapes: &[(usize, usize, usize)] = if is_k(dtype) {
+            &[
+                (19, 2560, 9),
+                (40, 1536, 1),
+                (9, 256, 16),
+                (24, 2048, 8),
+                (33, 2048, 1),
+            ]
+        } else {
+            &[
+                (19, 320, 9),
+                (40, 576, 1),
+                (9, 32, 16),
+                (24, 2048, 8),
+                (33, 2048, 1),
+            ]
+        };
+        for &(n, k, m) in shapes {
             let (w, _) = packed(dtype, n, k, 7);
             let x = random(m * k, 8);
+            let want = matmul(&w, &x, m, Isa::Portable);
+            for set in KernelSet::supported_simd() {
+                let set = set.name();
+                let got = matmul(&w, &x, m, Isa::Set(KernelSet::from_name(set).expect("set")));
+                assert_eq!(got, want, "{dtype:?} {set} n={n} k={k} m={m}");
+            }
+        }
+    }
+}
+
+/// The AVX-512 VNNI set where the CPU has it: its kernels against the portable path (the tests
+/// above also run it); elsewhere this says it was skipped rather than failing.
+#[test]
+fn avx512_vnni_set_runs_where_the_cpu_has_it() {
+    let set = KernelSet::Avx512Vnni;
+    if !set.supported() {
+        eprintln!("skipped: this CPU lacks AVX-512 F/BW/VL/VNNI");
+        return;
+    }
+    assert_eq!(KernelSet::from_name("avx512vnni"), Some(set));
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        let k = 2048;
+        let (w, _) = packed(dtype, 64, k, 21);
+        for m in [1, 8] {
+            let x = random(m * k, 22);
             assert_eq!(
-                matmul(&w, &x, m, Isa::Best),
+                matmul(&w, &x, m, Isa::Set(set)),
                 matmul(&w, &x, m, Isa::Portable),
-                "{dtype:?} n={n} k={k} m={m}"
+                "{dtype:?} m={m}"
             );
         }
     }
@@ -150,7 +212,7 @@ fn a_batch_row_gets_the_same_result_as_alone() {
         let k = row_len(dtype, if is_k(dtype) { 10 } else { 18 });
         let (w, _) = packed(dtype, 33, k, 3);
         let x = random(13 * k, 4);
-        for isa in [Isa::Best, Isa::Portable] {
+        for isa in all_paths() {
             let batch = matmul(&w, &x, 13, isa);
             for r in 0..13 {
                 let alone = matmul(&w, &x[r * k..(r + 1) * k], 1, isa);
@@ -251,7 +313,9 @@ fn q8k_activations_round_to_nearest_and_sum_per_16() {
 fn kernel_timing() {
     // `BITSCALE_KERNEL_THREADS` (1) sets the threads, `BITSCALE_KERNEL_SHAPES=tinyllama` the 1.1B
     // shapes; `BITSCALE_KERNEL_CANDLE=0` skips candle's timing, `BITSCALE_KERNEL_ONLY=Q4K,Q8_0`
-    // times only those formats, `BITSCALE_KERNEL_M=1,8` (the default) the activation rows.
+    // times only those formats, `BITSCALE_KERNEL_M=1,8` (the default) the activation rows,
+    // `BITSCALE_KERNEL_SETS=avx2,avx512vnni` those kernel sets one after the other (default: the
+    // process's active set).
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
     let threads = std::env::var("BITSCALE_KERNEL_THREADS").map_or(1, |v| v.parse().expect("a thread count"));
@@ -315,11 +379,24 @@ fn kernel_timing() {
                     })
                     .fold(f64::INFINITY, f64::min)
             };
-            let ours = pool.install(|| {
-                time(&|| {
-                    std::hint::black_box(matmul(&p, &x, m, Isa::Best));
+            let sets: Vec<KernelSet> =
+                std::env::var("BITSCALE_KERNEL_SETS").map_or(vec![KernelSet::active()], |v| {
+                    v.split(',')
+                        .map(|s| KernelSet::from_name(s).expect("BITSCALE_KERNEL_SETS: kernel set names"))
+                        .filter(|s| s.supported())
+                        .collect()
+                });
+            let ours: Vec<(KernelSet, f64)> = sets
+                .into_iter()
+                .map(|set| {
+                    let t = pool.install(|| {
+                        time(&|| {
+                            std::hint::black_box(matmul(&p, &x, m, Isa::Set(set)));
+                        })
+                    });
+                    (set, t)
                 })
-            });
+                .collect();
             let candle = if std::env::var("BITSCALE_KERNEL_CANDLE").as_deref() == Ok("0") {
                 f64::NAN
             } else {
@@ -328,8 +405,14 @@ fn kernel_timing() {
                 })
             };
             let bytes = p.qs.len() + 4 * p.qh.len() + p.sc.len() + 2 * (p.d.len() + p.mn.len());
-            let gbs = bytes as f64 / ours / 1e3;
-            println!("{dtype:?} {n}x{k} m={m}: ours {ours:.0} µs ({gbs:.1} GB/s), candle {candle:.0} µs");
+            let ours: Vec<String> = ours
+                .iter()
+                .map(|(set, t)| format!("{} {t:.0} µs ({:.1} GB/s)", set.name(), bytes as f64 / t / 1e3))
+                .collect();
+            println!(
+                "{dtype:?} {n}x{k} m={m}: {}, candle {candle:.0} µs",
+                ours.join(", ")
+            );
         }
     }
 }

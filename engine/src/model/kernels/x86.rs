@@ -43,24 +43,40 @@ macro_rules! tiles {
 }
 
 mod kquant;
+mod vnni;
 pub(super) use kquant::quantize_super_block;
 
 use std::arch::x86_64::*;
 
-use super::{Acts, BLOCK, Columns, Format, PackedMatrix, QuantActs, ROWS};
+use super::{Acts, BLOCK, Columns, Format, KernelSet, PackedMatrix, QuantActs, ROWS};
 
-/// Fills `out`'s columns (weight rows `out.j0()..`) of every activation row. Callers must have
-/// checked AVX2, FMA and F16C (`super::has_avx2`).
-pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, out: &mut Columns<'_>) {
-    assert!(super::has_avx2(), "AVX2 kernels on a CPU without AVX2");
+/// Fills `out`'s columns (weight rows `out.j0()..`) of every activation row with `set`'s kernels
+/// (`Avx2` or `Avx512Vnni`: the VNNI set runs its own integer dots and the AVX2 float kernels).
+/// Panics unless the CPU supports `set`.
+pub(super) fn rows(w: &PackedMatrix, acts: &Acts<'_>, out: &mut Columns<'_>, set: KernelSet) {
+    let vnni = set == KernelSet::Avx512Vnni;
+    assert!(
+        matches!(set, KernelSet::Avx2 | KernelSet::Avx512Vnni) && set.supported(),
+        "{} kernels on a CPU without them",
+        set.name()
+    );
     if let Acts::QuantK(x) = acts {
-        return kquant::rows(w, x, out);
+        return if vnni {
+            vnni::k_rows(w, x, out)
+        } else {
+            kquant::rows(w, x, out)
+        };
     }
     let (m, j0, rows) = (out.m(), out.j0(), out.width());
     check_sizes(w, acts, m, j0, j0 + rows);
     // SAFETY: the CPU has the features (asserted above) and `check_sizes` proved every read below
     // (rows < n, activation rows < m, scale arrays of every padded row) is in bounds.
-    unsafe { rows_avx2(w, acts, m, j0, rows, out) }
+    unsafe {
+        match acts {
+            Acts::Quant(x) if vnni => vnni::block_rows(w, x, out),
+            _ => rows_avx2(w, acts, m, j0, rows, out),
+        }
+    }
 }
 
 /// Panics unless the buffers match their shapes, so the unchecked loads cannot go out of bounds.
@@ -88,7 +104,9 @@ fn check_sizes(w: &PackedMatrix, acts: &Acts<'_>, m: usize, j0: usize, row_end: 
     }
     ok &= match acts {
         Acts::Float(x) => x.len() == m * k,
-        Acts::Quant(q) => q.qs.len() == m * k && q.d.len() == m * nb && q.s.len() == q.d.len(),
+        Acts::Quant(q) => {
+            q.qs.len() == m * k && q.d.len() == m * nb && q.s.len() == q.d.len() && q.qsum.len() == q.d.len()
+        }
         Acts::QuantK(_) => false,
     };
     assert!(ok, "packed matmul called with inconsistent buffers");
@@ -375,7 +393,7 @@ fn sum8_ps(p: [__m256; 8]) -> __m256 {
 /// Asks for `lines` cache lines from `p` on (a block or more ahead of the kernel).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch(p: *const u8, lines: usize) {
+pub(super) fn prefetch(p: *const u8, lines: usize) {
     for l in 0..lines {
         // A prefetch is a hint and does not fault, whatever the address.
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l * 64).cast());

@@ -77,7 +77,7 @@ pub(super) fn rows(w: &PackedMatrix, x: &QuantActsK, out: &mut Columns<'_>) {
 }
 
 /// Panics unless the buffers match their shapes, so the unchecked loads cannot go out of bounds.
-fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: usize) {
+pub(super) fn check_sizes(w: &PackedMatrix, x: &QuantActsK, m: usize, j0: usize, row_end: usize) {
     let (n, k) = (w.n, w.k);
     let nsb = k / QK;
     // Whole interleaved groups of eight rows, from a group's first row.
@@ -172,7 +172,7 @@ unsafe fn q45k_rows<const R: usize, const FIVE: bool>(
 /// eight words at `qh` (read only when `FIVE`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_subblock<const FIVE: bool>(q: *const u8, qh: *const u32) -> [__m256i; 8] {
+pub(super) unsafe fn unpack_subblock<const FIVE: bool>(q: *const u8, qh: *const u32) -> [__m256i; 8] {
     // SAFETY: the caller guarantees 128 bytes at `q`, and 32 at `qh` when `FIVE`.
     unsafe {
         let h = if FIVE {
@@ -197,7 +197,12 @@ unsafe fn unpack_subblock<const FIVE: bool>(q: *const u8, qh: *const u32) -> [__
 /// `Σ dmin·dx·Σ m·bsum32` over the super-blocks, one `madd` per sub-block with the pair of
 /// 16-value sums broadcast.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q45k_mins<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActsK, a0: usize) -> [__m256; R] {
+pub(super) unsafe fn q45k_mins<const R: usize>(
+    w: &PackedMatrix,
+    g: usize,
+    x: &QuantActsK,
+    a0: usize,
+) -> [__m256; R] {
     let nsb = w.k / QK;
     // SAFETY: as in `q45k_rows`.
     unsafe {
@@ -226,7 +231,7 @@ unsafe fn q45k_mins<const R: usize>(w: &PackedMatrix, g: usize, x: &QuantActsK, 
 /// `lo·s0 + hi·s1`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scale_pairs(lo: *const u8, hi: *const u8) -> __m256i {
+pub(super) unsafe fn scale_pairs(lo: *const u8, hi: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 8 bytes at each pointer.
     unsafe {
         let v = _mm_unpacklo_epi8(_mm_loadl_epi64(lo.cast()), _mm_loadl_epi64(hi.cast()));
@@ -311,7 +316,7 @@ unsafe fn q6k_rows<const R: usize>(
 /// vectors of 6-bit quants, ordered as [`unpack_subblock`]'s.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_q6k(q: *const u8, qh: *const u32) -> [__m256i; 8] {
+pub(super) unsafe fn unpack_q6k(q: *const u8, qh: *const u32) -> [__m256i; 8] {
     // SAFETY: the caller guarantees 128 bytes at `q` and 64 at `qh`.
     unsafe {
         let bits = _mm256_set1_epi8(0x30);

@@ -10,6 +10,10 @@
 #   DEVICE=cuda          `cpu` runs the same steps on the CPU (to check the script without a GPU)
 #   BITSCALE_MODELS      where smollm2-135m-instruct/ is (scripts/fetch-smollm2.sh puts it there)
 #   LEVELS="bf16 q8_0 q4_k"   STREAMS=1,8,64   DURATION=15s (per bench level)
+#   SHAPES=tinyllama-1.1b      generated models measured after SmolLM2 at SHAPE_LEVELS (default
+#                        LEVELS), with the same benches but no answer check (random weights);
+#                        generated on the machine by the binary (`gen-test-model`, 2.2 GB f16),
+#                        into GENERATED (default $BITSCALE_MODELS/generated). SHAPES= skips them.
 #   DECODE_TOKENS=128 (prompt and generated tokens per decode request)   PREFILL_TOKENS=1024
 #   PORT=18431           THREADS (serve --threads; default: the CPU quota)
 #   CUDA_LIBS            folders with libcublas.so.13, libcurand.so.10, libnvrtc.so.13,
@@ -17,8 +21,8 @@
 #   RESULTS=gpu-check.tsv     one line per measurement; the raw bench JSON goes beside it
 # The prefix cache is off: bench repeats one prompt, whose cached KV would hide the prefill.
 #
-# A generated 1.1B-shaped model is not part of this check: `gen-test-model` writes one fixed tiny
-# shape only.
+# Logits are not compared with the CPU path here (`eval` has no --device yet); the greedy answer
+# at each level stands for them.
 source "$(dirname "$0")/lib.sh"
 
 BIN="${1:-$ROOT/target/release/bitscale-engine}"
@@ -32,6 +36,10 @@ PORT="${PORT:-18431}"
 RESULTS="${RESULTS:-gpu-check.tsv}"
 RAW="${RESULTS%.tsv}-raw"
 MODEL="$BITSCALE_MODELS/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+SHAPES="${SHAPES-tinyllama-1.1b}"
+SHAPE_LEVELS="${SHAPE_LEVELS:-$LEVELS}"
+GENERATED="${GENERATED:-$BITSCALE_MODELS/generated}"
+NAME=smollm2-135m
 
 [[ -x "$BIN" ]] || die "no bitscale-engine binary at $BIN"
 [[ -f "$MODEL" ]] || die "no model at $MODEL (run scripts/fetch-smollm2.sh where there is network, then copy it)"
@@ -43,7 +51,7 @@ fi
 mkdir -p "$RAW"
 URL="http://127.0.0.1:$PORT"
 printf 'model\tlevel\tdevice\tmetric\tstreams\tvalue\n' >"$RESULTS"
-record() { printf 'smollm2-135m\t%s\t%s\t%s\t%s\t%s\n' "$@" | tee -a "$RESULTS"; }
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$NAME" "$@" | tee -a "$RESULTS"; }
 
 SERVER=
 stop_server() {
@@ -74,7 +82,7 @@ ask() {
 }
 
 serve() {
-    local level=$1 log="$RAW/serve-$1.log" threads=()
+    local level=$1 log="$RAW/serve-$NAME-$1.log" threads=()
     [[ -n "${THREADS:-}" ]] && threads=(--threads "$THREADS")
     "$BIN" serve --model "$MODEL" --quantization "$level" --device "$DEVICE" --port "$PORT" \
         --served-model-name smollm2 --max-running 64 --max-waiting 256 --prefix-cache-entries 0 \
@@ -89,8 +97,32 @@ serve() {
     die "serve at $level not ready within 300 s (log: $log)"
 }
 
+# Decode tokens/s at each of STREAMS and prefill tokens/s at one stream, for the level served.
+measure() {
+    local level=$1
+    "$BIN" bench --url "$URL" --concurrency "$STREAMS" --prompt-tokens "$DECODE_TOKENS" \
+        --max-tokens "$DECODE_TOKENS" \
+        --duration "$DURATION" >"$RAW/decode-$NAME-$level.json"
+    python3 - "$RAW/decode-$NAME-$level.json" <<'PY' | while read -r streams tps; do record "$level" "$DEVICE" decode_tok_s "$streams" "$tps"; done
+import json, sys
+for l in json.load(open(sys.argv[1]))["levels"]:
+    print(l["concurrency"], round(l["generated_tokens_per_s"], 1) if l["errors"] == 0 else "errors")
+PY
+
+    # One stream, one generated token: the time to first token is the prefill of the prompt.
+    "$BIN" bench --url "$URL" --concurrency 1 --prompt-tokens "$PREFILL_TOKENS" --max-tokens 1 \
+        --duration "$DURATION" >"$RAW/prefill-$NAME-$level.json"
+    tps=$(python3 - "$RAW/prefill-$NAME-$level.json" <<'PY'
+import json, sys
+l = json.load(open(sys.argv[1]))["levels"][0]
+print(round(l["mean_prompt_tokens"] / l["ttft_s"]["p50"], 1) if l["ttft_s"] and l["errors"] == 0 else "errors")
+PY
+    )
+    record "$level" "$DEVICE" prefill_tok_s 1 "$tps"
+}
+
 failed=0
-say "$BIN on $DEVICE, levels: $LEVELS; results in $RESULTS"
+say "$BIN on $DEVICE, levels: $LEVELS; shapes: ${SHAPES:-none}; results in $RESULTS"
 for level in $LEVELS; do
     say "$level: loading"
     serve "$level"
@@ -108,27 +140,22 @@ for level in $LEVELS; do
             [[ "$metric" == paris ]] && failed=1
         fi
     done
-
-    "$BIN" bench --url "$URL" --concurrency "$STREAMS" --prompt-tokens "$DECODE_TOKENS" \
-        --max-tokens "$DECODE_TOKENS" \
-        --duration "$DURATION" >"$RAW/decode-$level.json"
-    python3 - "$RAW/decode-$level.json" <<'PY' | while read -r streams tps; do record "$level" "$DEVICE" decode_tok_s "$streams" "$tps"; done
-import json, sys
-for l in json.load(open(sys.argv[1]))["levels"]:
-    print(l["concurrency"], round(l["generated_tokens_per_s"], 1) if l["errors"] == 0 else "errors")
-PY
-
-    # One stream, one generated token: the time to first token is the prefill of the prompt.
-    "$BIN" bench --url "$URL" --concurrency 1 --prompt-tokens "$PREFILL_TOKENS" --max-tokens 1 \
-        --duration "$DURATION" >"$RAW/prefill-$level.json"
-    tps=$(python3 - "$RAW/prefill-$level.json" <<'PY'
-import json, sys
-l = json.load(open(sys.argv[1]))["levels"][0]
-print(round(l["mean_prompt_tokens"] / l["ttft_s"]["p50"], 1) if l["ttft_s"] and l["errors"] == 0 else "errors")
-PY
-    )
-    record "$level" "$DEVICE" prefill_tok_s 1 "$tps"
+    measure "$level"
     stop_server
+done
+
+for shape in $SHAPES; do
+    MODEL="$GENERATED/$shape/test-llama.gguf" NAME="$shape"
+    if [[ ! -f "$MODEL" ]]; then
+        say "$shape: generating the model (random weights, f16)"
+        "$BIN" --log-format text gen-test-model --shape "$shape" --out "$(dirname "$MODEL")" >/dev/null
+    fi
+    for level in $SHAPE_LEVELS; do
+        say "$shape $level: loading"
+        serve "$level"
+        measure "$level"
+        stop_server
+    done
 done
 
 ((failed == 0)) || die "the Paris check failed at some level (see $RESULTS)"

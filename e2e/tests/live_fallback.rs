@@ -1,7 +1,10 @@
-//! The GPU pool is full: the GPU variant's pods stay Pending, the operator sets that variant aside
-//! and serves a CPU variant, and returns to the GPU once a GPU is free and the cool-off is over.
+//! A GPU variant whose rollout cannot finish is set aside and a CPU variant serves until it can:
+//! the GPU pool is full (its pods stay Pending), or a ResourceQuota refuses its pods (they are
+//! never created). The operator returns to the GPU once a GPU is free or the quota is lifted,
+//! and the cool-off is over.
 //!
-//! Runs its own cluster: filling the shared cluster's GPU nodes would starve other tests.
+//! The full pool runs on a cluster of its own: filling the shared cluster's GPU nodes would
+//! starve other tests. The quota is the test namespace's own, on the shared cluster.
 
 mod operator_support;
 
@@ -9,7 +12,7 @@ use std::time::Duration;
 
 use bitscale_api::v1alpha1::InferenceService;
 use bitscale_e2e::{Cluster, Layout};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, PostParams},
@@ -147,4 +150,65 @@ async fn first_ready_engine(pods: &Api<Pod>) -> anyhow::Result<std::net::Ipv4Add
         Ok(list.iter().filter(|p| pod_ready(p)).find_map(pod_ip))
     })
     .await
+}
+
+/// A quota of no GPUs in `namespace`: the API server refuses every pod that asks for one.
+fn no_gpus() -> ResourceQuota {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "no-gpus" },
+        "spec": { "hard": { "requests.nvidia.com/gpu": "0" } },
+    }))
+    .expect("valid ResourceQuota")
+}
+
+#[tokio::test]
+async fn a_quota_that_refuses_gpu_pods_falls_back_to_cpu_and_returns_when_lifted() -> anyhow::Result<()> {
+    let scene = Scene::start_configured("gpu-quota", classes, FAKE_ENGINE_IMAGES, |config| {
+        config.pending_timeout = Duration::from_secs(5);
+        config.cool_off = Duration::from_secs(20);
+        config.switch.window = Duration::from_secs(5);
+    })
+    .await?;
+    let quotas: Api<ResourceQuota> = scene.api();
+    quotas.create(&PostParams::default(), &no_gpus()).await?;
+    let gpu = format!("{}-gpu", scene.ns.name);
+    let cpu = format!("{}-tiny", scene.ns.name);
+    let mut service = tiny_service(
+        "tiny",
+        &scene.ns.name,
+        &gpu,
+        std::path::Path::new("/models/tiny.gguf"),
+        1,
+    );
+    service.spec.placement.hardware_classes = vec![gpu.clone(), cpu.clone()];
+    let services: Api<InferenceService> = scene.api();
+    services.create(&PostParams::default(), &service).await?;
+
+    // The GPU is cheaper, so it is decided first; the quota refuses its pod.
+    eventually("the GPU variant decided", TIMEOUT, || async {
+        Ok((serving_class(&services.get("tiny").await?).as_deref() == Some(gpu.as_str())).then_some(()))
+    })
+    .await?;
+    let fallen = eventually("the CPU variant serving, Ready", TIMEOUT, || async {
+        let s = services.get("tiny").await?;
+        Ok((serving_class(&s).as_deref() == Some(cpu.as_str()) && ready(Some(&s))).then_some(s))
+    })
+    .await?;
+    let status = fallen.status.as_ref().expect("status");
+    let aside = status
+        .unavailable
+        .iter()
+        .find(|u| u.variant.hardware_class == gpu)
+        .unwrap_or_else(|| panic!("the GPU variant set aside: {status:?}"));
+    assert!(aside.reason.contains("could not be created"), "{}", aside.reason);
+    assert!(aside.reason.contains("quota"), "{}", aside.reason);
+
+    // The quota is lifted; after the cool-off the GPU variant serves again.
+    quotas.delete("no-gpus", &DeleteParams::default()).await?;
+    eventually("back on the GPU, Ready", TIMEOUT, || async {
+        let s = services.get("tiny").await?;
+        Ok((serving_class(&s).as_deref() == Some(gpu.as_str()) && ready(Some(&s))).then_some(()))
+    })
+    .await?;
+    scene.stop().await
 }

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Children written with server-side apply (those unchanged since the last apply are skipped).
     pub child_writes: Counter,
+    /// InferenceService statuses written (a reconcile that changes nothing writes none).
+    pub status_writes: Counter,
     /// Replicas the operator sets, or recommends to an external autoscaler.
     pub desired_replicas: Family<ServiceLabels, Gauge>,
     /// Ready replicas of the serving variant.
@@ -100,6 +102,12 @@ impl Default for Metrics {
             "Children written with server-side apply; unchanged children are not re-applied",
             child_writes.clone(),
         );
+        let status_writes = Counter::default();
+        registry.register(
+            "status_writes",
+            "InferenceService statuses written; a reconcile that changes nothing writes none",
+            status_writes.clone(),
+        );
         let desired_replicas = Family::<ServiceLabels, Gauge>::default();
         registry.register(
             "desired_replicas",
@@ -142,6 +150,7 @@ impl Default for Metrics {
             failures,
             duration,
             child_writes,
+            status_writes,
             desired_replicas,
             ready_replicas,
             cost_per_hour,

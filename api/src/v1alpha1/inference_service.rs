@@ -366,8 +366,10 @@ pub struct InferenceServiceStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedLoad {
-    /// When Prometheus was asked, in the last round that changed these figures: a round that
-    /// finds them unchanged does not rewrite them.
+    /// When Prometheus was asked, in the last round that recorded these figures. A round
+    /// replaces them only when one has moved past its tolerance (10 % for rates, lengths and
+    /// latencies; any change of pods reporting; the first refusal) or when they are 5 minutes
+    /// old, so steady traffic's jitter neither rewrites the status nor moves the decision.
     pub time: Time,
     /// Engine pods that reported.
     pub pods: i32,
@@ -417,9 +419,10 @@ pub struct Profile {
     /// steps (batch and tokens): 1 is as predicted, 4 is four times slower. Capacity and
     /// latencies are the prior's divided (or multiplied) by it.
     pub slowdown: f64,
-    /// Engine steps the figure is from, all measurements together.
+    /// Engine steps the figure is from, all recorded measurements together.
     pub samples: i64,
-    /// When it was last measured.
+    /// When it was last recorded: a new window replaces it when the slowdown moves by more
+    /// than 5 % or the profile is 5 minutes old.
     pub measured_at: Time,
     /// Generated tokens per second one replica sustains within the SLO, with this correction.
     pub tokens_per_second: f64,
@@ -473,7 +476,8 @@ pub struct UnavailableVariant {
     pub since: Time,
     /// Until when; then it is tried again.
     pub until: Time,
-    /// What the scheduler said.
+    /// Why its rollout could not finish, with what the scheduler or the Deployment controller
+    /// said.
     pub reason: String,
 }
 

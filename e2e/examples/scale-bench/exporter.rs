@@ -4,9 +4,11 @@
 //! it. The operator's queries then cost what they would cost against N real services.
 //!
 //! Every service reports one pod and no traffic (its counters stand still, so its measured demand
-//! is zero and nothing scales up); the first `active` services' gauges move at every scrape, so
-//! their samples change from round to round and the operator reconciles them, as it would a
-//! service with traffic.
+//! is zero and nothing scales up); the first `active` services' gauges jitter at every scrape, as
+//! a service with steady traffic does, so their samples change from round to round and the
+//! operator reconciles them, but by less than `status.observed` records as change (see the
+//! operator's `controller::settle`), so their statuses are rewritten only when the recorded
+//! figures age out.
 
 use std::{
     fmt::Write as _,
@@ -99,9 +101,9 @@ pub fn render(population: &Population, scrape: u64) -> String {
             "{SERIES_NAMESPACE}=\"{}\",{SERIES_INSTANCE}=\"{service}\",{SERIES_VARIANT}=\"{}\",{SERIES_POD}=\"{service}-0\"",
             population.namespace, population.variant
         );
-        // Moving gauges: a KV usage that differs at every scrape.
+        // Jittering gauges: a KV usage that differs at every scrape, by a few points.
         let kv = if i < population.active {
-            (scrape % 10) as f64 / 10.0
+            0.3 + (scrape % 5) as f64 / 100.0
         } else {
             0.0
         };

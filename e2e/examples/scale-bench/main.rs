@@ -77,7 +77,8 @@ struct Args {
     /// operator observe it.
     #[arg(long)]
     observe: bool,
-    /// With `--observe`: how many services' series change at every scrape (default: a tenth).
+    /// With `--observe`: how many services' series jitter at every scrape, as steady traffic
+    /// does (default: a tenth).
     #[arg(long)]
     active: Option<usize>,
     /// With `--observe`: Prometheus's scrape interval.
@@ -277,6 +278,7 @@ struct ObserveCounters {
     round_seconds: f64,
     queries: f64,
     triggers: f64,
+    status_writes: f64,
 }
 
 async fn observe_counters(operator: &operator::Operator) -> anyhow::Result<ObserveCounters> {
@@ -291,6 +293,7 @@ async fn observe_counters(operator: &operator::Operator) -> anyhow::Result<Obser
         triggers: operator
             .metric("bitscale_operator_observe_triggered_reconciles_total")
             .await?,
+        status_writes: operator.metric("bitscale_operator_status_writes_total").await?,
     })
 }
 
@@ -316,6 +319,7 @@ impl Observation {
             "queries_per_round": per_round(after.queries - before.queries),
             "services_woken_per_round": per_round(after.triggers - before.triggers),
             "reconciles_per_round": per_round(idle_reconciles as f64),
+            "status_writes_per_round": per_round(after.status_writes - before.status_writes),
         }))
     }
 }

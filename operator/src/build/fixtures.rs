@@ -3,7 +3,7 @@
 use bitscale_api::v1alpha1::{Decision, Estimate, HardwareClass, InferenceService, QuantLevel, Variant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use super::{EngineImages, Owner};
+use super::{BuildInput, Desired, EngineImages, Owner, desired};
 
 pub(crate) fn isvc(yaml: &str) -> InferenceService {
     serde_yaml::from_str(yaml).expect("valid InferenceService fixture")
@@ -105,4 +105,21 @@ pub(crate) fn images() -> EngineImages {
         cpu: "engine:cpu".into(),
         cuda: "engine:cuda".into(),
     }
+}
+
+/// The children of `smol()` at one q8_0 replica on `cpu_class()`, serving that variant.
+pub(crate) fn desired_q8_0() -> Desired {
+    let (isvc, owner, class, images) = (smol(), owner(), cpu_class(), images());
+    let decision = decision(QuantLevel::Q8_0, "cpu-standard", 1);
+    let input = BuildInput {
+        owner: &owner,
+        model: &isvc.spec.model,
+        engine: &isvc.spec.engine,
+        class: &class,
+        decision: &decision,
+        images: &images,
+        itl_target: None,
+        measure_quality: false,
+    };
+    desired(&input, "q8_0.cpu-standard")
 }

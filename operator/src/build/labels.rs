@@ -109,20 +109,7 @@ mod tests {
 
     #[test]
     fn every_label_on_a_child_is_one_the_fingerprint_reads() {
-        use crate::build::{BuildInput, desired, fixtures::*};
-        let (isvc, owner, class, images) = (smol(), owner(), cpu_class(), images());
-        let decision = decision(QuantLevel::Q8_0, "cpu-standard", 1);
-        let input = BuildInput {
-            owner: &owner,
-            model: &isvc.spec.model,
-            engine: &isvc.spec.engine,
-            class: &class,
-            decision: &decision,
-            images: &images,
-            itl_target: None,
-            measure_quality: false,
-        };
-        let children = desired(&input, "q8_0.cpu-standard");
+        let children = crate::build::fixtures::desired_q8_0();
         let metas = [
             &children.deployment.metadata,
             &children.service.metadata,

@@ -296,25 +296,13 @@ mod tests {
         use kube::runtime::{reflector, watcher};
 
         use crate::{
-            build::{BuildInput, desired, fixtures::*},
+            build::fixtures::desired_q8_0,
             controller::children::{Sink, index},
         };
 
         let (client, seen) = api_server_echoing();
         let requests = || seen.lock().map(|s| s.len()).unwrap_or_default();
-        let (isvc, owner, class, images) = (smol(), owner(), cpu_class(), images());
-        let decision = decision(bitscale_api::v1alpha1::QuantLevel::Q8_0, "cpu-standard", 1);
-        let input = BuildInput {
-            owner: &owner,
-            model: &isvc.spec.model,
-            engine: &isvc.spec.engine,
-            class: &class,
-            decision: &decision,
-            images: &images,
-            itl_target: None,
-            measure_quality: false,
-        };
-        let wanted = desired(&input, "q8-0.cpu-standard");
+        let (owner, wanted) = (owner(), desired_q8_0());
         let (deployments, mut deployment_writer) = index::<Deployment>();
         let (services, mut service_writer) = index();
         let (pdbs, mut pdb_writer) = index();
@@ -411,6 +399,7 @@ mod tests {
             fingerprint: 0,
             variant: Some("q8-0-cpu".into()),
             rollout: None,
+            stall: None,
         }];
         delete_other_variants(&client, &owner(), &existing, "q4-k-cpu")
             .await

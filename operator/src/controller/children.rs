@@ -42,6 +42,50 @@ pub struct Child {
     pub variant: Option<String>,
     /// A Deployment's rollout.
     pub rollout: Option<Rollout>,
+    /// Why a Deployment's rollout cannot finish, if its controller says so.
+    pub stall: Option<Stall>,
+}
+
+/// A Deployment whose controller reports that its rollout cannot finish: pods that cannot be
+/// created (`ReplicaFailure`, such as a ResourceQuota refusing them) or a rollout past its
+/// progress deadline (`ProgressDeadlineExceeded`: pods that never become available).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stall {
+    /// The condition's reason, such as `FailedCreate` or `ProgressDeadlineExceeded`.
+    pub reason: String,
+    /// The controller's message.
+    pub message: String,
+    /// Since when.
+    pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// True when the controller has given up (the progress deadline passed); false while it
+    /// keeps retrying (a failed create is retried with backoff).
+    pub given_up: bool,
+}
+
+/// Reads a Deployment's conditions for a [`Stall`].
+pub fn stall(deployment: &Deployment) -> Option<Stall> {
+    let conditions = deployment.status.as_ref()?.conditions.as_ref()?;
+    let deadline = conditions.iter().find(|c| {
+        c.type_.as_deref() == Some("Progressing")
+            && c.status.as_deref() == Some("False")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let failure = || {
+        conditions
+            .iter()
+            .find(|c| c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True"))
+    };
+    let condition = deadline.or_else(failure)?;
+    Some(Stall {
+        reason: condition
+            .reason
+            .clone()
+            .or_else(|| condition.type_.clone())
+            .unwrap_or_default(),
+        message: condition.message.clone().unwrap_or_default(),
+        since: condition.last_transition_time.clone(),
+        given_up: deadline.is_some(),
+    })
 }
 
 /// How far a Deployment has rolled out, as the Deployment controller reports it.
@@ -90,6 +134,7 @@ pub trait Kind: Resource<DynamicType = ()> {
             fingerprint: fingerprint(self.meta()),
             variant: None,
             rollout: None,
+            stall: None,
         }
     }
 }
@@ -111,6 +156,7 @@ impl Kind for Deployment {
             fingerprint: fingerprint(&self.metadata),
             variant: self.labels().get(LABEL_VARIANT).cloned(),
             rollout: Some(rollout),
+            stall: stall(self),
         }
     }
 }
@@ -123,6 +169,7 @@ impl Kind for Service {
             fingerprint: fingerprint(&self.metadata),
             variant: selector.and_then(|s| s.get(LABEL_VARIANT)).cloned(),
             rollout: None,
+            stall: None,
         }
     }
 }
@@ -375,6 +422,34 @@ mod tests {
                 total: 3,
             })
         );
+    }
+
+    fn with_condition(type_: &str, status: &str, reason: &str) -> Deployment {
+        let mut d = deployment("chat-q8-0-cpu", "q8_0.cpu", &owner());
+        let condition = k8s_openapi::api::apps::v1::DeploymentCondition {
+            type_: Some(type_.into()),
+            status: Some(status.into()),
+            reason: Some(reason.into()),
+            message: Some("pods \"chat-x\" is forbidden: exceeded quota: gpus".into()),
+            ..Default::default()
+        };
+        if let Some(status) = d.status.as_mut() {
+            status.conditions = Some(vec![condition]);
+        }
+        d
+    }
+
+    #[test]
+    fn a_deployment_that_cannot_roll_out_says_why() {
+        let refused = with_condition("ReplicaFailure", "True", "FailedCreate").child();
+        let stall = refused.stall.expect("a failed create stalls the rollout");
+        assert_eq!((stall.reason.as_str(), stall.given_up), ("FailedCreate", false));
+        assert!(stall.message.contains("exceeded quota"), "{}", stall.message);
+        let late = with_condition("Progressing", "False", "ProgressDeadlineExceeded").child();
+        assert!(late.stall.expect("past the deadline").given_up);
+        let fine = with_condition("Progressing", "True", "NewReplicaSetAvailable").child();
+        assert_eq!(fine.stall, None);
+        assert_eq!(deployment("chat-a", "a", &owner()).child().stall, None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use bitscale_api::v1alpha1::{InferenceServiceStatus, ObservedLoad, Profile, QuantLevel, Variant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::settle;
 use crate::{
     build::variant_label,
     decision::round,
@@ -102,7 +103,7 @@ pub fn read(
                 .service(namespace, name)
                 .filter(|v| v.iter().any(|(_, s)| s.pods > 0.0));
             match variants {
-                Some(variants) => measured(snapshot, inputs, variants, profiles),
+                Some(variants) => measured(snapshot, inputs, variants, (last.as_ref(), profiles)),
                 None if available_pods > 0 => held(
                     state(
                         "False",
@@ -128,13 +129,15 @@ pub fn read(
     }
 }
 
+/// The reading of a round that has samples of the service. What it measured replaces what status
+/// records only where [`settle`] says it moved.
 fn measured(
     snapshot: &Snapshot,
     inputs: &Inputs,
     variants: &sample::Variants,
-    mut profiles: Vec<Profile>,
+    (last, recorded): (Option<&ObservedLoad>, Vec<Profile>),
 ) -> Reading {
-    let load = sample::service_load(variants, snapshot.time.clone());
+    let load = settle::load(last, sample::service_load(variants, snapshot.time.clone()));
     let measured_demand = demand(
         &load,
         inputs,
@@ -148,6 +151,7 @@ fn measured(
         ..Measurements::default()
     };
     let lengths = decision::measured_inputs(inputs, &with_lengths);
+    let mut profiles = recorded.clone();
     for (label, sample) in variants {
         let Some(step) = sample
             .step(snapshot.window_seconds)
@@ -174,7 +178,7 @@ fn measured(
     Reading {
         measurements: Measurements {
             demand: Some(measured_demand),
-            profiles,
+            profiles: settle::profiles(&recorded, profiles),
             served_quality: served_quality(&lengths, variants),
             ..Measurements::default()
         },

@@ -10,6 +10,7 @@ pub mod pending;
 pub mod plan;
 pub mod quality;
 pub mod scale_down;
+pub mod settle;
 pub mod stability;
 pub mod status;
 pub mod triggers;
@@ -22,7 +23,7 @@ use std::{
 };
 
 use bitscale_api::v1alpha1::{Decision, HardwareClass, InferenceService};
-use futures::StreamExt;
+use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{
     api::{apps::v1::Deployment, batch::v1::Job, core::v1::Service, policy::v1::PodDisruptionBudget},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -131,7 +132,6 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     crate::crd::check_installed(&client).await?;
-    let isvcs: Api<DeserializeGuard<InferenceService>> = namespaced(&client, &config);
     // HardwareClasses are read from a cache every reconcile needs, and any change to one may
     // change any decision.
     let (classes, class_writer) = reflector::store();
@@ -145,46 +145,12 @@ pub async fn run_until(
     .default_backoff()
     .touched_objects()
     .filter_map(|r| futures::future::ready(r.ok().map(|_| ())));
-    // Children: one watch per kind, filtered to the labels the operator puts on them, feeding
-    // both the caches the reconciler reads and the triggers that start it.
-    let managed = || watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let ledger = Arc::new(apply::Ledger::default());
-    let (deployments, deployment_writer) = children::index();
-    let (services, service_writer) = children::index();
-    let (pdbs, pdb_writer) = children::index();
-    let (jobs, job_writer) = reflector::store();
-    let deployment_changes = triggers::changes(
-        namespaced::<Deployment>(&client, &config),
-        managed(),
-        deployment_writer,
-        (triggers::deployment, triggers::keep_all),
-        forget(&ledger),
-    );
-    let service_changes = triggers::changes(
-        namespaced::<Service>(&client, &config),
-        managed(),
-        service_writer,
-        (triggers::service, triggers::keep_all),
-        forget(&ledger),
-    );
-    let pdb_changes = triggers::changes(
-        namespaced::<PodDisruptionBudget>(&client, &config),
-        managed(),
-        pdb_writer,
-        (triggers::pod_disruption_budget, triggers::keep_all),
-        forget(&ledger),
-    );
-    let job_changes = triggers::changes(
-        namespaced::<Job>(&client, &config),
-        managed(),
-        job_writer,
-        (triggers::job, triggers::trim_job),
-        |_: &_| {},
-    );
+    let (children, child_changes) = watch_children(&client, &config, &ledger);
     let (isvc_cache, isvc_writer) = reflector::store();
     let gone = metrics.clone();
     let isvc_changes = triggers::changes(
-        isvcs,
+        namespaced::<DeserializeGuard<InferenceService>>(&client, &config),
         watcher::Config::default(),
         isvc_writer,
         (triggers::inference_service, triggers::keep_all),
@@ -192,33 +158,10 @@ pub async fn run_until(
             gone.forget(&isvc.namespace().unwrap_or_default(), &isvc.name_any());
         },
     );
-    // Every round of measurements may change every decision.
-    // A round wakes the services whose measurements changed, or all of them when the kind of
-    // outcome changed (the first round, Prometheus lost or back).
-    let (observations, all_rounds, service_rounds) = match &config.observe {
-        Some(observe_config) => {
-            let observations = observe::Observations::new(observe::Outcome::Pending);
-            let rounds = observe::spawn(observe_config.clone(), observations.clone(), metrics.clone())?;
-            (
-                observations,
-                rounds.all.left_stream(),
-                rounds.services.left_stream(),
-            )
-        }
-        None => (
-            observe::Observations::new(observe::Outcome::NotConfigured),
-            futures::stream::pending().right_stream(),
-            futures::stream::pending().right_stream(),
-        ),
-    };
+    let (observations, rounds) = observe_rounds(&config, &metrics)?;
     let ctx = Arc::new(Context {
         classes,
-        children: children::Children {
-            deployments,
-            services,
-            pdbs,
-            jobs,
-        },
+        children,
         ledger,
         observations,
         recorder: events::Recorder::new(client.clone(), "bitscale-operator", config.instance.clone()),
@@ -232,12 +175,12 @@ pub async fn run_until(
         .debounce(ctx.config.debounce);
     Controller::for_stream(isvc_changes, isvc_cache)
         .with_config(controller_config)
-        .owns_stream(deployment_changes)
-        .owns_stream(service_changes)
-        .owns_stream(pdb_changes)
-        .owns_stream(job_changes)
-        .reconcile_all_on(futures::stream::select(class_changes, all_rounds))
-        .reconcile_on(service_rounds)
+        .owns_stream(child_changes.deployments)
+        .owns_stream(child_changes.services)
+        .owns_stream(child_changes.pdbs)
+        .owns_stream(child_changes.jobs)
+        .reconcile_all_on(futures::stream::select(class_changes, rounds.all))
+        .reconcile_on(rounds.services)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -248,6 +191,101 @@ pub async fn run_until(
         })
         .await;
     Ok(())
+}
+
+/// A stream of watched objects whose relevant part changed.
+type Changes<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// The children whose changes start a reconcile of their owner.
+struct ChildChanges {
+    deployments: Changes<Deployment>,
+    services: Changes<Service>,
+    pdbs: Changes<PodDisruptionBudget>,
+    jobs: Changes<Job>,
+}
+
+/// One watch per kind of child, filtered to the labels the operator puts on them, feeding both
+/// the caches the reconciler reads and the triggers that start it.
+fn watch_children(
+    client: &Client,
+    config: &Config,
+    ledger: &Arc<apply::Ledger>,
+) -> (children::Children, ChildChanges) {
+    let managed = || watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let (deployments, deployment_writer) = children::index();
+    let (services, service_writer) = children::index();
+    let (pdbs, pdb_writer) = children::index();
+    let (jobs, job_writer) = reflector::store();
+    let changes = ChildChanges {
+        deployments: triggers::changes(
+            namespaced(client, config),
+            managed(),
+            deployment_writer,
+            (triggers::deployment, triggers::keep_all),
+            forget(ledger),
+        )
+        .boxed(),
+        services: triggers::changes(
+            namespaced(client, config),
+            managed(),
+            service_writer,
+            (triggers::service, triggers::keep_all),
+            forget(ledger),
+        )
+        .boxed(),
+        pdbs: triggers::changes(
+            namespaced(client, config),
+            managed(),
+            pdb_writer,
+            (triggers::pod_disruption_budget, triggers::keep_all),
+            forget(ledger),
+        )
+        .boxed(),
+        jobs: triggers::changes(
+            namespaced(client, config),
+            managed(),
+            job_writer,
+            (triggers::job, triggers::trim_job),
+            |_: &_| {},
+        )
+        .boxed(),
+    };
+    let children = children::Children {
+        deployments,
+        services,
+        pdbs,
+        jobs,
+    };
+    (children, changes)
+}
+
+/// The rounds of measurements that start reconciles.
+struct RoundTriggers {
+    /// Every service: the kind of outcome changed (the first round, Prometheus lost or back).
+    all: BoxStream<'static, ()>,
+    /// The services whose measurements changed.
+    services: BoxStream<'static, observe::ServiceRef>,
+}
+
+/// Starts the observer when Prometheus is configured; without it, no round ever comes.
+fn observe_rounds(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<(observe::Observations, RoundTriggers)> {
+    let Some(observe_config) = &config.observe else {
+        let never = RoundTriggers {
+            all: futures::stream::pending().boxed(),
+            services: futures::stream::pending().boxed(),
+        };
+        return Ok((observe::Observations::new(observe::Outcome::NotConfigured), never));
+    };
+    let observations = observe::Observations::new(observe::Outcome::Pending);
+    let rounds = observe::spawn(observe_config.clone(), observations.clone(), metrics.clone())?;
+    let triggers = RoundTriggers {
+        all: rounds.all.boxed(),
+        services: rounds.services.boxed(),
+    };
+    Ok((observations, triggers))
 }
 
 /// Removes a deleted child from the ledger.
@@ -335,6 +373,7 @@ async fn reconcile_valid(isvc: &InferenceService, ctx: &Context) -> Result<Actio
     if isvc.status.as_ref() != Some(&new_status) {
         announce(ctx, isvc, &planned.decision).await;
         apply::apply_status(&ctx.client, &valid.owner, &new_status).await?;
+        ctx.metrics.status_writes.inc();
     }
     tracing::debug!(?observed, "reconciled");
     // Progress of the children arrives as watch events (see `triggers`), and measurements as
@@ -386,7 +425,7 @@ async fn gather(
     let step = quality::step(isvc, valid, ctx.config.profile_quality, job.as_ref());
     let quality = quality::run(&ctx.client, isvc, valid, &ctx.config.images, step).await?;
     reading.measurements.quality = quality::measured(quality.as_ref());
-    let (unavailable, recheck) = check_pending(ctx, isvc, valid, existing, now).await?;
+    let (unavailable, recheck) = pending::check(ctx, isvc, valid, existing, now).await?;
     reading.measurements.unavailable = unavailable;
     Ok(Gathered {
         reading,
@@ -424,56 +463,6 @@ fn next_status(
     new_status.quality = gathered.quality.clone();
     new_status.unavailable = gathered.reading.measurements.unavailable.clone();
     new_status
-}
-
-/// The variants set aside now: the running cool-offs, plus the last decided variant if its pods
-/// have been unschedulable past the timeout (with an Event). Also when to look again if some
-/// of its pods are unschedulable but not for long enough yet.
-async fn check_pending(
-    ctx: &Context,
-    isvc: &InferenceService,
-    valid: &validate::Validated,
-    existing: &[Child],
-    now: &Time,
-) -> Result<(Vec<bitscale_api::v1alpha1::UnavailableVariant>, Option<Duration>)> {
-    let status = isvc.status.as_ref();
-    let mut unavailable = pending::active(status.map_or(&[][..], |s| &s.unavailable), now);
-    let Some(previous) = status.and_then(|s| s.decision.as_ref()) else {
-        return Ok((unavailable, None));
-    };
-    let label = variant_label(&previous.variant);
-    let short = existing
-        .iter()
-        .find(|d| d.variant.as_ref() == Some(&label))
-        .is_some_and(|d| !status::Observed::from_deployment(d, label.clone(), true).ready());
-    if !short || unavailable.iter().any(|u| u.variant == previous.variant) {
-        return Ok((unavailable, None));
-    }
-    let pods = pending::pods(&ctx.client, &valid.owner, &previous.variant).await?;
-    match pending::scheduling(&pods, now, ctx.config.pending_timeout) {
-        pending::Scheduling::Fine => Ok((unavailable, None)),
-        pending::Scheduling::Waiting { recheck } => Ok((unavailable, Some(recheck))),
-        pending::Scheduling::Stuck { reason } => {
-            let aside = pending::set_aside(&previous.variant, reason, now, ctx.config.cool_off);
-            let note = format!(
-                "{} set aside until {}: its pods could not be scheduled for {}s ({})",
-                aside.variant,
-                aside.until.0,
-                ctx.config.pending_timeout.as_secs(),
-                aside.reason
-            );
-            publish(
-                ctx,
-                &isvc.object_ref(&()),
-                events::Type::Warning,
-                "VariantUnavailable",
-                &note,
-            )
-            .await;
-            unavailable.push(aside);
-            Ok((unavailable, None))
-        }
-    }
 }
 
 /// Builds and applies the children for `decided`, blue/green: the Service keeps selecting the
@@ -570,6 +559,7 @@ async fn report_permanent(isvc: &InferenceService, ctx: &Context, error: &Error)
                 .ok_or(Error::MissingObjectKey("metadata.uid"))?,
         };
         apply::apply_status(&ctx.client, &owner, &new_status).await?;
+        ctx.metrics.status_writes.inc();
     }
     Ok(())
 }

@@ -97,70 +97,13 @@ pub fn healthy(
     // Zero replicas count as ready only once the Deployment controller has seen that spec and the
     // old pods are gone, as any other replica count does.
     let ready = observed.switched && observed.ready();
-    let (ready_reason, ready_message) = match (ready, observed.desired_replicas) {
-        (true, 0) => (
-            reasons::SCALED_TO_ZERO,
-            "the decision calls for zero replicas".to_owned(),
-        ),
-        (false, 0) => (
-            reasons::ROLLING_OUT,
-            format!("scaling {variant} to zero replicas"),
-        ),
-        (ready, desired) => (
-            if ready {
-                reasons::AVAILABLE
-            } else {
-                reasons::ROLLING_OUT
-            },
-            format!(
-                "{}/{desired} replicas of {variant} available",
-                observed.available_replicas
-            ),
-        ),
-    };
-    set(
-        &mut conditions,
-        condition(conditions::READY, ready, ready_reason, ready_message, g),
-        now,
-    );
-    let progressing = !ready;
-    set(
-        &mut conditions,
-        condition(
-            conditions::PROGRESSING,
-            progressing,
-            if progressing {
-                reasons::ROLLING_OUT
-            } else {
-                reasons::STABLE
-            },
-            if progressing {
-                format!("rolling out {variant}")
-            } else {
-                format!("{variant} is rolled out")
-            },
-            g,
-        ),
-        now,
-    );
-    let degraded = if overloaded {
-        condition(
-            conditions::DEGRADED,
-            true,
-            reasons::DEMAND_EXCEEDS_CAPACITY,
-            "expected demand exceeds what maxReplicas can serve within the SLO".to_owned(),
-            g,
-        )
-    } else {
-        condition(
-            conditions::DEGRADED,
-            false,
-            reasons::AS_EXPECTED,
-            "serving as planned".to_owned(),
-            g,
-        )
-    };
-    set(&mut conditions, degraded, now);
+    for new in [
+        ready_condition(ready, observed, &variant, g),
+        progressing_condition(!ready, &variant, g),
+        degraded_condition(overloaded, g),
+    ] {
+        set(&mut conditions, new, now);
+    }
 
     // While the old variant still serves, replicas and selector describe the pods behind the Service.
     let (replicas, ready_replicas) = if observed.switched {
@@ -192,6 +135,55 @@ pub fn healthy(
         quality: None,
         unavailable: Vec::new(),
     }
+}
+
+/// `Ready`: every desired replica of the decided variant is available behind the Service.
+fn ready_condition(ready: bool, observed: &Observed, variant: &str, g: Option<i64>) -> Condition {
+    let (reason, message) = match (ready, observed.desired_replicas) {
+        (true, 0) => (
+            reasons::SCALED_TO_ZERO,
+            "the decision calls for zero replicas".to_owned(),
+        ),
+        (false, 0) => (
+            reasons::ROLLING_OUT,
+            format!("scaling {variant} to zero replicas"),
+        ),
+        (ready, desired) => (
+            if ready {
+                reasons::AVAILABLE
+            } else {
+                reasons::ROLLING_OUT
+            },
+            format!(
+                "{}/{desired} replicas of {variant} available",
+                observed.available_replicas
+            ),
+        ),
+    };
+    condition(conditions::READY, ready, reason, message, g)
+}
+
+/// `Progressing`: the decided variant is still rolling out.
+fn progressing_condition(progressing: bool, variant: &str, g: Option<i64>) -> Condition {
+    let (reason, message) = if progressing {
+        (reasons::ROLLING_OUT, format!("rolling out {variant}"))
+    } else {
+        (reasons::STABLE, format!("{variant} is rolled out"))
+    };
+    condition(conditions::PROGRESSING, progressing, reason, message, g)
+}
+
+/// `Degraded`: demand exceeds what the plan can serve within the SLO.
+fn degraded_condition(overloaded: bool, g: Option<i64>) -> Condition {
+    let (reason, message) = if overloaded {
+        (
+            reasons::DEMAND_EXCEEDS_CAPACITY,
+            "expected demand exceeds what maxReplicas can serve within the SLO",
+        )
+    } else {
+        (reasons::AS_EXPECTED, "serving as planned")
+    };
+    condition(conditions::DEGRADED, overloaded, reason, message.to_owned(), g)
 }
 
 /// Records what was measured: `observed`, `profiles` and the `MetricsAvailable` condition.

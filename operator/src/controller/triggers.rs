@@ -95,9 +95,11 @@ pub fn inference_service(object: &DeserializeGuard<InferenceService>) -> Option<
 }
 
 /// A Deployment matters when its spec changes or its rollout progresses: the fields
-/// `status::Observed` reads, and the variant label the blue/green switch reads.
+/// `status::Observed` reads, the variant label the blue/green switch reads, and whether its
+/// controller reports the rollout stalled.
 pub fn deployment(object: &Deployment) -> Option<u64> {
     let status = object.status.as_ref();
+    let stall = crate::controller::children::stall(object);
     Some(hash(&(
         object.metadata.generation,
         object.labels().get(crate::build::LABEL_VARIANT),
@@ -105,6 +107,7 @@ pub fn deployment(object: &Deployment) -> Option<u64> {
         status.and_then(|s| s.replicas),
         status.and_then(|s| s.updated_replicas),
         status.and_then(|s| s.available_replicas),
+        stall.map(|s| (s.reason, s.given_up)),
     )))
 }
 
@@ -172,6 +175,23 @@ mod tests {
             s.available_replicas = Some(1);
         }
         assert_ne!(observed, deployment(&d));
+    }
+
+    #[test]
+    fn a_stalled_rollout_matters() {
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(1);
+        let before = deployment(&d);
+        d.status = Some(DeploymentStatus {
+            conditions: Some(vec![k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: Some("ReplicaFailure".into()),
+                status: Some("True".into()),
+                reason: Some("FailedCreate".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert_ne!(before, deployment(&d));
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub struct Measurements {
     /// Quality loss per level as the engine pods serving it measured it at start
     /// (`--measure-quality`): it confirms the profile, and where it is worse, it counts.
     pub served_quality: std::collections::BTreeMap<QuantLevel, f64>,
-    /// Variants set aside because their pods could not be scheduled.
+    /// Variants set aside because their rollout could not finish (pods unschedulable, not
+    /// created, or never available).
     pub unavailable: Vec<bitscale_api::v1alpha1::UnavailableVariant>,
 }
 
@@ -382,12 +383,7 @@ fn ranked(inputs: &Inputs, measured: &Measurements) -> Vec<Candidate> {
                 .unavailable
                 .iter()
                 .find(|u| u.variant.level == level && u.variant.hardware_class == class.name)
-                .map(|u| {
-                    format!(
-                        "its pods could not be scheduled ({}); set aside until {}",
-                        u.reason, u.until.0
-                    )
-                });
+                .map(|u| format!("{}; set aside until {}", u.reason, u.until.0));
             let quality_loss = (loss(level) - best_loss).max(0.0);
             evaluate(inputs, class, level, quality_loss, correction, unavailable)
         })

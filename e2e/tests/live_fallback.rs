@@ -101,21 +101,8 @@ async fn fall_back_and_return(cluster: &Cluster) -> anyhow::Result<()> {
     services.create(&PostParams::default(), &service).await?;
 
     // The GPU is cheaper, so it is decided first; its pod cannot be placed.
-    eventually("the GPU variant decided", TIMEOUT, || async {
-        Ok((serving_class(&services.get("tiny").await?).as_deref() == Some(gpu.as_str())).then_some(()))
-    })
-    .await?;
-    let fallen = eventually("the CPU variant serving, Ready", TIMEOUT, || async {
-        let s = services.get("tiny").await?;
-        Ok((serving_class(&s).as_deref() == Some(cpu.as_str()) && ready(Some(&s))).then_some(s))
-    })
-    .await?;
+    let (fallen, aside) = falls_back(&services, &gpu, &cpu).await?;
     let status = fallen.status.as_ref().expect("status");
-    let aside = status
-        .unavailable
-        .iter()
-        .find(|u| u.variant.hardware_class == gpu)
-        .unwrap_or_else(|| panic!("the GPU variant set aside: {status:?}"));
     assert!(aside.reason.contains("nvidia.com/gpu"), "{}", aside.reason);
     let gpu_alternative = status
         .decision
@@ -139,6 +126,32 @@ async fn fall_back_and_return(cluster: &Cluster) -> anyhow::Result<()> {
     })
     .await?;
     scene.stop().await
+}
+
+/// Waits for the GPU variant to be decided, then for the CPU variant to serve, Ready; returns
+/// the service then and the GPU variant's entry in `status.unavailable`.
+async fn falls_back(
+    services: &Api<InferenceService>,
+    gpu: &str,
+    cpu: &str,
+) -> anyhow::Result<(InferenceService, bitscale_api::v1alpha1::UnavailableVariant)> {
+    eventually("the GPU variant decided", TIMEOUT, || async {
+        Ok((serving_class(&services.get("tiny").await?).as_deref() == Some(gpu)).then_some(()))
+    })
+    .await?;
+    let fallen = eventually("the CPU variant serving, Ready", TIMEOUT, || async {
+        let s = services.get("tiny").await?;
+        Ok((serving_class(&s).as_deref() == Some(cpu) && ready(Some(&s))).then_some(s))
+    })
+    .await?;
+    let status = fallen.status.as_ref().expect("status");
+    let aside = status
+        .unavailable
+        .iter()
+        .find(|u| u.variant.hardware_class == gpu)
+        .cloned()
+        .unwrap_or_else(|| panic!("the GPU variant set aside: {status:?}"));
+    Ok((fallen, aside))
 }
 
 async fn first_ready_engine(pods: &Api<Pod>) -> anyhow::Result<std::net::Ipv4Addr> {
@@ -185,21 +198,7 @@ async fn a_quota_that_refuses_gpu_pods_falls_back_to_cpu_and_returns_when_lifted
     services.create(&PostParams::default(), &service).await?;
 
     // The GPU is cheaper, so it is decided first; the quota refuses its pod.
-    eventually("the GPU variant decided", TIMEOUT, || async {
-        Ok((serving_class(&services.get("tiny").await?).as_deref() == Some(gpu.as_str())).then_some(()))
-    })
-    .await?;
-    let fallen = eventually("the CPU variant serving, Ready", TIMEOUT, || async {
-        let s = services.get("tiny").await?;
-        Ok((serving_class(&s).as_deref() == Some(cpu.as_str()) && ready(Some(&s))).then_some(s))
-    })
-    .await?;
-    let status = fallen.status.as_ref().expect("status");
-    let aside = status
-        .unavailable
-        .iter()
-        .find(|u| u.variant.hardware_class == gpu)
-        .unwrap_or_else(|| panic!("the GPU variant set aside: {status:?}"));
+    let (_, aside) = falls_back(&services, &gpu, &cpu).await?;
     assert!(aside.reason.contains("could not be created"), "{}", aside.reason);
     assert!(aside.reason.contains("quota"), "{}", aside.reason);
 
